@@ -1,0 +1,175 @@
+"""The typed configuration of a run: one dataclass tree, loaded from YAML with strict checks.
+
+Every field has a type, a default and a help line stating its unit. The defaults *are* the
+default recipe (``recipes/default.yaml`` is their dump), so ``rlvr train`` with no arguments
+needs no file. Units are spelled out because RL configs mix them: *prompts* per step,
+*samples* per prompt, *sequences* per micro-batch, *tokens* per response.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rlvr.typed_yaml import ConfigError, dump_yaml, load_yaml_config
+
+__all__ = ["RunConfig", "ConfigError", "load_config", "save_config"]
+
+
+def _f(default: Any, help: str) -> Any:
+    """A field with a default (copied per instance when mutable) and its help line."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def _sub(cls: type, help: str) -> Any:
+    return field(default_factory=cls, metadata={"help": help})
+
+
+@dataclass
+class ModelConfig:
+    path: str | None = _f(None, "local Hugging Face checkpoint directory to start from; null builds a tiny model from the fields below")
+    architecture: Literal["llama", "qwen2"] = _f("llama", "architecture of the tiny model built when path is null")
+    hidden_size: int = _f(128, "tiny model: width of the residual stream")
+    num_layers: int = _f(2, "tiny model: number of transformer blocks")
+    num_heads: int = _f(4, "tiny model: attention heads per block")
+    intermediate_size: int = _f(512, "tiny model: width of the MLP")
+    max_position_embeddings: int = _f(128, "tiny model: longest sequence in tokens (prompt + response)")
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+
+
+@dataclass
+class TaskConfig:
+    name: str = _f("addition", "registered task name (see `rlvr list`)")
+    params: dict[str, Any] = _f(
+        {"min_digits": 2, "max_digits": 3, "teacher_carry_error": 0.6},
+        "task-specific parameters, checked against the task's Params dataclass",
+    )
+
+
+@dataclass
+class RewardConfig:
+    components: dict[str, float] = _f({"correctness": 1.0}, "registered reward name -> weight; the reward is the weighted sum")
+
+
+@dataclass
+class SFTConfig:
+    steps: int = _f(600, "optimizer steps of supervised warm start on task demonstrations")
+    batch_size: int = _f(64, "demonstrations (sequences) per optimizer step")
+    lr: float = _f(3e-3, "peak learning rate")
+    warmup_steps: int = _f(50, "linear warm-up length in optimizer steps; cosine decay to 10% after it")
+    weight_decay: float = _f(0.0, "AdamW decoupled weight decay")
+    grad_clip: float = _f(1.0, "max global gradient norm; 0 disables clipping")
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = _f("kv_cache", "registered rollout engine name (see `rlvr list`)")
+    max_new_tokens: int = _f(40, "longest response in tokens; longer ones are truncated (finish_reason=length)")
+    temperature: float = _f(1.0, "sampling temperature; log-probs for the loss use the same temperature")
+    top_p: float = _f(1.0, "nucleus sampling mass in (0, 1]")
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError("top_p must lie in (0, 1]")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0 for training rollouts (greedy is for evaluation)")
+
+
+@dataclass
+class KLConfig:
+    coef: float = _f(0.0, "weight of the KL(policy || reference) loss term; 0 disables it and skips the reference model")
+    estimator: str = _f("k3", "registered KL estimator: k1, k2 or k3")
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: str = _f("grpo", "registered advantage estimator (see `rlvr list`)")
+    loss: str = _f("ppo", "registered policy loss (see `rlvr list`)")
+    loss_agg: str = _f("token_mean", "loss aggregation: token_mean, seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm")
+    clip_low: float = _f(0.2, "PPO ratio clip below 1 (ratio >= 1 - clip_low)")
+    clip_high: float = _f(0.2, "PPO ratio clip above 1 (ratio <= 1 + clip_high); DAPO clip-higher uses 0.28")
+    scale_by_std: bool = _f(True, "grpo: divide advantages by the group's reward std")
+    kl: KLConfig = _sub(KLConfig, "KL penalty to a frozen reference policy")
+
+
+@dataclass
+class RLConfig:
+    steps: int = _f(60, "RL steps; each samples a fresh batch of prompts")
+    prompts_per_step: int = _f(32, "distinct prompts per RL step")
+    samples_per_prompt: int = _f(8, "responses sampled per prompt (the group size G)")
+    epochs: int = _f(1, "passes over each rollout batch")
+    mini_batches: int = _f(2, "optimizer steps per epoch; the batch is split into this many mini-batches")
+    micro_batch_size: int = _f(64, "sequences per forward/backward pass (gradient accumulation inside a mini-batch)")
+    lr: float = _f(1e-4, "learning rate (constant after warm-up)")
+    warmup_steps: int = _f(0, "linear warm-up length in optimizer steps")
+    weight_decay: float = _f(0.0, "AdamW decoupled weight decay")
+    grad_clip: float = _f(1.0, "max global gradient norm; 0 disables clipping")
+
+    def __post_init__(self) -> None:
+        if self.samples_per_prompt < 2:
+            raise ValueError("samples_per_prompt must be >= 2: group baselines need at least two samples")
+        batch = self.prompts_per_step * self.samples_per_prompt
+        if batch % self.mini_batches:
+            raise ValueError(f"prompts_per_step * samples_per_prompt ({batch}) must be divisible by mini_batches ({self.mini_batches})")
+
+
+@dataclass
+class EvalConfig:
+    problems: int = _f(200, "held-out problems (drawn with eval.seed, never trained on)")
+    seed: int = _f(1_000_003, "seed of the held-out split; training draws with run seeds and skips held-out ids")
+    samples: int = _f(8, "sampled responses per problem for pass@k (n); 0 evaluates greedy only")
+    temperature: float = _f(1.0, "sampling temperature for pass@k")
+    every: int = _f(0, "also evaluate every this many RL steps; 0 only before and after RL")
+    batch_size: int = _f(256, "sequences generated together during evaluation")
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = _f(20, "save a resumable checkpoint every this many steps (SFT and RL)")
+    keep_last: int = _f(2, "resumable checkpoints kept per stage; older ones are deleted")
+
+
+@dataclass
+class LoggingConfig:
+    samples_per_step: int = _f(4, "completions written to samples.jsonl per step")
+    progress: bool = _f(True, "show a live progress bar")
+
+
+@dataclass
+class RunConfig:
+    seed: int = _f(0, "seed of everything random in the run (weights, data, sampling)")
+    stages: list[Literal["sft", "rl"]] = _f(["sft", "rl"], "pipeline stages in order")
+    output_dir: str = _f("runs", "parent directory of run directories")
+    run_name: str | None = _f(None, "run directory name; null uses <recipe>-<timestamp>")
+    threads: int = _f(0, "torch CPU threads; 0 uses every core")
+    model: ModelConfig = _sub(ModelConfig, "the policy model")
+    task: TaskConfig = _sub(TaskConfig, "the task and its verifier")
+    reward: RewardConfig = _sub(RewardConfig, "how scores become the scalar reward")
+    sft: SFTConfig = _sub(SFTConfig, "supervised warm start")
+    rollout: RolloutConfig = _sub(RolloutConfig, "sampling of responses")
+    algorithm: AlgorithmConfig = _sub(AlgorithmConfig, "advantage estimator, policy loss and KL")
+    rl: RLConfig = _sub(RLConfig, "the RL training recipe")
+    eval: EvalConfig = _sub(EvalConfig, "held-out evaluation")
+    checkpoint: CheckpointConfig = _sub(CheckpointConfig, "checkpointing for resume")
+    logging: LoggingConfig = _sub(LoggingConfig, "metrics, samples and progress display")
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ValueError("stages must name at least one stage")
+        if "sft" in self.stages and "rl" in self.stages and self.stages.index("sft") > self.stages.index("rl"):
+            raise ValueError("stages: sft must come before rl")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Defaults, then the YAML file at ``path`` (if any), then ``key.sub=value`` overrides."""
+    return load_yaml_config(RunConfig, path, overrides)
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    dump_yaml(config, path)

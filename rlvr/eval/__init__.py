@@ -1,0 +1,1 @@
+"""Evaluation: unbiased pass@k, held-out accuracy, plots."""

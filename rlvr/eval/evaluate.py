@@ -1,0 +1,90 @@
+"""Held-out evaluation: greedy accuracy, sampled pass@1 and unbiased pass@k.
+
+The same function serves the warm-start, periodic and final evaluations of a training run
+and `rlvr eval`, so every number in a run directory comes from one code path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlvr.eval.passk import mean_pass_at_k
+from rlvr.rollout.engine import RolloutEngine
+from rlvr.rollout.trajectory import render_prompt
+from rlvr.tasks.base import Problem, Task
+
+
+def _complete(
+    engine: RolloutEngine, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[int]], *, temperature: float, max_new_tokens: int, batch_size: int,
+    generator: torch.Generator | None,
+) -> list[tuple[str, int]]:
+    """(completion text, response length in tokens) for each prompt, in order."""
+    out: list[tuple[str, int]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        gens = engine.generate(
+            model, chunk, max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            generator=generator,
+        )
+        for g in gens:
+            out.append((tokenizer.decode(g.response_ids, skip_special_tokens=True), len(g.response_ids)))
+    return out
+
+
+def powers_of_two_up_to(n: int) -> list[int]:
+    ks, k = [], 1
+    while k <= n:
+        ks.append(k)
+        k *= 2
+    return ks
+
+
+def evaluate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    problems: list[Problem],
+    engine: RolloutEngine,
+    *,
+    samples: int,
+    temperature: float,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Evaluate on ``problems``; returns flat metrics (fractions in [0, 1]).
+
+    Keys: ``greedy_accuracy``, ``greedy_length``; with ``samples`` = n > 0 also
+    ``pass@1`` (mean fraction correct over n samples) and ``pass@k`` for k = 2, 4, ... <= n,
+    using the unbiased estimator, plus ``sampled_length``.
+    """
+    was_training = model.training
+    model.eval()
+    prompts = [render_prompt(tokenizer, p) for p in problems]
+    greedy = _complete(engine, model, tokenizer, prompts, temperature=0.0,
+                       max_new_tokens=max_new_tokens, batch_size=batch_size, generator=None)
+    scores = [task.score(p, text) for p, (text, _) in zip(problems, greedy)]
+    result: dict[str, Any] = {
+        "problems": len(problems),
+        "greedy_accuracy": sum(s.correct for s in scores) / len(problems),
+        "greedy_length": sum(n for _, n in greedy) / len(problems),
+    }
+    if samples > 0:
+        generator = torch.Generator().manual_seed(seed)
+        repeated = [p for p in prompts for _ in range(samples)]
+        sampled = _complete(engine, model, tokenizer, repeated, temperature=temperature,
+                            max_new_tokens=max_new_tokens, batch_size=batch_size, generator=generator)
+        correct = [0] * len(problems)
+        for i, (text, _) in enumerate(sampled):
+            correct[i // samples] += task.score(problems[i // samples], text).correct
+        for k, value in mean_pass_at_k(correct, samples, powers_of_two_up_to(samples)).items():
+            result[f"pass@{k}"] = value
+        result["samples"] = samples
+        result["sampled_length"] = sum(n for _, n in sampled) / len(sampled)
+    model.train(was_training)
+    return result

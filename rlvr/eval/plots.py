@@ -1,0 +1,82 @@
+"""PNG plots of a run's curves (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+RL_CURVES = [
+    ("reward_mean", "reward (mean over samples)"),
+    ("accuracy", "training accuracy (sampled)"),
+    ("response_length", "response length (tokens)"),
+    ("entropy", "policy entropy (nats/token)"),
+    ("clip_frac", "PPO clip fraction"),
+    ("kl", "KL to reference"),
+    ("grad_norm", "gradient norm"),
+    ("tokens_per_s", "generated tokens / s"),
+]
+
+
+def plot_run(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Write training-curve and held-out-accuracy plots; returns the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    rl = [m for m in metrics if m.get("stage") == "rl"]
+    curves = [(key, title) for key, title in RL_CURVES if any(key in m for m in rl)]
+    if curves:
+        cols = 4
+        rows = (len(curves) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
+        for ax, (key, title) in zip(axes.flat, curves):
+            points = [(m["step"], m[key]) for m in rl if key in m]
+            ax.plot(*zip(*points), lw=1.5)
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel("RL step")
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(curves):]:
+            ax.axis("off")
+        fig.tight_layout()
+        written.append(out_dir / "rl_curves.png")
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
+
+    sft = [m for m in metrics if m.get("stage") == "sft"]
+    if sft:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot([m["step"] for m in sft], [m["loss"] for m in sft], lw=1.5)
+        ax.set_yscale("log")
+        ax.set_title("SFT loss (nats/token)")
+        ax.set_xlabel("SFT step")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        written.append(out_dir / "sft_loss.png")
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
+
+    if evals:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        labels = [e["phase"] for e in evals]
+        xs = range(len(evals))
+        for key, style in (("greedy_accuracy", "o-"), ("pass@1", "s--")):
+            if all(key in e for e in evals):
+                ax.plot(xs, [100 * e[key] for e in evals], style, label=key)
+        ks = sorted({k for e in evals for k in e if k.startswith("pass@") and k != "pass@1"},
+                    key=lambda k: int(k[5:]))
+        if ks and ks[-1] in evals[-1]:
+            ax.plot(xs, [100 * e.get(ks[-1], float("nan")) for e in evals], "^:", label=ks[-1])
+        ax.set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("held-out accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title("held-out accuracy: warm start → RL")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        written.append(out_dir / "heldout_accuracy.png")
+        fig.savefig(written[-1], dpi=100)
+        plt.close(fig)
+    return written

@@ -1,0 +1,84 @@
+"""Building a tiny decoder-only model from a transformers config, or loading a local checkpoint.
+
+Both paths return a standard `transformers` causal LM and tokenizer, so everything
+downstream (rollouts, losses, checkpoints) treats a 1M-parameter toy and a 7B model alike.
+Nothing here touches the network: checkpoints load with ``local_files_only=True``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    Qwen2Config,
+)
+
+from rlvr.models.tokenizer import build_char_tokenizer
+
+_ARCHITECTURES = {"llama": LlamaConfig, "qwen2": Qwen2Config}
+
+
+def build_tiny_model(
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    architecture: str = "llama",
+    hidden_size: int = 128,
+    num_layers: int = 4,
+    num_heads: int = 4,
+    intermediate_size: int = 512,
+    max_position_embeddings: int = 256,
+    seed: int = 0,
+) -> PreTrainedModel:
+    """A randomly initialised decoder-only transformer sized for CPU training.
+
+    ``architecture`` is "llama" or "qwen2"; the vocabulary and special-token ids come from
+    ``tokenizer``; ``seed`` fixes the initial weights.
+    """
+    if architecture not in _ARCHITECTURES:
+        raise ValueError(f"model.architecture must be one of {sorted(_ARCHITECTURES)}, got {architecture!r}")
+    config = _ARCHITECTURES[architecture](
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        intermediate_size=intermediate_size,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        attention_dropout=0.0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def load_model_and_tokenizer(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer from a local Hugging Face checkpoint directory."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"model.path {str(path)!r} is not a Hugging Face checkpoint directory (no config.json)"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.pad_token_id is None:
+        # Many base checkpoints ship without a pad token; EOS is the conventional stand-in.
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    return model, tokenizer
+
+
+def default_tokenizer() -> PreTrainedTokenizerBase:
+    return build_char_tokenizer()

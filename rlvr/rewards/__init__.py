@@ -1,0 +1,32 @@
+"""Rewards: named components, each a function of (task, problem, completion, score), summed
+with the weights in ``reward.components``. Every component is logged on its own."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from rlvr.registry import Registry
+from rlvr.tasks.base import Problem, Score, Task
+
+RewardFn = Callable[[Task, Problem, str, Score], float]
+REWARDS: Registry[RewardFn] = Registry("reward")
+
+
+@REWARDS.register("correctness")
+def correctness_reward(task: Task, problem: Problem, completion: str, score: Score) -> float:
+    """The task verifier's reward (1.0 for a right final answer on exact tasks, else 0.0)."""
+    return score.reward
+
+
+@REWARDS.register("format")
+def format_reward(task: Task, problem: Problem, completion: str, score: Score) -> float:
+    """1.0 when the task can find a final answer in the completion at all, else 0.0."""
+    return float(score.extracted is not None)
+
+
+def compose_reward(
+    weights: dict[str, float], task: Task, problem: Problem, completion: str, score: Score
+) -> tuple[float, dict[str, float]]:
+    """Weighted sum of the named components; returns (total, {name: unweighted value})."""
+    parts = {name: REWARDS.get(name)(task, problem, completion, score) for name in weights}
+    return sum(weights[name] * value for name, value in parts.items()), parts

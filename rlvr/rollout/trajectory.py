@@ -1,0 +1,64 @@
+"""`Trajectory`: one prompt's sampled response with everything the trainer and the logs need."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from rlvr.tasks.base import Problem
+
+
+@dataclass
+class Trajectory:
+    """A sampled response to one problem.
+
+    ``loss_mask[i]`` is 1 when ``response_ids[i]`` was produced by the policy and should be
+    trained on (0 for tool output or padding in multi-turn rollouts); ``logprobs`` are the
+    behaviour policy's per-token log-probs; ``group`` ties the samples of one prompt.
+    """
+
+    problem: Problem
+    group: int
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]
+    loss_mask: list[int]
+    finish_reason: str
+    text: str = ""
+    reward: float = 0.0
+    reward_components: dict[str, float] = field(default_factory=dict)
+    correct: bool = False
+    extracted: str | None = None
+    error: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """A JSON-able summary for samples.jsonl."""
+        return {
+            "problem_id": self.problem.id,
+            "group": self.group,
+            "completion": self.text,
+            "answer": self.problem.answer,
+            "extracted": self.extracted,
+            "correct": self.correct,
+            "reward": self.reward,
+            "reward_components": self.reward_components,
+            "finish_reason": self.finish_reason,
+            "response_tokens": len(self.response_ids),
+            "error": self.error,
+        }
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, problem: Problem) -> list[int]:
+    """Token ids of the problem's prompt: chat messages go through the tokenizer's chat
+    template with the assistant turn opened; plain text is tokenised as is."""
+    if isinstance(problem.prompt, str):
+        return tokenizer(problem.prompt, add_special_tokens=False)["input_ids"]
+    if tokenizer.chat_template is None:
+        raise ValueError(
+            f"problem {problem.id!r} has a chat prompt but the tokenizer has no chat template; "
+            "use a tokenizer with one or a task that renders plain-text prompts"
+        )
+    text = tokenizer.apply_chat_template(problem.prompt, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -1,0 +1,101 @@
+"""Multi-digit addition with a column-by-column scratchpad.
+
+The model writes one column per step, right to left, carrying explicitly, then the
+answer::
+
+    prompt:   347+285
+    response: 7+5=12 4+8+1=13 3+2+1=6 => 632
+
+Difficulty is the number of digits. For the supervised warm start the task can play a
+*sloppy teacher* that forgets an incoming carry with probability ``teacher_carry_error``;
+a model that imitates it is right only on problems without (forgotten) carries, which
+leaves RL with a verifier real headroom: the reward says which habit is right.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+from rlvr.tasks.base import TASKS, Problem, Score, Task
+
+_ANSWER = re.compile(r"=>\s*(-?\d+)")
+
+
+@TASKS.register("addition")
+class AdditionTask(Task):
+    name = "addition"
+
+    @dataclass
+    class Params:
+        min_digits: int = field(default=2, metadata={"help": "fewest digits of an operand"})
+        max_digits: int = field(default=4, metadata={"help": "most digits of an operand"})
+        teacher_carry_error: float = field(
+            default=0.0,
+            metadata={"help": "probability that a demonstration forgets an incoming carry (0..1)"},
+        )
+
+        def __post_init__(self) -> None:
+            if not 1 <= self.min_digits <= self.max_digits:
+                raise ValueError("need 1 <= min_digits <= max_digits")
+            if not 0.0 <= self.teacher_carry_error <= 1.0:
+                raise ValueError("teacher_carry_error must lie in [0, 1]")
+
+    def generate(self, rng: random.Random) -> Problem:
+        p = self.params
+        operands = []
+        for _ in range(2):
+            digits = rng.randint(p.min_digits, p.max_digits)
+            low = 0 if digits == 1 else 10 ** (digits - 1)
+            operands.append(rng.randint(low, 10**digits - 1))
+        a, b = operands
+        carries = count_carries(a, b)
+        return Problem(
+            id=f"{a}+{b}",
+            prompt=[{"role": "user", "content": f"{a}+{b}"}],
+            answer=str(a + b),
+            metadata={"a": a, "b": b, "carries": carries, "digits": max(len(str(a)), len(str(b)))},
+        )
+
+    def demonstration(self, problem: Problem, rng: random.Random) -> str:
+        a, b = problem.metadata["a"], problem.metadata["b"]
+        return scratchpad(a, b, rng, self.params.teacher_carry_error)
+
+    def extract_answer(self, completion: str) -> str | None:
+        found = _ANSWER.findall(completion)
+        return found[-1] if found else None
+
+    def score(self, problem: Problem, completion: str) -> Score:
+        extracted = self.extract_answer(completion)
+        correct = extracted is not None and int(extracted) == int(problem.answer)
+        return Score(reward=float(correct), correct=correct, extracted=extracted)
+
+
+def count_carries(a: int, b: int) -> int:
+    """Number of columns of a+b that produce a carry."""
+    carries, carry = 0, 0
+    while a or b:
+        carry = int(a % 10 + b % 10 + carry >= 10)
+        carries += carry
+        a, b = a // 10, b // 10
+    return carries
+
+
+def scratchpad(a: int, b: int, rng: random.Random, carry_error: float = 0.0) -> str:
+    """The worked column-by-column sum of ``a + b``; each incoming carry is dropped with
+    probability ``carry_error`` (the answer then follows the faulty columns)."""
+    steps, digits, carry = [], [], 0
+    width = max(len(str(a)), len(str(b)))
+    for column in range(width):
+        x, y = a // 10**column % 10, b // 10**column % 10
+        if carry and rng.random() < carry_error:
+            carry = 0
+        total = x + y + carry
+        steps.append(f"{x}+{y}+1={total}" if carry else f"{x}+{y}={total}")
+        digits.append(total % 10)
+        carry = total // 10
+    if carry:
+        digits.append(carry)
+    answer = "".join(str(d) for d in reversed(digits))
+    return " ".join(steps) + f" => {answer}"

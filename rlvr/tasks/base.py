@@ -1,0 +1,104 @@
+"""The task protocol: problems with checkable answers, prompts, answer extraction, scoring.
+
+A task turns a seed into problems, renders each as a prompt, pulls the final answer out of
+a completion and scores it. It knows nothing about models or tensors. A task registers
+itself with one line, ``@TASKS.register("name")``, and is built from the config's
+``task.params`` mapping, which is checked against the task's own ``Params`` dataclass.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from rlvr.registry import Registry
+
+
+@dataclass
+class Problem:
+    """One question with a checkable answer.
+
+    ``prompt`` is either plain text or a list of chat messages (``{"role", "content"}``).
+    ``answer`` is the reference the verifier compares against (for code tasks: tests).
+    """
+
+    id: str
+    prompt: str | list[dict[str, str]]
+    answer: Any
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Score:
+    """A verifier's verdict on one completion.
+
+    ``reward`` is the task's scalar (1.0/0.0 for exact tasks), ``correct`` whether the final
+    answer is right, ``extracted`` the answer string found (None when none was found),
+    ``error`` why scoring failed, if it did.
+    """
+
+    reward: float
+    correct: bool
+    extracted: str | None = None
+    components: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Task(ABC):
+    """Base class of every task. Subclasses define ``Params`` (a dataclass) and the methods."""
+
+    name: ClassVar[str] = ""
+
+    @dataclass
+    class Params:
+        """Task-specific parameters, filled from ``task.params`` in the config."""
+
+    def __init__(self, params: Any = None) -> None:
+        self.params = params if params is not None else self.Params()
+
+    @abstractmethod
+    def generate(self, rng: random.Random) -> Problem:
+        """Draw one problem from the task's distribution using ``rng`` only."""
+
+    @abstractmethod
+    def extract_answer(self, completion: str) -> str | None:
+        """Return the final answer written in ``completion``, or None if there is none."""
+
+    @abstractmethod
+    def score(self, problem: Problem, completion: str) -> Score:
+        """Check ``completion`` against ``problem``'s reference answer."""
+
+    def demonstration(self, problem: Problem, rng: random.Random) -> str:
+        """A worked solution for supervised warm start; tasks without one cannot be SFT'd."""
+        raise NotImplementedError(f"task {self.name!r} has no demonstrations for SFT")
+
+    def sample_problems(
+        self, count: int, seed: int, exclude: set[str] | frozenset[str] = frozenset()
+    ) -> list[Problem]:
+        """``count`` distinct problems drawn with ``seed``, skipping ids in ``exclude``.
+
+        Held-out and training splits use disjoint seeds *and* the training stream skips
+        held-out ids, so no held-out problem is ever trained on.
+        """
+        rng = random.Random(seed)
+        problems: list[Problem] = []
+        seen = set(exclude)
+        attempts = 0
+        while len(problems) < count:
+            attempts += 1
+            if attempts > 100 * count + 1000:
+                raise ValueError(
+                    f"task {self.name!r} could only produce {len(problems)} distinct problems "
+                    f"of the {count} asked for; widen its params or ask for fewer"
+                )
+            problem = self.generate(rng)
+            if problem.id in seen:
+                continue
+            seen.add(problem.id)
+            problems.append(problem)
+        return problems
+
+
+TASKS: Registry[type[Task]] = Registry("task")

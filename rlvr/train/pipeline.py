@@ -1,0 +1,147 @@
+"""A run from start to finish: build or load the model, SFT warm start, evaluate, RL,
+evaluate, summarise, plot. Resuming re-enters the same function and skips what is done."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.utils import logging as hf_logging
+
+from rlvr.algorithms import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
+from rlvr.config import RunConfig
+from rlvr.eval.evaluate import evaluate
+from rlvr.eval.plots import plot_run
+from rlvr.models import build_tiny_model, load_model_and_tokenizer
+from rlvr.models.tokenizer import build_char_tokenizer
+from rlvr.rewards import REWARDS
+from rlvr.rollout import ROLLOUT_ENGINES
+from rlvr.tasks import TASKS, Task
+from rlvr.train.rl import train_rl
+from rlvr.train.run_dir import RunDir
+from rlvr.train.sft import train_sft
+from rlvr.typed_yaml import ConfigError, from_dict
+
+
+def build_task(config: RunConfig, source: str = "config") -> Task:
+    """The configured task, its ``task.params`` checked against the task's Params dataclass."""
+    task_cls = TASKS.get(config.task.name)
+    params = from_dict(task_cls.Params, config.task.params, source=f"{source}: task.params")
+    return task_cls(params)
+
+
+def check_names(config: RunConfig, source: str = "config") -> None:
+    """Fail before any work when a config names a component that is not registered."""
+    checks = [("task.name", TASKS, [config.task.name]),
+              ("reward.components", REWARDS, list(config.reward.components)),
+              ("rollout.engine", ROLLOUT_ENGINES, [config.rollout.engine]),
+              ("algorithm.advantage", ADVANTAGES, [config.algorithm.advantage]),
+              ("algorithm.loss", POLICY_LOSSES, [config.algorithm.loss]),
+              ("algorithm.loss_agg", LOSS_AGGREGATIONS, [config.algorithm.loss_agg]),
+              ("algorithm.kl.estimator", KL_ESTIMATORS, [config.algorithm.kl.estimator])]
+    for field_name, registry, names in checks:
+        for name in names:
+            if name not in registry:
+                raise ConfigError(f"{source}: {field_name}: unknown {registry.kind} {name!r}; "
+                                  f"registered: {', '.join(registry.names())}")
+    build_task(config, source)
+    if config.model.path is None and "sft" not in config.stages:
+        raise ConfigError(f"{source}: stages: a freshly built tiny model needs the 'sft' stage "
+                          "(or set model.path to a trained checkpoint)")
+
+
+def run_pipeline(config: RunConfig, run: RunDir) -> dict[str, Any]:
+    """Run every stage of ``config`` not yet completed in ``run``; returns the summary."""
+    t0 = time.perf_counter()
+    hf_logging.disable_progress_bar()  # per-checkpoint 'Writing model shards' bars drown the run's own
+    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    torch.manual_seed(config.seed)
+    state = run.load_state()
+    task = build_task(config)
+    engine = ROLLOUT_ENGINES.get(config.rollout.engine)()
+    heldout = task.sample_problems(config.eval.problems, config.eval.seed)
+    exclude = frozenset(p.id for p in heldout)
+    model, tokenizer = _starting_model(config, run, state)
+
+    def run_eval(phase: str, step: int = 0) -> dict[str, Any]:
+        result = evaluate(model, tokenizer, task, heldout, engine, samples=config.eval.samples,
+                          temperature=config.eval.temperature, max_new_tokens=config.rollout.max_new_tokens,
+                          batch_size=config.eval.batch_size, seed=config.eval.seed)
+        record = {"stage": "eval", "phase": phase, "step": step, **result}
+        run.append("eval.jsonl", record)
+        state["evals"][phase] = record
+        run.save_state(state)
+        return record
+
+    if "sft" in config.stages and "sft" not in state["completed_stages"]:
+        train_sft(model, tokenizer, task, config, run, state, exclude)
+    if "warmstart" not in state["evals"]:
+        run_eval("warmstart")
+    if "rl" in config.stages and "rl" not in state["completed_stages"]:
+        train_rl(model, tokenizer, task, engine, config, run, state, exclude,
+                 evaluate_fn=lambda phase, step: run_eval(phase, step))
+    if "rl" in config.stages and "final" not in state["evals"]:
+        run_eval("final", config.rl.steps)
+
+    state["wall_seconds"] = state.get("wall_seconds", 0.0) + time.perf_counter() - t0
+    run.save_state(state)
+    summary = write_summary(run, state)
+    plot_run(run.read("metrics.jsonl"), run.read("eval.jsonl"), run.plots)
+    return summary
+
+
+def _starting_model(config: RunConfig, run: RunDir, state: dict[str, Any]):
+    """Where this invocation's model comes from: the latest checkpoint of an interrupted
+    stage, the SFT result, the configured checkpoint, or a freshly built tiny model."""
+    if state.get("checkpoint"):
+        return load_model_and_tokenizer(run.path / state["checkpoint"])
+    if state.get("sft_final"):
+        return load_model_and_tokenizer(run.path / state["sft_final"])
+    if config.model.path:
+        return load_model_and_tokenizer(config.model.path)
+    tokenizer = build_char_tokenizer()
+    m = config.model
+    model = build_tiny_model(tokenizer, architecture=m.architecture, hidden_size=m.hidden_size,
+                             num_layers=m.num_layers, num_heads=m.num_heads,
+                             intermediate_size=m.intermediate_size,
+                             max_position_embeddings=m.max_position_embeddings, seed=config.seed)
+    return model, tokenizer
+
+
+def write_summary(run: RunDir, state: dict[str, Any]) -> dict[str, Any]:
+    evals = state["evals"]
+    warm = evals.get("warmstart", {})
+    final = evals.get("final", warm)
+    final_checkpoint = state.get("final_checkpoint") or state.get("sft_final")
+    summary: dict[str, Any] = {
+        "warmstart_accuracy": warm.get("greedy_accuracy"),
+        "final_accuracy": final.get("greedy_accuracy"),
+        "accuracy_gain_points": 100 * (final.get("greedy_accuracy", 0) - warm.get("greedy_accuracy", 0)),
+        "wall_seconds": round(state.get("wall_seconds", 0.0), 1),
+        "final_checkpoint": str((run.path / final_checkpoint).resolve()) if final_checkpoint else None,
+        "run_dir": str(run.path),
+    }
+    for key in sorted(k for k in final if k.startswith("pass@")):
+        summary[f"warmstart_{key}"] = warm.get(key)
+        summary[f"final_{key}"] = final.get(key)
+    (run.path / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def new_run_dir(config: RunConfig, output_dir: str | None, recipe: str) -> RunDir:
+    """Create the run directory: ``output_dir`` if given, else ``<config.output_dir>/<run_name>``."""
+    if output_dir:
+        path = Path(output_dir)
+    else:
+        name = config.run_name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+        path = Path(config.output_dir) / name
+    return RunDir.create(config, path)
+
+
+def sft_only(config: RunConfig) -> RunConfig:
+    return replace(config, stages=["sft"])

@@ -1,0 +1,92 @@
+"""Supervised warm start: teach the format (and some skill) from task demonstrations.
+
+Only response tokens (the demonstration and its EOS) are in the loss; prompt tokens are
+masked. Each step's batch is drawn with a seed derived from (run seed, step), so resuming at
+step s replays exactly the batches an uninterrupted run would see.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from rlvr.config import RunConfig
+from rlvr.rollout.trajectory import render_prompt
+from rlvr.seeding import derive_seed
+from rlvr.tasks.base import Task
+from rlvr.train.batch import make_token_batch, token_logprobs
+from rlvr.train.optim import lr_at, make_optimizer, set_lr
+from rlvr.train.progress import StageProgress
+from rlvr.train.run_dir import RunDir, load_trainer_state, restore_rng_states, rng_states
+
+
+def sft_batch(task: Task, tokenizer: PreTrainedTokenizerBase, config: RunConfig, step: int,
+              exclude: frozenset[str]):
+    """Step ``step``'s batch of demonstrations as a TokenBatch (prompt tokens masked out)."""
+    problems = task.sample_problems(config.sft.batch_size, derive_seed(config.seed, "sft-problems", step), exclude)
+    demo_rng = random.Random(derive_seed(config.seed, "sft-demos", step))
+    prompts = [render_prompt(tokenizer, p) for p in problems]
+    responses = [
+        tokenizer(task.demonstration(p, demo_rng), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        for p in problems
+    ]
+    return make_token_batch(prompts, responses, tokenizer.pad_token_id)
+
+
+def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, config: RunConfig,
+              run: RunDir, state: dict[str, Any], exclude: frozenset[str]) -> None:
+    """Run (or continue) the SFT stage; leaves ``checkpoints/sft-final`` and updates ``state``."""
+    cfg = config.sft
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    start = 0
+    if state.get("checkpoint") and state.get("stage") == "sft":
+        trainer_state = load_trainer_state(run.path / state["checkpoint"])
+        optimizer.load_state_dict(trainer_state["optimizer"])
+        restore_rng_states(trainer_state["rng"])
+        start = trainer_state["step"]
+        run.drop_records_after("sft", start)
+    model.train()
+    with StageProgress("SFT", cfg.steps, start, config.logging.progress) as progress:
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, "cosine")
+            set_lr(optimizer, lr)
+            batch = sft_batch(task, tokenizer, config, step, exclude)
+            logp, _ = token_logprobs(model, batch)
+            tokens = batch.target_mask.sum()
+            loss = -(logp * batch.target_mask).sum() / tokens
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = _clip(model, cfg.grad_clip)
+            optimizer.step()
+            elapsed = time.perf_counter() - t0
+            record = {"stage": "sft", "step": step + 1, "loss": loss.item(), "lr": lr,
+                      "grad_norm": grad_norm, "step_time": elapsed, "tokens_per_s": tokens.item() / elapsed}
+            run.append("metrics.jsonl", record)
+            progress.update(step + 1, loss=record["loss"])
+            if (step + 1) % config.checkpoint.every == 0 and step + 1 < cfg.steps:
+                _checkpoint(run, model, tokenizer, optimizer, state, step + 1, config.checkpoint.keep_last)
+    run.save_model("sft-final", model, tokenizer)
+    state.update(stage=None, checkpoint=None, sft_final="checkpoints/sft-final")
+    state["completed_stages"].append("sft")
+    run.save_state(state)
+    run.prune("sft-step", 0)
+
+
+def _clip(model: torch.nn.Module, max_norm: float) -> float:
+    if max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+    return float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]))
+
+
+def _checkpoint(run: RunDir, model, tokenizer, optimizer, state, step: int, keep_last: int) -> None:
+    name = f"sft-step-{step:06d}"
+    run.save_model(name, model, tokenizer, {"optimizer": optimizer.state_dict(), "rng": rng_states(),
+                                            "stage": "sft", "step": step})
+    state.update(stage="sft", checkpoint=f"checkpoints/{name}")
+    run.save_state(state)
+    run.prune("sft-step", keep_last)
