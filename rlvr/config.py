@@ -75,6 +75,8 @@ class RolloutConfig:
     top_p: float = _f(1.0, "nucleus sampling mass in (0, 1]")
 
     def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError("top_p must lie in (0, 1]")
         if self.temperature <= 0:

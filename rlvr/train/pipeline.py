@@ -57,9 +57,17 @@ def check_names(config: RunConfig, source: str = "config") -> None:
 
 def run_pipeline(config: RunConfig, run: RunDir) -> dict[str, Any]:
     """Run every stage of ``config`` not yet completed in ``run``; returns the summary."""
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    try:
+        return _run_stages(config, run)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_stages(config: RunConfig, run: RunDir) -> dict[str, Any]:
     t0 = time.perf_counter()
     hf_logging.disable_progress_bar()  # per-checkpoint 'Writing model shards' bars drown the run's own
-    torch.set_num_threads(config.threads or os.cpu_count() or 1)
     torch.manual_seed(config.seed)
     state = run.load_state()
     task = build_task(config)

@@ -105,7 +105,7 @@ def policy_update(model: PreTrainedModel, optimizer: torch.optim.Optimizer, batc
                 weight = float(mask.sum())
                 tokens_seen += weight
                 for key, value in stats.items():
-                    token_weighted[key] = token_weighted.get(key, 0.0) + float(value) * weight
+                    token_weighted[key] = token_weighted.get(key, 0.0) + float(value.detach()) * weight
             max_norm = rl.grad_clip if rl.grad_clip > 0 else float("inf")
             grad_norm_sum += float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
             optimizer.step()

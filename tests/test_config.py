@@ -1,0 +1,212 @@
+"""Tests for rlvr.config (typed run config), check_names/build_task and the CLI's error paths."""
+
+import dataclasses
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from rlvr.cli import main
+from rlvr.config import ConfigError, RunConfig, load_config, save_config
+from rlvr.tasks.addition import AdditionTask
+from rlvr.train.pipeline import build_task, check_names
+from rlvr.typed_yaml import missing_help
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write(tmp_path: Path, text: str, name: str = "recipe.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text).lstrip("\n"))
+    return path
+
+
+def test_every_field_documented():
+    assert missing_help(RunConfig) == []
+
+
+def test_defaults_without_file():
+    config = load_config()
+    assert config == RunConfig()
+    assert config.algorithm.advantage == "grpo" and config.algorithm.loss == "ppo"
+    assert config.algorithm.kl.estimator == "k3"
+    assert config.rollout.engine == "kv_cache"
+    assert config.task.name == "addition"
+    assert config.stages == ["sft", "rl"]
+    check_names(config)  # the defaults name only registered components
+
+
+def test_defaults_do_not_share_mutable_state():
+    a, b = RunConfig(), RunConfig()
+    a.task.params["max_digits"] = 9
+    a.stages.append("rl")
+    assert b.task.params["max_digits"] == 3
+    assert b.stages == ["sft", "rl"]
+
+
+def test_unknown_nested_key_names_field_file_and_line(tmp_path):
+    path = _write(tmp_path, """
+        seed: 1
+        algorithm:
+          clip_low: 0.2
+          clip_hihg: 0.3
+    """)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    err = info.value
+    message = str(err)
+    assert "algorithm.clip_hihg" in message
+    assert str(path) in message
+    assert "line 4" in message
+    assert "clip_high" in message  # the did-you-mean hint
+    assert (err.path, err.line, err.source) == ("algorithm.clip_hihg", 4, str(path))
+
+
+def test_ill_typed_value_names_field_file_and_line(tmp_path):
+    path = _write(tmp_path, """
+        rl:
+          prompts_per_step: 4
+          steps: ten
+    """)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert "rl.steps" in message and str(path) in message and "line 3" in message
+    assert "expected int" in message and "'ten'" in message
+
+
+def test_file_then_overrides(tmp_path):
+    path = _write(tmp_path, """
+        rl:
+          steps: 10
+        algorithm:
+          clip_high: 0.25
+    """)
+    config = load_config(path, ["algorithm.clip_high=0.28", "rollout.temperature=0.7"])
+    assert config.algorithm.clip_high == 0.28
+    assert config.rl.steps == 10
+    assert config.rollout.temperature == 0.7
+    expected = RunConfig()
+    expected.rl.steps, expected.algorithm.clip_high, expected.rollout.temperature = 10, 0.28, 0.7
+    assert config == expected
+    assert load_config(None, ["algorithm.clip_high=0.28"]).algorithm.clip_high == 0.28
+
+
+def test_validation_names_the_field(tmp_path):
+    with pytest.raises(ConfigError, match="samples_per_prompt") as info:
+        load_config(None, ["rl.samples_per_prompt=1"])
+    assert "rl.samples_per_prompt=1" in str(info.value)  # where the bad value came from
+    path = _write(tmp_path, "rollout:\n  top_p: 1.5\n")
+    with pytest.raises(ConfigError, match="top_p") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(ConfigError, match="mini_batches"):
+        load_config(None, ["rl.prompts_per_step=3", "rl.samples_per_prompt=3", "rl.mini_batches=2"])
+    with pytest.raises(ConfigError, match="sft must come before rl"):
+        load_config(None, ["stages=[rl, sft]"])
+    with pytest.raises(ConfigError, match="model.architecture"):
+        load_config(None, ["model.architecture=gpt2"])
+
+
+def test_save_load_round_trip(tmp_path):
+    config = load_config(None, ["algorithm.clip_high=0.28", "task.params.max_digits=5", "run_name=x"])
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_check_names_rejects_unknown_advantage():
+    config = load_config(None, ["algorithm.advantage=gpro"])
+    with pytest.raises(ConfigError) as info:
+        check_names(config, "my.yaml")
+    message = str(info.value)
+    assert message.startswith("my.yaml")
+    assert "algorithm.advantage" in message and "'gpro'" in message
+    assert "grpo" in message and "rloo" in message  # lists what is registered
+
+
+@pytest.mark.parametrize("override, field", [
+    ("reward.components={correctness: 1.0, lenght: 0.1}", "reward.components"),
+    ("rollout.engine=vllm", "rollout.engine"),
+    ("algorithm.loss=grpo", "algorithm.loss"),
+    ("algorithm.loss_agg=mean", "algorithm.loss_agg"),
+    ("algorithm.kl.estimator=k4", "algorithm.kl.estimator"),
+    ("task.name=sudoku", "task.name"),
+])
+def test_check_names_rejects_every_unknown_component(override, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        check_names(load_config(None, [override]))
+
+
+def test_check_names_rejects_unknown_task_param():
+    config = load_config(None, ["task.params.max_digit=5"])
+    with pytest.raises(ConfigError) as info:
+        check_names(config, "my.yaml")
+    message = str(info.value)
+    assert "task.params" in message and "max_digit" in message and "max_digits" in message
+    bad_value = load_config(None, ["task.params.teacher_carry_error=1.5"])
+    with pytest.raises(ConfigError, match="teacher_carry_error"):
+        check_names(bad_value)
+
+
+def test_check_names_needs_sft_for_a_fresh_model():
+    with pytest.raises(ConfigError, match="sft"):
+        check_names(load_config(None, ["stages=[rl]"]))
+    check_names(load_config(None, ["stages=[rl]", "model.path=/some/checkpoint"]))
+
+
+def test_build_task_uses_params():
+    task = build_task(load_config(None, ["task.params={min_digits: 3, max_digits: 5}"]))
+    assert isinstance(task, AdditionTask)
+    assert task.params == AdditionTask.Params(min_digits=3, max_digits=5, teacher_carry_error=0.0)
+    default = build_task(RunConfig())
+    assert dataclasses.asdict(default.params) == RunConfig().task.params
+
+
+def test_default_recipe_is_the_defaults():
+    # recipes/default.yaml is the dump of RunConfig(): the defaults ARE the default recipe
+    assert load_config(REPO / "recipes" / "default.yaml") == RunConfig()
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    for heading in ["tasks:", "rewards:", "advantage estimators:", "policy losses:",
+                    "loss aggregations:", "kl estimators:", "rollout engines:"]:
+        assert heading in lines
+    for name in ["grpo", "rloo", "dr_grpo", "ppo", "addition", "kv_cache", "k3", "correctness",
+                 "format", "token_mean"]:
+        assert f"  {name}" in lines
+    # each name sits under its own heading
+    assert lines.index("  addition") == lines.index("tasks:") + 1
+    assert lines.index("  kv_cache") == lines.index("rollout engines:") + 1
+
+
+@pytest.mark.parametrize("text, field", [
+    ("algorithm:\n  clip_hihg: 0.3\n", "algorithm.clip_hihg"),
+    ("rl:\n  steps: ten\n", "rl.steps"),
+    ("algorithm:\n  advantage: gpro\n", "algorithm.advantage"),
+    ("task:\n  params:\n    max_digit: 5\n", "max_digit"),
+])
+def test_cli_train_config_error(tmp_path, monkeypatch, capsys, text, field):
+    monkeypatch.chdir(tmp_path)
+    bad = _write(tmp_path, text, "bad.yaml")
+    assert main(["train", "--config", str(bad)]) == 2
+    captured = capsys.readouterr()
+    assert "config error" in captured.err
+    assert field in captured.err
+    assert "run dir" not in captured.out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]  # no run directory
+
+
+def test_cli_bad_override_and_missing_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "rl.samples_per_prompt=1"]) == 2
+    assert "samples_per_prompt" in capsys.readouterr().err
+    assert main(["sft", "--config", "nope.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "config error" in err and "nope.yaml" in err and "not found" in err
+    assert list(tmp_path.iterdir()) == []
