@@ -127,7 +127,7 @@ class EvalConfig:
     seed: int = _f(1_000_003, "seed of the held-out split; training draws with run seeds and skips held-out ids")
     samples: int = _f(8, "sampled responses per problem for pass@k (n); 0 evaluates greedy only")
     temperature: float = _f(1.0, "sampling temperature for pass@k")
-    every: int = _f(0, "also evaluate every this many RL steps; 0 only before and after RL")
+    every: int = _f(20, "also evaluate every this many RL steps; 0 only before and after RL")
     batch_size: int = _f(256, "sequences generated together during evaluation")
 
 

@@ -60,19 +60,18 @@ def plot_run(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], out_dir
 
     if evals:
         fig, ax = plt.subplots(figsize=(6, 4))
-        labels = [e["phase"] for e in evals]
-        xs = range(len(evals))
+        steps = [e["step"] for e in evals]
         for key, style in (("greedy_accuracy", "o-"), ("pass@1", "s--")):
             if all(key in e for e in evals):
-                ax.plot(xs, [100 * e[key] for e in evals], style, label=key)
+                ax.plot(steps, [100 * e[key] for e in evals], style, label=key)
         ks = sorted({k for e in evals for k in e if k.startswith("pass@") and k != "pass@1"},
                     key=lambda k: int(k[5:]))
-        if ks and ks[-1] in evals[-1]:
-            ax.plot(xs, [100 * e.get(ks[-1], float("nan")) for e in evals], "^:", label=ks[-1])
-        ax.set_xticks(list(xs), labels, rotation=30, ha="right", fontsize=8)
+        if ks:
+            ax.plot(steps, [100 * e.get(ks[-1], float("nan")) for e in evals], "^:", label=ks[-1])
+        ax.set_xlabel("RL step (0 = warm start)")
         ax.set_ylabel("held-out accuracy (%)")
         ax.set_ylim(0, 100)
-        ax.set_title("held-out accuracy: warm start → RL")
+        ax.set_title("held-out accuracy during RL")
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
