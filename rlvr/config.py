@@ -85,8 +85,32 @@ class RolloutConfig:
 
 @dataclass
 class KLConfig:
-    coef: float = _f(0.0, "weight of the KL(policy || reference) loss term; 0 disables it and skips the reference model")
-    estimator: str = _f("k3", "registered KL estimator: k1, k2 or k3")
+    coef: float = _f(0.0, "KL(policy || reference) coefficient beta; 0 disables KL and skips the reference model")
+    estimator: str = _f("k3", "registered KL estimator: k1, k2, k3, or straight-through k1_st / k3_st (value of k1/k3, gradient of k2)")
+    placement: Literal["loss", "reward"] = _f("loss", "loss: beta*KL is a loss term; reward: -beta*KL_t is added to each token's reward")
+    target: float | None = _f(None, "adaptive coefficient: KL per token to steer towards (Ziegler et al. 2019); null keeps beta fixed")
+    horizon: int = _f(10000, "adaptive coefficient: samples over which the KL error is corrected")
+    reset_every: int = _f(0, "ProRL reference reset: copy the policy into the reference every this many RL steps; 0 never")
+    reset_threshold: float | None = _f(None, "ProRL reference reset when the measured KL per token exceeds this; null never")
+    reset_optimizer: bool = _f(True, "also clear the optimizer's moment estimates at a reference reset (ProRL's hard reset)")
+
+    def __post_init__(self) -> None:
+        if self.coef < 0:
+            raise ValueError("coef must be >= 0")
+
+
+@dataclass
+class EntropyConfig:
+    coef: float = _f(0.0, "entropy bonus coefficient: loss -= coef * entropy (nats/token)")
+    target: float | None = _f(None, "adaptive coefficient: entropy (nats/token) to steer towards; null keeps coef fixed")
+    lr: float = _f(0.01, "adaptive coefficient: step size of coef per nat of entropy error")
+
+
+@dataclass
+class CriticConfig:
+    lr: float = _f(1e-4, "critic learning rate (gae only)")
+    value_clip: float | None = _f(0.2, "PPO value clipping range around the old value; null disables clipping")
+    warmup_steps: int = _f(0, "RL steps that train only the critic, before the policy starts moving")
 
 
 @dataclass
@@ -94,10 +118,30 @@ class AlgorithmConfig:
     advantage: str = _f("grpo", "registered advantage estimator (see `rlvr list`)")
     loss: str = _f("ppo", "registered policy loss (see `rlvr list`)")
     loss_agg: str = _f("token_mean", "loss aggregation: token_mean, seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm")
-    clip_low: float = _f(0.2, "PPO ratio clip below 1 (ratio >= 1 - clip_low)")
-    clip_high: float = _f(0.2, "PPO ratio clip above 1 (ratio <= 1 + clip_high); DAPO clip-higher uses 0.28")
+    clip_low: float = _f(0.2, "ratio clip below 1 (ratio >= 1 - clip_low)")
+    clip_high: float = _f(0.2, "ratio clip above 1 (ratio <= 1 + clip_high); DAPO clip-higher uses 0.28")
+    clip_c: float | None = _f(None, "ppo dual-clip bound (> 1) for negative advantages (Ye et al. 2020); null disables it")
     scale_by_std: bool = _f(True, "grpo: divide advantages by the group's reward std")
-    kl: KLConfig = _sub(KLConfig, "KL penalty to a frozen reference policy")
+    gamma: float = _f(1.0, "discount per token (gae, reinforce_pp)")
+    lam: float = _f(1.0, "GAE lambda (gae)")
+    pass_k: int = _f(1, "pass_at_k estimator: the k whose pass@k is optimised (<= samples_per_prompt)")
+    top_entropy_fraction: float = _f(1.0, "train only on this fraction of response tokens with the highest entropy (0.2 in 'Beyond the 80/20 rule'); 1 trains on all")
+    positive_weight: float = _f(1.0, "multiplies advantages > 0 (W-REINFORCE uses 0.1: negative-sample reinforcement)")
+    negative_weight: float = _f(1.0, "multiplies advantages < 0")
+    tis_cap: float | None = _f(None, "truncated importance sampling: recompute old log-probs in the trainer and weight tokens by min(pi_old/pi_behaviour, cap); null trusts the sampler's log-probs")
+    kl: KLConfig = _sub(KLConfig, "KL regularisation to a frozen reference policy")
+    entropy: EntropyConfig = _sub(EntropyConfig, "entropy bonus")
+    critic: CriticConfig = _sub(CriticConfig, "value model, used by the gae estimator")
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.top_entropy_fraction <= 1.0:
+            raise ValueError("top_entropy_fraction must lie in (0, 1]")
+        if self.clip_c is not None and self.clip_c <= 1.0:
+            raise ValueError("clip_c must be > 1")
+        if self.pass_k < 1:
+            raise ValueError("pass_k must be >= 1")
+        if self.advantage == "pass_at_k" and self.kl.coef > 0 and self.kl.placement == "reward":
+            raise ValueError("the pass_at_k estimator needs 0/1 rewards: use kl.placement=loss")
 
 
 @dataclass
@@ -166,6 +210,8 @@ class RunConfig:
             raise ValueError("stages must name at least one stage")
         if "sft" in self.stages and "rl" in self.stages and self.stages.index("sft") > self.stages.index("rl"):
             raise ValueError("stages: sft must come before rl")
+        if self.algorithm.pass_k > self.rl.samples_per_prompt:
+            raise ValueError("algorithm.pass_k must be <= rl.samples_per_prompt")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

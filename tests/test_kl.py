@@ -11,7 +11,7 @@ REF_LOGP = torch.tensor([[-1.5, -2.0, 0.0]])
 
 
 def test_registered_names():
-    assert KL_ESTIMATORS.names() == ["k1", "k2", "k3"]
+    assert KL_ESTIMATORS.names() == ["k1", "k1_st", "k2", "k3", "k3_st"]
     assert KL_ESTIMATORS.get("k1") is kl_k1
     assert KL_ESTIMATORS.get("k2") is kl_k2
     assert KL_ESTIMATORS.get("k3") is kl_k3

@@ -17,7 +17,7 @@ def _logp_for_ratios(ratios, old_logp):
 
 
 def test_registered_names():
-    assert POLICY_LOSSES.names() == ["ppo"]
+    assert POLICY_LOSSES.names() == ["cispo", "gspo", "ppo", "reinforce"]
     assert POLICY_LOSSES.get("ppo") is ppo_clip_loss
     assert LOSS_AGGREGATIONS.names() == MODES
 

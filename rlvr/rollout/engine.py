@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedModel
@@ -18,12 +18,14 @@ class Generation:
     ``response_ids`` excludes the prompt and includes the EOS token when one was produced;
     ``logprobs[i]`` is log pi(response_ids[i] | prefix) under the behaviour policy at the
     sampling temperature (before top-p truncation, matching how the trainer recomputes it);
-    ``finish_reason`` is "eos" or "length".
+    ``finish_reason`` is "eos" or "length"; ``entropies[i]`` is the entropy (nats) of the
+    temperature-scaled distribution token i was drawn from (token selection uses it).
     """
 
     response_ids: list[int]
     logprobs: list[float]
     finish_reason: str
+    entropies: list[float] = field(default_factory=list)
 
 
 class RolloutEngine(ABC):

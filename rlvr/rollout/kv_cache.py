@@ -61,6 +61,7 @@ class KVCacheEngine(RolloutEngine):
         cache = DynamicCache()
         tokens = torch.empty((batch, 0), dtype=torch.long, device=device)
         logprobs = torch.empty((batch, 0), dtype=torch.float32, device=device)
+        entropies = torch.empty((batch, 0), dtype=torch.float32, device=device)
         done = torch.zeros(batch, dtype=torch.bool, device=device)
         lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
         step_ids, step_positions = input_ids, positions
@@ -85,6 +86,8 @@ class KVCacheEngine(RolloutEngine):
             next_tok = torch.where(done, torch.full_like(next_tok, pad_token_id), next_tok)
             tokens = torch.cat([tokens, next_tok[:, None]], dim=1)
             logprobs = torch.cat([logprobs, logp_all.gather(-1, next_tok[:, None])], dim=1)
+            entropy = -(logp_all.exp() * logp_all).sum(-1, keepdim=True)
+            entropies = torch.cat([entropies, entropy], dim=1)
             finished_now = (~done) & (next_tok == eos_token_id)
             lengths = torch.where(finished_now, torch.full_like(lengths, step + 1), lengths)
             done = done | finished_now
@@ -95,7 +98,7 @@ class KVCacheEngine(RolloutEngine):
             step_ids = next_tok[:, None]
 
         generations = []
-        tokens_list, logprobs_list = tokens.tolist(), logprobs.tolist()
+        tokens_list, logprobs_list, entropies_list = tokens.tolist(), logprobs.tolist(), entropies.tolist()
         for row in range(batch):
             n = int(lengths[row])
             ended = n <= len(tokens_list[row]) and tokens_list[row][n - 1] == eos_token_id
@@ -104,6 +107,7 @@ class KVCacheEngine(RolloutEngine):
                     response_ids=tokens_list[row][:n],
                     logprobs=logprobs_list[row][:n],
                     finish_reason="eos" if ended else "length",
+                    entropies=entropies_list[row][:n],
                 )
             )
         return generations

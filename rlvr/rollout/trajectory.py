@@ -26,6 +26,7 @@ class Trajectory:
     logprobs: list[float]
     loss_mask: list[int]
     finish_reason: str
+    entropies: list[float] = field(default_factory=list)
     text: str = ""
     reward: float = 0.0
     reward_components: dict[str, float] = field(default_factory=dict)

@@ -2,19 +2,32 @@
 take PPO-style optimizer steps over mini-batches, log, checkpoint.
 
 Which estimator, loss, aggregation and KL estimator run is looked up by name in the
-registries, so adding one never touches this file.
+registries, so adding one never touches this file. Estimators declare the extra inputs they
+need (``requires``: critic values, a greedy baseline) and the loop provides them.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from typing import Any
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlvr.algorithms import ADVANTAGES, KL_ESTIMATORS, POLICY_LOSSES, aggregate_loss
+from rlvr.algorithms import (
+    ADVANTAGES,
+    KL_ESTIMATORS,
+    POLICY_LOSSES,
+    adaptive_entropy_coef,
+    adaptive_kl_coef,
+    aggregate_loss,
+    clipped_value_loss,
+    high_entropy_mask,
+    sample_weights,
+)
 from rlvr.config import RunConfig
 from rlvr.rewards import compose_reward
 from rlvr.rollout.engine import RolloutEngine
@@ -22,9 +35,55 @@ from rlvr.rollout.trajectory import Trajectory, render_prompt
 from rlvr.seeding import derive_seed
 from rlvr.tasks.base import Problem, Task
 from rlvr.train.batch import TokenBatch, make_token_batch, token_logprobs
+from rlvr.train.critic import ValueModel
 from rlvr.train.optim import lr_at, make_optimizer, set_lr
 from rlvr.train.progress import StageProgress
 from rlvr.train.run_dir import RunDir, load_trainer_state, restore_rng_states, rng_states
+
+
+@dataclass
+class Learners:
+    """Everything the RL stage updates or reads besides the policy, saved in its checkpoints."""
+
+    optimizer: torch.optim.Optimizer
+    reference: PreTrainedModel | None
+    critic: ValueModel | None
+    critic_optimizer: torch.optim.Optimizer | None
+    kl_coef: float
+    entropy_coef: float
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "kl_coef": self.kl_coef,
+                                 "entropy_coef": self.entropy_coef}
+        if self.reference is not None:
+            state["reference"] = self.reference.state_dict()
+        if self.critic is not None:
+            state["critic"] = self.critic.state_dict()
+            state["critic_optimizer"] = self.critic_optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.kl_coef, self.entropy_coef = state["kl_coef"], state["entropy_coef"]
+        if self.reference is not None:
+            self.reference.load_state_dict(state["reference"])
+        if self.critic is not None:
+            self.critic.load_state_dict(state["critic"])
+            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+
+
+def make_learners(model: PreTrainedModel, config: RunConfig) -> Learners:
+    alg = config.algorithm
+    needs_values = "values" in ADVANTAGES.get(alg.advantage).requires
+    critic = ValueModel(model) if needs_values else None
+    return Learners(
+        optimizer=make_optimizer(model, config.rl.lr, config.rl.weight_decay),
+        reference=copy.deepcopy(model).eval().requires_grad_(False) if alg.kl.coef > 0 else None,
+        critic=critic,
+        critic_optimizer=make_optimizer(critic, alg.critic.lr, 0.0) if critic is not None else None,
+        kl_coef=alg.kl.coef,
+        entropy_coef=alg.entropy.coef,
+    )
 
 
 def rollout_groups(engine: RolloutEngine, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
@@ -43,9 +102,24 @@ def rollout_groups(engine: RolloutEngine, model: PreTrainedModel, tokenizer: Pre
     return [
         Trajectory(problem=problems[i // group_size], group=i // group_size, prompt_ids=prompts[i // group_size],
                    response_ids=g.response_ids, logprobs=g.logprobs, loss_mask=[1] * len(g.response_ids),
-                   finish_reason=g.finish_reason)
+                   finish_reason=g.finish_reason, entropies=g.entropies)
         for i, g in enumerate(gens)
     ]
+
+
+def greedy_baseline(engine: RolloutEngine, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                    problems: list[Problem], task: Task, config: RunConfig) -> torch.Tensor:
+    """Reward of each problem's greedy response (ReMax's baseline), one value per problem."""
+    prompts = [render_prompt(tokenizer, p) for p in problems]
+    model.eval()
+    gens = engine.generate(model, prompts, max_new_tokens=config.rollout.max_new_tokens, temperature=0.0,
+                           top_p=1.0, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model.train()
+    rewards = []
+    for problem, g in zip(problems, gens):
+        text = tokenizer.decode(g.response_ids, skip_special_tokens=True)
+        rewards.append(compose_reward(config.reward.components, task, problem, text, task.score(problem, text))[0])
+    return torch.tensor(rewards, dtype=torch.float32)
 
 
 def score_trajectories(trajectories: list[Trajectory], task: Task, tokenizer: PreTrainedTokenizerBase,
@@ -58,10 +132,63 @@ def score_trajectories(trajectories: list[Trajectory], task: Task, tokenizer: Pr
         traj.reward, traj.reward_components = compose_reward(weights, task, traj.problem, traj.text, score)
 
 
-def policy_update(model: PreTrainedModel, optimizer: torch.optim.Optimizer, batch: TokenBatch,
-                  adv: torch.Tensor, ref_logprobs: torch.Tensor | None, config: RunConfig,
-                  generator: torch.Generator, opt_step: int) -> dict[str, float]:
-    """``epochs`` x ``mini_batches`` optimizer steps over one rollout batch.
+def prepare_batch(trajectories: list[Trajectory], model: PreTrainedModel, learners: Learners,
+                  tokenizer: PreTrainedTokenizerBase, config: RunConfig,
+                  baseline: Callable[[], torch.Tensor]) -> tuple[TokenBatch, dict[str, float]]:
+    """Tensors for the update: advantages and returns, per-token weights (truncated IS,
+    high-entropy token selection), reference log-probs, critic values — whatever the config
+    uses, attached to the batch's ``extras``."""
+    alg, temperature = config.algorithm, config.rollout.temperature
+    batch = make_token_batch(
+        [t.prompt_ids for t in trajectories], [t.response_ids for t in trajectories], tokenizer.pad_token_id,
+        response_masks=[t.loss_mask for t in trajectories], response_logprobs=[t.logprobs for t in trajectories],
+        response_values={"entropy": [t.entropies for t in trajectories]},
+    )
+    mask, stats = batch.target_mask, {}
+    rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float32)
+    group_ids = torch.tensor([t.group for t in trajectories], dtype=torch.long)
+
+    with torch.no_grad():
+        if alg.tis_cap is not None:
+            # The trainer's own log-probs are the proximal policy; the sampler's are the behaviour.
+            behaviour = batch.old_logprobs
+            batch.old_logprobs, _ = token_logprobs(model, batch, temperature)
+            tis_weight = torch.exp(batch.old_logprobs - behaviour).clamp(max=alg.tis_cap) * mask
+            batch.extras["token_weight"] = tis_weight
+            stats["tis_weight_mean"] = float(tis_weight.sum() / mask.sum())
+        token_rewards = None
+        if learners.reference is not None:
+            ref, _ = token_logprobs(learners.reference, batch, temperature)
+            batch.extras["ref_logprobs"] = ref
+            kl = KL_ESTIMATORS.get(alg.kl.estimator)(batch.old_logprobs, ref) * mask
+            stats["kl_rollout"] = float(kl.sum() / mask.sum())
+            if alg.kl.placement == "reward":
+                token_rewards = -learners.kl_coef * kl
+        estimator = ADVANTAGES.get(alg.advantage)
+        inputs: dict[str, Any] = {}
+        if "values" in estimator.requires:
+            inputs["values"] = learners.critic(batch) * mask
+            batch.extras["old_values"] = inputs["values"]
+        if "baseline" in estimator.requires:
+            inputs["baseline"] = baseline()[group_ids]
+        adv, returns = estimator(rewards, group_ids, mask, token_rewards=token_rewards, gamma=alg.gamma,
+                                 lam=alg.lam, scale_by_std=alg.scale_by_std, k=alg.pass_k, **inputs)
+        adv = adv * sample_weights(adv, alg.positive_weight, alg.negative_weight)
+        batch.extras["advantages"] = adv
+        batch.extras["returns"] = returns
+        if alg.top_entropy_fraction < 1.0:
+            # Only the policy-gradient term is restricted; the normaliser stays all response
+            # tokens, as in the paper's objective (1/sum|o_i|) * sum I[H_t >= tau] * ...
+            selected = high_entropy_mask(batch.extras["entropy"], mask, alg.top_entropy_fraction)
+            batch.extras["token_weight"] = batch.extras.get("token_weight", mask) * selected
+            stats["selected_token_frac"] = float(selected.sum() / mask.sum())
+    return batch, stats
+
+
+def policy_update(model: PreTrainedModel, learners: Learners, batch: TokenBatch, config: RunConfig,
+                  generator: torch.Generator, opt_step: int, train_policy: bool = True) -> dict[str, float]:
+    """``epochs`` x ``mini_batches`` optimizer steps over one rollout batch (policy, and the
+    critic when there is one).
 
     Each mini-batch is split into micro-batches for gradient accumulation; the loss
     aggregation gets the mini-batch's global token/sequence counts, so the gradient does not
@@ -69,71 +196,105 @@ def policy_update(model: PreTrainedModel, optimizer: torch.optim.Optimizer, batc
     """
     rl, alg = config.rl, config.algorithm
     loss_fn = POLICY_LOSSES.get(alg.loss)
-    kl_fn = KL_ESTIMATORS.get(alg.kl.estimator) if alg.kl.coef > 0 else None
+    kl_fn = KL_ESTIMATORS.get(alg.kl.estimator) if alg.kl.placement == "loss" and learners.reference else None
+    entropy_coef = learners.entropy_coef
     n = batch.input_ids.shape[0]
     mini_size = n // rl.mini_batches
-    token_weighted: dict[str, float] = {}  # per-token statistics, weighted by token count
-    tokens_seen = 0.0
+    token_weighted: dict[str, float] = defaultdict(float)  # per-token statistics, weighted by token count
+    stat_weights: dict[str, float] = defaultdict(float)
     loss_sum = grad_norm_sum = 0.0
     updates = 0
     for _ in range(rl.epochs):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, mini_size):
             mini = order[start:start + mini_size]
-            num_tokens = batch.target_mask[mini].sum()
+            agg = dict(num_tokens=batch.target_mask[mini].sum(), num_seqs=len(mini),
+                       norm_len=config.rollout.max_new_tokens)
             lr = lr_at(opt_step + updates, rl.lr, rl.warmup_steps, 0, "constant")
-            set_lr(optimizer, lr)
-            optimizer.zero_grad(set_to_none=True)
+            set_lr(learners.optimizer, lr)
+            learners.optimizer.zero_grad(set_to_none=True)
+            if learners.critic is not None:
+                learners.critic_optimizer.zero_grad(set_to_none=True)
             for micro_start in range(0, len(mini), rl.micro_batch_size):
-                rows = mini[micro_start:micro_start + rl.micro_batch_size]
-                micro = batch.rows(rows)
+                micro = batch.rows(mini[micro_start:micro_start + rl.micro_batch_size])
                 mask = micro.target_mask
-                logp, entropy = token_logprobs(model, micro, config.rollout.temperature, with_entropy=True)
-                adv_tok = adv[rows, None].expand_as(logp)
-                per_token, stats = loss_fn(logp, micro.old_logprobs, adv_tok, mask,
-                                           clip_low=alg.clip_low, clip_high=alg.clip_high)
-                agg = dict(num_tokens=num_tokens, num_seqs=len(mini), norm_len=config.rollout.max_new_tokens)
-                loss = aggregate_loss(per_token, mask, alg.loss_agg, **agg)
-                if kl_fn is not None:
-                    ref = ref_logprobs[rows, : logp.shape[1]]
-                    kl = kl_fn(logp, ref) * mask
-                    loss = loss + alg.kl.coef * aggregate_loss(kl, mask, alg.loss_agg, **agg)
-                    stats["kl"] = kl.sum() / mask.sum().clamp(min=1)
-                loss.backward()
-                loss_sum += float(loss.detach())
-                stats["entropy"] = (entropy * mask).sum() / mask.sum().clamp(min=1)
+                stats: dict[str, torch.Tensor] = {}
+                if train_policy:
+                    logp, entropy = token_logprobs(model, micro, config.rollout.temperature, with_entropy=True,
+                                                   entropy_grad=entropy_coef > 0)
+                    per_token, stats = loss_fn(logp, micro.old_logprobs, micro.extras["advantages"], mask,
+                                               clip_low=alg.clip_low, clip_high=alg.clip_high, clip_c=alg.clip_c)
+                    if "token_weight" in micro.extras:  # truncated IS and/or token selection
+                        per_token = per_token * micro.extras["token_weight"]
+                    loss = aggregate_loss(per_token, mask, alg.loss_agg, **agg)
+                    if kl_fn is not None:
+                        kl = kl_fn(logp, micro.extras["ref_logprobs"]) * mask
+                        loss = loss + learners.kl_coef * aggregate_loss(kl, mask, alg.loss_agg, **agg)
+                        stats["kl"] = kl.sum() / mask.sum().clamp(min=1)
+                    if entropy_coef > 0:
+                        loss = loss - entropy_coef * aggregate_loss(entropy * mask, mask, alg.loss_agg, **agg)
+                    stats["entropy"] = (entropy * mask).sum() / mask.sum().clamp(min=1)
+                    loss.backward()
+                    loss_sum += float(loss.detach())
+                if learners.critic is not None:
+                    values = learners.critic(micro)
+                    per_token_v, value_stats = clipped_value_loss(
+                        values, micro.extras["old_values"], micro.extras["returns"], micro.target_mask,
+                        clip=alg.critic.value_clip)
+                    aggregate_loss(per_token_v, micro.target_mask, "token_mean", **agg).backward()
+                    stats.update(value_stats)
                 weight = float(mask.sum())
-                tokens_seen += weight
                 for key, value in stats.items():
-                    token_weighted[key] = token_weighted.get(key, 0.0) + float(value.detach()) * weight
-            max_norm = rl.grad_clip if rl.grad_clip > 0 else float("inf")
-            grad_norm_sum += float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-            optimizer.step()
+                    value = float(value.detach())
+                    if value == value:  # explained variance is NaN on a micro-batch of equal returns
+                        token_weighted[key] += value * weight
+                        stat_weights[key] += weight
+            if train_policy:
+                max_norm = rl.grad_clip if rl.grad_clip > 0 else float("inf")
+                grad_norm_sum += float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+                learners.optimizer.step()
+            if learners.critic is not None:
+                torch.nn.utils.clip_grad_norm_(learners.critic.parameters(), max(rl.grad_clip, 0.0) or float("inf"))
+                learners.critic_optimizer.step()
             updates += 1
-    metrics = {key: value / max(tokens_seen, 1.0) for key, value in token_weighted.items()}
+    metrics = {key: value / max(stat_weights[key], 1.0) for key, value in token_weighted.items()}
     metrics.update(loss=loss_sum / updates, grad_norm=grad_norm_sum / updates, lr=lr)
     return metrics
 
 
+def update_coefficients(learners: Learners, model: PreTrainedModel, metrics: dict[str, float],
+                        config: RunConfig, step: int, n_samples: int) -> None:
+    """Adaptive KL / entropy coefficients, and ProRL's reference reset, after a step."""
+    kl_cfg, ent_cfg = config.algorithm.kl, config.algorithm.entropy
+    if learners.reference is not None and kl_cfg.target is not None and "kl_rollout" in metrics:
+        learners.kl_coef = adaptive_kl_coef(learners.kl_coef, metrics["kl_rollout"], kl_cfg.target,
+                                            kl_cfg.horizon, n_samples)
+    if ent_cfg.target is not None and "entropy" in metrics:
+        learners.entropy_coef = adaptive_entropy_coef(learners.entropy_coef, metrics["entropy"], ent_cfg.target,
+                                                      ent_cfg.lr)
+    reset = learners.reference is not None and (
+        (kl_cfg.reset_every and step % kl_cfg.reset_every == 0)
+        or (kl_cfg.reset_threshold is not None and metrics.get("kl_rollout", 0.0) > kl_cfg.reset_threshold))
+    if reset:
+        learners.reference.load_state_dict(model.state_dict())
+        if kl_cfg.reset_optimizer:
+            learners.optimizer.state.clear()
+    metrics.update(kl_coef=learners.kl_coef, entropy_coef=learners.entropy_coef, reference_reset=float(bool(reset)))
+
+
 def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, engine: RolloutEngine,
              config: RunConfig, run: RunDir, state: dict[str, Any], exclude: frozenset[str],
-             evaluate_fn=None) -> None:
+             evaluate_fn: Callable[[str, int], Any] | None = None) -> None:
     """Run (or continue) the RL stage; leaves ``checkpoints/final`` and updates ``state``."""
-    rl, alg = config.rl, config.algorithm
-    optimizer = make_optimizer(model, rl.lr, rl.weight_decay)
-    reference = None
-    if alg.kl.coef > 0:
-        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    rl = config.rl
+    learners = make_learners(model, config)
     start = 0
     if state.get("checkpoint") and state.get("stage") == "rl":
         trainer_state = load_trainer_state(run.path / state["checkpoint"])
-        optimizer.load_state_dict(trainer_state["optimizer"])
+        learners.load_state_dict(trainer_state["learners"])
         restore_rng_states(trainer_state["rng"])
         start = trainer_state["step"]
-        if reference is not None:
-            reference.load_state_dict(trainer_state["reference"])
         run.drop_records_after("rl", start)
-    advantage_fn = ADVANTAGES.get(alg.advantage)
     updates_per_step = rl.epochs * rl.mini_batches
 
     with StageProgress("RL", rl.steps, start, config.logging.progress) as progress:
@@ -145,29 +306,22 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
             t_gen = time.perf_counter() - t0
 
             score_trajectories(trajectories, task, tokenizer, config.reward.components)
-            rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float32)
-            group_ids = torch.tensor([t.group for t in trajectories], dtype=torch.long)
-            adv = advantage_fn(rewards, group_ids, scale_by_std=alg.scale_by_std)
-            t_score = time.perf_counter() - t0 - t_gen
+            batch, batch_stats = prepare_batch(
+                trajectories, model, learners, tokenizer, config,
+                baseline=lambda: greedy_baseline(engine, model, tokenizer, problems, task, config))
+            t_prep = time.perf_counter() - t0 - t_gen
 
-            batch = make_token_batch(
-                [t.prompt_ids for t in trajectories], [t.response_ids for t in trajectories],
-                tokenizer.pad_token_id, response_masks=[t.loss_mask for t in trajectories],
-                response_logprobs=[t.logprobs for t in trajectories],
-            )
-            ref_logprobs = None
-            if reference is not None:
-                with torch.no_grad():
-                    ref_logprobs, _ = token_logprobs(reference, batch, config.rollout.temperature)
             shuffle = torch.Generator().manual_seed(derive_seed(config.seed, "rl-shuffle", step))
-            update = policy_update(model, optimizer, batch, adv, ref_logprobs, config, shuffle,
-                                   step * updates_per_step)
+            update = policy_update(model, learners, batch, config, shuffle, step * updates_per_step,
+                                   train_policy=step >= config.algorithm.critic.warmup_steps)
             elapsed = time.perf_counter() - t0
 
-            record = step_metrics(step + 1, trajectories, rewards, group_ids, config)
+            record = step_metrics(step + 1, trajectories, config)
+            record.update(batch_stats)
             record.update(update)
-            record.update(step_time=elapsed, time_generation=t_gen, time_scoring=t_score,
-                          time_update=elapsed - t_gen - t_score,
+            update_coefficients(learners, model, record, config, step + 1, len(trajectories))
+            record.update(step_time=elapsed, time_generation=t_gen, time_scoring=t_prep,
+                          time_update=elapsed - t_gen - t_prep,
                           tokens_per_s=sum(len(t.response_ids) for t in trajectories) / elapsed)
             run.append("metrics.jsonl", record)
             run.append("samples.jsonl", [
@@ -182,11 +336,8 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
                 evaluate_fn(f"rl-step-{step + 1}", step + 1)
             if (step + 1) % config.checkpoint.every == 0 and step + 1 < rl.steps:
                 name = f"rl-step-{step + 1:06d}"
-                trainer_state = {"optimizer": optimizer.state_dict(), "rng": rng_states(), "stage": "rl",
-                                 "step": step + 1}
-                if reference is not None:
-                    trainer_state["reference"] = reference.state_dict()
-                run.save_model(name, model, tokenizer, trainer_state)
+                run.save_model(name, model, tokenizer, {"learners": learners.state_dict(), "rng": rng_states(),
+                                                        "stage": "rl", "step": step + 1})
                 state.update(stage="rl", checkpoint=f"checkpoints/{name}")
                 run.save_state(state)
                 run.prune("rl-step", config.checkpoint.keep_last)
@@ -197,11 +348,11 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
     run.save_state(state)
 
 
-def step_metrics(step: int, trajectories: list[Trajectory], rewards: torch.Tensor, group_ids: torch.Tensor,
-                 config: RunConfig) -> dict[str, Any]:
+def step_metrics(step: int, trajectories: list[Trajectory], config: RunConfig) -> dict[str, Any]:
     """Rollout statistics of one step: rewards (total and per component), accuracy, lengths,
     truncation, and the fraction of groups whose rewards are all equal (no learning signal)."""
     n = len(trajectories)
+    rewards = torch.tensor([t.reward for t in trajectories])
     record: dict[str, Any] = {"stage": "rl", "step": step, "reward_mean": float(rewards.mean()),
                               "reward_std": float(rewards.std()) if n > 1 else 0.0,
                               "accuracy": sum(t.correct for t in trajectories) / n,
@@ -209,7 +360,8 @@ def step_metrics(step: int, trajectories: list[Trajectory], rewards: torch.Tenso
                               "truncated_frac": sum(t.finish_reason == "length" for t in trajectories) / n}
     for name in config.reward.components:
         record[f"reward/{name}"] = sum(t.reward_components.get(name, 0.0) for t in trajectories) / n
-    groups = group_ids.unique()
-    same = sum(bool((rewards[group_ids == g] == rewards[group_ids == g][0]).all()) for g in groups)
-    record["zero_variance_groups"] = same / len(groups)
+    groups: dict[int, set[float]] = defaultdict(set)
+    for t in trajectories:
+        groups[t.group].add(t.reward)
+    record["zero_variance_groups"] = sum(len(r) == 1 for r in groups.values()) / len(groups)
     return record
