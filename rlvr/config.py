@@ -54,7 +54,13 @@ class TaskConfig:
 
 @dataclass
 class RewardConfig:
-    components: dict[str, float] = _f({"correctness": 1.0}, "registered reward name -> weight; the reward is the weighted sum")
+    components: dict[str, float] = _f({"correctness": 1.0}, "reward name (registered, or module:function) -> weight; the reward is the weighted sum")
+    params: dict[str, dict[str, Any]] = _f({}, "reward name -> keyword arguments passed to that reward function")
+
+    def __post_init__(self) -> None:
+        unused = sorted(set(self.params) - set(self.components))
+        if unused:
+            raise ValueError(f"params given for rewards that are not in components: {', '.join(unused)}")
 
 
 @dataclass

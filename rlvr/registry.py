@@ -2,11 +2,14 @@
 
 Every pluggable kind (task, reward, advantage estimator, policy loss, rollout engine)
 has one `Registry`; an implementation joins it with a one-line decorator and the
-training loop looks it up by the name written in the config.
+training loop looks it up by the name written in the config. A config may also name an
+object in the user's own code as ``"package.module:attribute"``; it is imported on lookup,
+so a custom task or reward needs no registration at all.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -31,17 +34,36 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
-        try:
+        if name in self._entries:
             return self._entries[name]
-        except KeyError:
-            known = ", ".join(sorted(self._entries)) or "(none)"
-            raise KeyError(f"unknown {self.kind} {name!r}; known: {known}") from None
+        if ":" in name:
+            return self._import(name)
+        known = ", ".join(sorted(self._entries)) or "(none)"
+        raise KeyError(f"unknown {self.kind} {name!r}; known: {known} (or 'package.module:attribute')")
+
+    def _import(self, path: str) -> T:
+        module_name, _, attribute = path.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as err:
+            raise KeyError(f"{self.kind} {path!r}: cannot import module {module_name!r} ({err})") from None
+        try:
+            return getattr(module, attribute)
+        except AttributeError:
+            raise KeyError(f"{self.kind} {path!r}: module {module_name!r} has no attribute {attribute!r}") from None
 
     def names(self) -> list[str]:
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        """Registered names, and ``module:attribute`` paths that import."""
+        if not isinstance(name, str):
+            return False
+        try:
+            self.get(name)
+        except KeyError:
+            return False
+        return True
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

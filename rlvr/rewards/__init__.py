@@ -3,12 +3,12 @@ with the weights in ``reward.components``. Every component is logged on its own.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from rlvr.registry import Registry
 from rlvr.tasks.base import Problem, Score, Task
 
-RewardFn = Callable[[Task, Problem, str, Score], float]
+RewardFn = Callable[..., float]  # (task, problem, completion, score, **params) -> float
 REWARDS: Registry[RewardFn] = Registry("reward")
 
 
@@ -25,8 +25,12 @@ def format_reward(task: Task, problem: Problem, completion: str, score: Score) -
 
 
 def compose_reward(
-    weights: dict[str, float], task: Task, problem: Problem, completion: str, score: Score
+    weights: dict[str, float], task: Task, problem: Problem, completion: str, score: Score,
+    params: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[float, dict[str, float]]:
-    """Weighted sum of the named components; returns (total, {name: unweighted value})."""
-    parts = {name: REWARDS.get(name)(task, problem, completion, score) for name in weights}
+    """Weighted sum of the named components, each called with its keyword ``params``;
+    returns (total, {name: unweighted value})."""
+    params = params or {}
+    parts = {name: float(REWARDS.get(name)(task, problem, completion, score, **params.get(name, {})))
+             for name in weights}
     return sum(weights[name] * value for name, value in parts.items()), parts

@@ -50,6 +50,9 @@ class Task(ABC):
     """Base class of every task. Subclasses define ``Params`` (a dataclass) and the methods."""
 
     name: ClassVar[str] = ""
+    # True when scoring may hang, crash or eat memory (math-verify, running code): the trainer
+    # then scores in a pool of worker processes with timeouts instead of in-process.
+    isolate: ClassVar[bool] = False
 
     @dataclass
     class Params:

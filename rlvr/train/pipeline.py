@@ -46,9 +46,10 @@ def check_names(config: RunConfig, source: str = "config") -> None:
               ("algorithm.kl.estimator", KL_ESTIMATORS, [config.algorithm.kl.estimator])]
     for field_name, registry, names in checks:
         for name in names:
-            if name not in registry:
-                raise ConfigError(f"{source}: {field_name}: unknown {registry.kind} {name!r}; "
-                                  f"registered: {', '.join(registry.names())}")
+            try:
+                registry.get(name)
+            except KeyError as err:
+                raise ConfigError(f"{source}: {field_name}: {err.args[0]}") from None
     build_task(config, source)
     if config.model.path is None and "sft" not in config.stages:
         raise ConfigError(f"{source}: stages: a freshly built tiny model needs the 'sft' stage "

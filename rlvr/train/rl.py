@@ -118,18 +118,20 @@ def greedy_baseline(engine: RolloutEngine, model: PreTrainedModel, tokenizer: Pr
     rewards = []
     for problem, g in zip(problems, gens):
         text = tokenizer.decode(g.response_ids, skip_special_tokens=True)
-        rewards.append(compose_reward(config.reward.components, task, problem, text, task.score(problem, text))[0])
+        rewards.append(compose_reward(config.reward.components, task, problem, text, task.score(problem, text),
+                                      config.reward.params)[0])
     return torch.tensor(rewards, dtype=torch.float32)
 
 
 def score_trajectories(trajectories: list[Trajectory], task: Task, tokenizer: PreTrainedTokenizerBase,
-                       weights: dict[str, float]) -> None:
+                       config: RunConfig) -> None:
     """Decode, verify and reward every trajectory in place."""
     for traj in trajectories:
         traj.text = tokenizer.decode(traj.response_ids, skip_special_tokens=True)
         score = task.score(traj.problem, traj.text)
         traj.correct, traj.extracted, traj.error = score.correct, score.extracted, score.error
-        traj.reward, traj.reward_components = compose_reward(weights, task, traj.problem, traj.text, score)
+        traj.reward, traj.reward_components = compose_reward(config.reward.components, task, traj.problem,
+                                                             traj.text, score, config.reward.params)
 
 
 def prepare_batch(trajectories: list[Trajectory], model: PreTrainedModel, learners: Learners,
@@ -305,7 +307,7 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
             trajectories = rollout_groups(engine, model, tokenizer, problems, config, sampler)
             t_gen = time.perf_counter() - t0
 
-            score_trajectories(trajectories, task, tokenizer, config.reward.components)
+            score_trajectories(trajectories, task, tokenizer, config)
             batch, batch_stats = prepare_batch(
                 trajectories, model, learners, tokenizer, config,
                 baseline=lambda: greedy_baseline(engine, model, tokenizer, problems, task, config))
