@@ -110,10 +110,12 @@ def _eval(args: argparse.Namespace) -> int:
 def _list() -> int:
     from rlvr.algorithms import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
     from rlvr.rewards import REWARDS
+    from rlvr.rewards.shaping import REWARD_SHAPERS
     from rlvr.rollout import ROLLOUT_ENGINES
     from rlvr.tasks import TASKS
 
-    for title, registry in (("tasks", TASKS), ("rewards", REWARDS), ("advantage estimators", ADVANTAGES),
+    for title, registry in (("tasks", TASKS), ("rewards", REWARDS), ("reward shaping", REWARD_SHAPERS),
+                            ("advantage estimators", ADVANTAGES),
                             ("policy losses", POLICY_LOSSES), ("loss aggregations", LOSS_AGGREGATIONS),
                             ("kl estimators", KL_ESTIMATORS), ("rollout engines", ROLLOUT_ENGINES)):
         print(f"{title}:")

@@ -53,9 +53,16 @@ class TaskConfig:
 
 
 @dataclass
+class ShapingStep:
+    name: str = _f("overlong", "registered reward-shaping function (see `rlvr list`)")
+    params: dict[str, Any] = _f({}, "its keyword parameters (units in its docstring)")
+
+
+@dataclass
 class RewardConfig:
     components: dict[str, float] = _f({"correctness": 1.0}, "reward name (registered, or module:function) -> weight; the reward is the weighted sum")
     params: dict[str, dict[str, Any]] = _f({}, "reward name -> keyword arguments passed to that reward function")
+    shaping: list[ShapingStep] = _f([], "batch-level shapers applied in order to the summed reward (overlong, laser, laser_d, cosine, kimi_length, label_noise, format_only, random_reward)")
 
     def __post_init__(self) -> None:
         unused = sorted(set(self.params) - set(self.components))
@@ -162,6 +169,7 @@ class RLConfig:
     warmup_steps: int = _f(0, "linear warm-up length in optimizer steps")
     weight_decay: float = _f(0.0, "AdamW decoupled weight decay")
     grad_clip: float = _f(1.0, "max global gradient norm; 0 disables clipping")
+    mask_truncated: bool = _f(False, "DAPO overlong filtering: responses cut at max_new_tokens get no gradient")
 
     def __post_init__(self) -> None:
         if self.samples_per_prompt < 2:

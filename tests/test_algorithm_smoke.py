@@ -19,6 +19,7 @@ from rlvr.algorithms import (
 )
 from rlvr.cli import main
 from rlvr.config import load_config
+from rlvr.rewards.shaping import REWARD_SHAPERS
 from rlvr.train.pipeline import check_names
 from rlvr.train.run_dir import RunDir
 
@@ -43,7 +44,12 @@ def _variants() -> list[tuple[str, list[str]]]:
         ("negative-sample-weighting", ["algorithm.positive_weight=0.1"]),
         ("dual-clip", ["algorithm.clip_c=3.0"]),
         ("truncated-is", ["algorithm.tis_cap=2.0"]),
+        ("overlong-filtering", ["rl.mask_truncated=true"]),
     ]
+    shaping_params = {"overlong": "{buffer: 4}", "laser": "{target_length: 8}", "laser_d": "{interval: 4}",
+                      "label_noise": "{p: 0.5}"}
+    variants += [(f"shaping={name}", [f"reward.shaping=[{{name: {name}, params: {shaping_params.get(name, '{}')}}}]"])
+                 for name in REWARD_SHAPERS.names()]
     return variants
 
 
@@ -98,7 +104,22 @@ def _check_critic(rl):
     assert all(0.0 <= m["value_clip_frac"] <= 1.0 for m in rl)
 
 
+def _check_random_reward(rl):
+    # The tiny model is never right, so every reward comes from the Bernoulli(0.5) draw.
+    assert all(m["reward/correctness"] == 0.0 for m in rl)
+    assert all(0.0 < m["reward_mean"] < 1.0 for m in rl)
+    assert all(m["reward/shaping"] == pytest.approx(m["reward_mean"]) for m in rl)
+
+
+def _check_overlong(rl):
+    # Truncated responses get the full -1 penalty, shorter ones inside the buffer part of it.
+    assert all(m["reward/shaping"] <= -m["truncated_frac"] + 1e-6 for m in rl)
+    assert any(m["truncated_frac"] > 0 for m in rl)
+
+
 LOOP_CHECKS = {
+    "shaping=random_reward": _check_random_reward,
+    "shaping=overlong": _check_overlong,
     "prorl-reset": _check_reset,
     "kl-in-reward-adaptive": _check_adaptive_kl,
     "entropy-bonus-adaptive": _check_adaptive_entropy,

@@ -68,7 +68,9 @@ def _comparable(run_dir, stage):
 
 @pytest.mark.parametrize("crash_stage", ["sft", "rl"])
 def test_resume_after_crash_continues_exactly(tmp_path, tiny_overrides, monkeypatch, crash_stage):
-    overrides = [*tiny_overrides, "algorithm.kl.coef=0.05"]  # resume must restore the reference model too
+    # Resume must restore the reference model and the stateful LASER-D shaper too.
+    overrides = [*tiny_overrides, "algorithm.kl.coef=0.05",
+                 "reward.shaping=[{name: laser_d, params: {interval: 2}}]"]
     config = load_config(None, overrides)
     straight = new_run_dir(config, str(tmp_path / "straight"), "t")
     run_pipeline(config, straight)

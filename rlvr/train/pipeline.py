@@ -20,6 +20,7 @@ from rlvr.eval.plots import plot_run
 from rlvr.models import build_tiny_model, load_model_and_tokenizer
 from rlvr.models.tokenizer import build_char_tokenizer
 from rlvr.rewards import REWARDS
+from rlvr.rewards.shaping import REWARD_SHAPERS
 from rlvr.rollout import ROLLOUT_ENGINES
 from rlvr.tasks import TASKS, Task
 from rlvr.train.rl import train_rl
@@ -39,6 +40,7 @@ def check_names(config: RunConfig, source: str = "config") -> None:
     """Fail before any work when a config names a component that is not registered."""
     checks = [("task.name", TASKS, [config.task.name]),
               ("reward.components", REWARDS, list(config.reward.components)),
+              ("reward.shaping", REWARD_SHAPERS, [step.name for step in config.reward.shaping]),
               ("rollout.engine", ROLLOUT_ENGINES, [config.rollout.engine]),
               ("algorithm.advantage", ADVANTAGES, [config.algorithm.advantage]),
               ("algorithm.loss", POLICY_LOSSES, [config.algorithm.loss]),

@@ -30,6 +30,7 @@ from rlvr.algorithms import (
 )
 from rlvr.config import RunConfig
 from rlvr.rewards import compose_reward
+from rlvr.rewards.shaping import ShapingInputs, apply_shapers, build_shaper, overlong_filter_mask
 from rlvr.rollout.engine import RolloutEngine
 from rlvr.rollout.trajectory import Trajectory, render_prompt
 from rlvr.seeding import derive_seed
@@ -51,10 +52,13 @@ class Learners:
     critic_optimizer: torch.optim.Optimizer | None
     kl_coef: float
     entropy_coef: float
+    shapers: list[tuple[Any, dict[str, Any]]]  # (shaper, params) in config order; some keep state
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "kl_coef": self.kl_coef,
-                                 "entropy_coef": self.entropy_coef}
+                                 "entropy_coef": self.entropy_coef,
+                                 "shapers": [s.state_dict() if hasattr(s, "state_dict") else None
+                                             for s, _ in self.shapers]}
         if self.reference is not None:
             state["reference"] = self.reference.state_dict()
         if self.critic is not None:
@@ -65,6 +69,9 @@ class Learners:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.kl_coef, self.entropy_coef = state["kl_coef"], state["entropy_coef"]
+        for (shaper, _), shaper_state in zip(self.shapers, state["shapers"]):
+            if shaper_state is not None:
+                shaper.load_state_dict(shaper_state)
         if self.reference is not None:
             self.reference.load_state_dict(state["reference"])
         if self.critic is not None:
@@ -83,6 +90,7 @@ def make_learners(model: PreTrainedModel, config: RunConfig) -> Learners:
         critic_optimizer=make_optimizer(critic, alg.critic.lr, 0.0) if critic is not None else None,
         kl_coef=alg.kl.coef,
         entropy_coef=alg.entropy.coef,
+        shapers=[(build_shaper(step.name), dict(step.params)) for step in config.reward.shaping],
     )
 
 
@@ -134,6 +142,26 @@ def score_trajectories(trajectories: list[Trajectory], task: Task, tokenizer: Pr
                                                              traj.text, score, config.reward.params)
 
 
+def shape_rewards(trajectories: list[Trajectory], shapers: list[tuple[Any, dict[str, Any]]], config: RunConfig,
+                  step: int) -> None:
+    """Apply the batch-level reward shapers (length shaping, research switches) in place."""
+    if not shapers:
+        return
+    inputs = ShapingInputs(
+        rewards=torch.tensor([t.reward for t in trajectories], dtype=torch.float32),
+        correct=torch.tensor([t.correct for t in trajectories]),
+        lengths=torch.tensor([len(t.response_ids) for t in trajectories]),
+        truncated=torch.tensor([t.finish_reason == "length" for t in trajectories]),
+        group_ids=torch.tensor([t.group for t in trajectories]),
+        max_new_tokens=config.rollout.max_new_tokens,
+        generator=torch.Generator().manual_seed(derive_seed(config.seed, "rl-shaping", step)),
+        format_ok=torch.tensor([t.extracted is not None for t in trajectories]),
+    )
+    for traj, reward in zip(trajectories, apply_shapers(inputs, shapers).tolist()):
+        traj.reward_components["shaping"] = reward - traj.reward
+        traj.reward = reward
+
+
 def prepare_batch(trajectories: list[Trajectory], model: PreTrainedModel, learners: Learners,
                   tokenizer: PreTrainedTokenizerBase, config: RunConfig,
                   baseline: Callable[[], torch.Tensor]) -> tuple[TokenBatch, dict[str, float]]:
@@ -146,6 +174,9 @@ def prepare_batch(trajectories: list[Trajectory], model: PreTrainedModel, learne
         response_masks=[t.loss_mask for t in trajectories], response_logprobs=[t.logprobs for t in trajectories],
         response_values={"entropy": [t.entropies for t in trajectories]},
     )
+    if config.rl.mask_truncated:
+        keep = overlong_filter_mask(torch.tensor([t.finish_reason == "length" for t in trajectories]))
+        batch.target_mask = batch.target_mask * keep[:, None]
     mask, stats = batch.target_mask, {}
     rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float32)
     group_ids = torch.tensor([t.group for t in trajectories], dtype=torch.long)
@@ -308,6 +339,7 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
             t_gen = time.perf_counter() - t0
 
             score_trajectories(trajectories, task, tokenizer, config)
+            shape_rewards(trajectories, learners.shapers, config, step)
             batch, batch_stats = prepare_batch(
                 trajectories, model, learners, tokenizer, config,
                 baseline=lambda: greedy_baseline(engine, model, tokenizer, problems, task, config))
@@ -360,7 +392,7 @@ def step_metrics(step: int, trajectories: list[Trajectory], config: RunConfig) -
                               "accuracy": sum(t.correct for t in trajectories) / n,
                               "response_length": sum(len(t.response_ids) for t in trajectories) / n,
                               "truncated_frac": sum(t.finish_reason == "length" for t in trajectories) / n}
-    for name in config.reward.components:
+    for name in [*config.reward.components, *(["shaping"] if config.reward.shaping else [])]:
         record[f"reward/{name}"] = sum(t.reward_components.get(name, 0.0) for t in trajectories) / n
     groups: dict[int, set[float]] = defaultdict(set)
     for t in trajectories:
