@@ -83,7 +83,7 @@ def _eval(args: argparse.Namespace) -> int:
     from rlvr.eval.evaluate import evaluate
     from rlvr.models import load_model_and_tokenizer
     from rlvr.rollout import ROLLOUT_ENGINES
-    from rlvr.train.pipeline import build_task
+    from rlvr.train.pipeline import build_task, make_task_verifier
     from rlvr.train.run_dir import RunDir
 
     target = Path(args.model)
@@ -98,11 +98,12 @@ def _eval(args: argparse.Namespace) -> int:
     config = load_config(config_path, args.overrides)
     model, tokenizer = load_model_and_tokenizer(target)
     task = build_task(config, config_path or "default recipe")
-    heldout = task.sample_problems(config.eval.problems, config.eval.seed)
-    result = evaluate(model, tokenizer, task, heldout, ROLLOUT_ENGINES.get(config.rollout.engine)(),
-                      samples=config.eval.samples if args.n is None else args.n,
-                      temperature=config.eval.temperature, max_new_tokens=config.rollout.max_new_tokens,
-                      batch_size=config.eval.batch_size, seed=config.eval.seed)
+    heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
+    with make_task_verifier(task, config) as verifier:
+        result = evaluate(model, tokenizer, task, heldout, ROLLOUT_ENGINES.get(config.rollout.engine)(),
+                          verifier=verifier, samples=config.eval.samples if args.n is None else args.n,
+                          temperature=config.eval.temperature, max_new_tokens=config.rollout.max_new_tokens,
+                          batch_size=config.eval.batch_size, seed=config.eval.seed)
     print(json.dumps({"model": str(target), **result}, indent=2))
     return 0
 

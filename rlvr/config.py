@@ -71,6 +71,14 @@ class RewardConfig:
 
 
 @dataclass
+class VerifierConfig:
+    isolate: Literal["auto", "always", "never"] = _f("auto", "score in worker processes with timeouts: auto = when the task asks for it (math, code)")
+    workers: int = _f(2, "verifier worker processes")
+    timeout_s: float = _f(5.0, "seconds one verification may take before its worker is killed and the score is 0")
+    memory_limit_mb: int = _f(2048, "address space a worker may add on top of its start-up size (MB)")
+
+
+@dataclass
 class SFTConfig:
     steps: int = _f(600, "optimizer steps of supervised warm start on task demonstrations")
     batch_size: int = _f(64, "demonstrations (sequences) per optimizer step")
@@ -211,6 +219,7 @@ class RunConfig:
     model: ModelConfig = _sub(ModelConfig, "the policy model")
     task: TaskConfig = _sub(TaskConfig, "the task and its verifier")
     reward: RewardConfig = _sub(RewardConfig, "how scores become the scalar reward")
+    verifier: VerifierConfig = _sub(VerifierConfig, "where and how answers are checked")
     sft: SFTConfig = _sub(SFTConfig, "supervised warm start")
     rollout: RolloutConfig = _sub(RolloutConfig, "sampling of responses")
     algorithm: AlgorithmConfig = _sub(AlgorithmConfig, "advantage estimator, policy loss and KL")

@@ -15,6 +15,7 @@ from rlvr.eval.passk import mean_pass_at_k
 from rlvr.rollout.engine import RolloutEngine
 from rlvr.rollout.trajectory import render_prompt
 from rlvr.tasks.base import Problem, Task
+from rlvr.verify.pool import InlineVerifier, VerifierPool
 
 
 def _complete(
@@ -51,6 +52,7 @@ def evaluate(
     problems: list[Problem],
     engine: RolloutEngine,
     *,
+    verifier: VerifierPool | InlineVerifier,
     samples: int,
     temperature: float,
     max_new_tokens: int,
@@ -68,10 +70,11 @@ def evaluate(
     prompts = [render_prompt(tokenizer, p) for p in problems]
     greedy = _complete(engine, model, tokenizer, prompts, temperature=0.0,
                        max_new_tokens=max_new_tokens, batch_size=batch_size, generator=None)
-    scores = [task.score(p, text) for p, (text, _) in zip(problems, greedy)]
+    scores = verifier.score_many(problems, [text for text, _ in greedy])
     result: dict[str, Any] = {
         "problems": len(problems),
         "greedy_accuracy": sum(s.correct for s in scores) / len(problems),
+        "verifier_errors": sum(s.error is not None for s in scores),
         "greedy_length": sum(n for _, n in greedy) / len(problems),
     }
     if samples > 0:
@@ -80,8 +83,9 @@ def evaluate(
         sampled = _complete(engine, model, tokenizer, repeated, temperature=temperature,
                             max_new_tokens=max_new_tokens, batch_size=batch_size, generator=generator)
         correct = [0] * len(problems)
-        for i, (text, _) in enumerate(sampled):
-            correct[i // samples] += task.score(problems[i // samples], text).correct
+        repeated_problems = [p for p in problems for _ in range(samples)]
+        for i, score in enumerate(verifier.score_many(repeated_problems, [text for text, _ in sampled])):
+            correct[i // samples] += score.correct
         for k, value in mean_pass_at_k(correct, samples, powers_of_two_up_to(samples)).items():
             result[f"pass@{k}"] = value
         result["samples"] = samples

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from rlvr.registry import Registry
 
@@ -78,12 +78,15 @@ class Task(ABC):
         raise NotImplementedError(f"task {self.name!r} has no demonstrations for SFT")
 
     def sample_problems(
-        self, count: int, seed: int, exclude: set[str] | frozenset[str] = frozenset()
+        self, count: int, seed: int, exclude: set[str] | frozenset[str] = frozenset(),
+        split: Literal["train", "heldout"] = "train",
     ) -> list[Problem]:
         """``count`` distinct problems drawn with ``seed``, skipping ids in ``exclude``.
 
-        Held-out and training splits use disjoint seeds *and* the training stream skips
-        held-out ids, so no held-out problem is ever trained on.
+        Generated tasks draw both splits from one distribution: the held-out split uses its
+        own seed *and* the training stream skips held-out ids, so no held-out problem is
+        ever trained on. Tasks backed by a fixed file override this to draw each split from
+        its own part of the file.
         """
         rng = random.Random(seed)
         problems: list[Problem] = []

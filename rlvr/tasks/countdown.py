@@ -86,16 +86,17 @@ class CountdownTask(Task):
         return " ".join(problem.metadata["steps"]) + f" => {problem.metadata['solution']}"
 
     def extract_answer(self, completion: str) -> str | None:
-        """The rest of the line after the last ``=>``, stripped (None if there is no ``=>``)."""
+        """The rest of the line after the last ``=>``, stripped (None if there is no ``=>``
+        or nothing follows it)."""
         at = completion.rfind("=>")
         if at < 0:
             return None
-        return completion[at + 2:].split("\n", 1)[0].strip()
+        return completion[at + 2:].split("\n", 1)[0].strip() or None
 
     def score(self, problem: Problem, completion: str) -> Score:
         extracted = self.extract_answer(completion)
         if extracted is None:
-            return Score(reward=0.0, correct=False, extracted=None, error="no '=>' answer")
+            return Score(reward=0.0, correct=False, extracted=None, error="no expression after '=>'")
         try:
             value, used = parse_expression(extracted)
             check_numbers(used, problem.metadata["numbers"], self.params.use_all)
@@ -183,6 +184,7 @@ def parse_expression(text: str) -> tuple[int, list[int]]:
     refused (only the given numbers may appear) and so is any division that is not exact.
     Raises :class:`ExpressionError` saying what is wrong.
     """
+    text = text.strip()
     if not text:
         raise ExpressionError("empty expression")
     if len(text) > _MAX_EXPRESSION_CHARS:

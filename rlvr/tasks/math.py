@@ -10,9 +10,9 @@ the reference is either the whole field, the last ``\\boxed{...}`` in it, or the
 ``heldout_fraction``, so the split depends only on the ids: it does not move when the file
 is reordered, grown, or when ``eval.problems`` / ``eval.seed`` change. An id is the record's
 ``id_field`` when present, else a hash of the question text (a repeated question keeps its
-first record). ``sample_problems(count, seed)`` with no ``exclude`` is the evaluator's call
-and draws from the held-out split; any call with a non-empty ``exclude`` is a training call
-and draws from the other problems minus ``exclude``. The two never overlap, whatever the
+first record). ``sample_problems(count, seed, split="heldout")`` is the evaluator's call
+and draws from the held-out split; a training call (``split="train"``) draws from the other
+problems minus ``exclude``. The two never overlap, whatever the
 seeds. With ``heldout_fraction: 0`` there is no split and every call draws from the whole
 file minus ``exclude`` (the base-class rule).
 
@@ -138,16 +138,17 @@ class MathTask(Task):
         return self._splits
 
     def sample_problems(
-        self, count: int, seed: int, exclude: set[str] | frozenset[str] = frozenset()
+        self, count: int, seed: int, exclude: set[str] | frozenset[str] = frozenset(),
+        split: Literal["train", "heldout"] = "train",
     ) -> list[Problem]:
-        """``count`` distinct problems drawn with ``seed``: from the held-out split when
-        ``exclude`` is empty, else from the training split minus ``exclude`` (module docstring)."""
+        """``count`` distinct problems drawn with ``seed`` from ``split``: the held-out part
+        of the file, or the training part minus ``exclude`` (module docstring)."""
         train, heldout = self._load()
         p = self.params
         if p.heldout_fraction == 0.0:
             pool = [q for q in train if q.id not in exclude]
             what = f"problems outside `exclude` ({len(exclude)} ids)"
-        elif not exclude:
+        elif split == "heldout":
             pool = heldout
             what = (f"held-out problems ({p.heldout_fraction:g} of {len(train) + len(heldout)}, chosen by a "
                     f"hash of the id); lower eval.problems or raise heldout_fraction")
@@ -241,7 +242,7 @@ def _records(path_str: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def _check_record(record: Any, where: str) -> dict[str, Any]:
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected an object with the question and answer fields, got {type(record).__name__}")
+        raise ValueError(f"{where}: expected an object holding the question and answer, got {type(record).__name__}")
     return record
 
 
@@ -287,7 +288,7 @@ def _load_from_disk(path: Path, split: str) -> Any:
     try:
         data = datasets.load_from_disk(str(path))
     except FileNotFoundError as e:
-        raise ValueError(f"math task: {path} is a directory but not one written by datasets' save_to_disk ({e})") from None
+        raise ValueError(f"math task: {path} is a directory but not a datasets save_to_disk one ({e})") from None
     return _pick_split(data, split, str(path))
 
 

@@ -6,8 +6,9 @@ Environments for Reinforcement Learning with Verifiable Rewards").
 is a pure function of ``dataset_seed`` and ``i``). ``generate(rng)`` draws an index with
 ``rng.randrange(size)``, so the run's seed picks which items are seen and ``dataset_seed``
 picks the pool; ids are ``"{dataset}/{dataset_seed}/{index}"``, so held-out and training
-problems come from the same pool without overlap. Items whose gold answer our own safety
-guard would refuse (see below) are skipped. The prompt is the dataset's question text as
+problems come from the same pool without overlap. Items whose generation raises (some
+generators give up at high difficulty) or whose gold answer our own safety guard would
+refuse (see below) are skipped and another index is drawn. The prompt is the dataset's question text as
 one user message; ``Problem.answer`` is the gold answer string (None for the datasets that
 have none: boxnet, graph_color, propositional_logic, rubiks_cube, rush_hour).
 
@@ -115,14 +116,20 @@ class ReasoningGymTask(Task):
 
     def generate(self, rng: random.Random) -> Problem:
         p = self.params
+        problem = None
         for _ in range(100):
             index = rng.randrange(p.size)
-            entry = self.entry(index)
+            try:
+                entry = self.entry(index)
+            except Exception as exc:  # some generators give up on some seeds at high difficulty
+                problem = f"generating item {index} raised {type(exc).__name__}: {exc}"
+                continue
             gold = entry.get("answer")
             if gold is None or self._guard is None or self._guard(gold) is None:
                 break
+            problem = f"the safety guard refuses gold answer {gold!r}"
         else:
-            raise ValueError(f"reasoning_gym: 100 draws from {p.dataset!r} all had gold answers the safety guard refuses")
+            raise ValueError(f"reasoning_gym: 100 draws from {p.dataset!r} all failed; last: {problem}")
         return Problem(
             id=f"{p.dataset}/{p.dataset_seed}/{index}",
             prompt=[{"role": "user", "content": entry["question"]}],
@@ -189,8 +196,11 @@ class ReasoningGymTask(Task):
 
 def build_dataset(params: ReasoningGymTask.Params) -> Any:
     """The reasoning-gym dataset ``params`` describe; errors name the offending field."""
-    import reasoning_gym  # imported here: it takes about a second and most runs never need it
-    from reasoning_gym.factory import DATASETS
+    try:  # imported here: it takes about a second and most runs never need it
+        import reasoning_gym
+        from reasoning_gym.factory import DATASETS
+    except ImportError as exc:
+        raise ImportError("the reasoning_gym task needs the reasoning-gym package: pip install reasoning-gym") from exc
 
     name = params.dataset
     if name not in DATASETS:
@@ -301,7 +311,8 @@ _ARITHMETIC_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div)
 _MAX_EXPONENT = 100
 
 
-def sympy_guard(names: bool, functions: frozenset[str] = frozenset(), max_chars: int = 500) -> Callable[[str], str | None]:
+def sympy_guard(names: bool, functions: frozenset[str] = frozenset(),
+                max_chars: int = 500) -> Callable[[str], str | None]:
     """Guard for scorers that run ``sympy.parse_expr`` (an ``eval``) on the answer.
 
     Allowed: int/float literals; + - * /; unary + -; ** with an exponent made only of

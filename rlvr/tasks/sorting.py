@@ -77,11 +77,11 @@ class SortTask(Task):
 
     def extract_answer(self, completion: str) -> str | None:
         """The items after the last ``=>`` up to the end of that line, single-spaced
-        (None when there is no ``=>``)."""
+        (None when there is no ``=>`` or nothing follows it)."""
         at = completion.rfind("=>")
         if at < 0:
             return None
-        return " ".join(completion[at + 2:].split("\n", 1)[0].split())
+        return " ".join(completion[at + 2:].split("\n", 1)[0].split()) or None
 
     def score(self, problem: Problem, completion: str) -> Score:
         extracted = self.extract_answer(completion)

@@ -24,7 +24,9 @@ from rlvr.rewards.shaping import REWARD_SHAPERS
 from rlvr.rollout import ROLLOUT_ENGINES
 from rlvr.tasks import TASKS, Task
 from rlvr.train.rl import train_rl
+from rlvr.train.rl import Verifier
 from rlvr.train.run_dir import RunDir
+from rlvr.verify import make_verifier
 from rlvr.train.sft import train_sft
 from rlvr.typed_yaml import ConfigError, from_dict
 
@@ -69,18 +71,29 @@ def run_pipeline(config: RunConfig, run: RunDir) -> dict[str, Any]:
 
 
 def _run_stages(config: RunConfig, run: RunDir) -> dict[str, Any]:
+    task = build_task(config)
+    with make_task_verifier(task, config) as verifier:
+        return _run_stages_with(config, run, task, verifier)
+
+
+def make_task_verifier(task: Task, config: RunConfig) -> Verifier:
+    v = config.verifier
+    isolate = {"auto": None, "always": True, "never": False}[v.isolate]
+    return make_verifier(task, v.workers, v.timeout_s, v.memory_limit_mb, isolate)
+
+
+def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verifier) -> dict[str, Any]:
     t0 = time.perf_counter()
     hf_logging.disable_progress_bar()  # per-checkpoint 'Writing model shards' bars drown the run's own
     torch.manual_seed(config.seed)
     state = run.load_state()
-    task = build_task(config)
     engine = ROLLOUT_ENGINES.get(config.rollout.engine)()
-    heldout = task.sample_problems(config.eval.problems, config.eval.seed)
+    heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
     exclude = frozenset(p.id for p in heldout)
     model, tokenizer = _starting_model(config, run, state)
 
     def run_eval(phase: str, step: int = 0) -> dict[str, Any]:
-        result = evaluate(model, tokenizer, task, heldout, engine, samples=config.eval.samples,
+        result = evaluate(model, tokenizer, task, heldout, engine, verifier=verifier, samples=config.eval.samples,
                           temperature=config.eval.temperature, max_new_tokens=config.rollout.max_new_tokens,
                           batch_size=config.eval.batch_size, seed=config.eval.seed)
         record = {"stage": "eval", "phase": phase, "step": step, **result}
@@ -94,7 +107,7 @@ def _run_stages(config: RunConfig, run: RunDir) -> dict[str, Any]:
     if "warmstart" not in state["evals"]:
         run_eval("warmstart")
     if "rl" in config.stages and "rl" not in state["completed_stages"]:
-        train_rl(model, tokenizer, task, engine, config, run, state, exclude,
+        train_rl(model, tokenizer, task, engine, verifier, config, run, state, exclude,
                  evaluate_fn=lambda phase, step: run_eval(phase, step))
     if "rl" in config.stages and "final" not in state["evals"]:
         run_eval("final", config.rl.steps)

@@ -40,6 +40,9 @@ from rlvr.train.critic import ValueModel
 from rlvr.train.optim import lr_at, make_optimizer, set_lr
 from rlvr.train.progress import StageProgress
 from rlvr.train.run_dir import RunDir, load_trainer_state, restore_rng_states, rng_states
+from rlvr.verify.pool import InlineVerifier, VerifierPool
+
+Verifier = VerifierPool | InlineVerifier
 
 
 @dataclass
@@ -116,30 +119,30 @@ def rollout_groups(engine: RolloutEngine, model: PreTrainedModel, tokenizer: Pre
 
 
 def greedy_baseline(engine: RolloutEngine, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                    problems: list[Problem], task: Task, config: RunConfig) -> torch.Tensor:
+                    problems: list[Problem], task: Task, verifier: Verifier, config: RunConfig) -> torch.Tensor:
     """Reward of each problem's greedy response (ReMax's baseline), one value per problem."""
     prompts = [render_prompt(tokenizer, p) for p in problems]
     model.eval()
     gens = engine.generate(model, prompts, max_new_tokens=config.rollout.max_new_tokens, temperature=0.0,
                            top_p=1.0, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     model.train()
-    rewards = []
-    for problem, g in zip(problems, gens):
-        text = tokenizer.decode(g.response_ids, skip_special_tokens=True)
-        rewards.append(compose_reward(config.reward.components, task, problem, text, task.score(problem, text),
-                                      config.reward.params)[0])
+    texts = [tokenizer.decode(g.response_ids, skip_special_tokens=True) for g in gens]
+    rewards = [compose_reward(config.reward.components, task, problem, text, score, config.reward.params)[0]
+               for problem, text, score in zip(problems, texts, verifier.score_many(problems, texts))]
     return torch.tensor(rewards, dtype=torch.float32)
 
 
-def score_trajectories(trajectories: list[Trajectory], task: Task, tokenizer: PreTrainedTokenizerBase,
-                       config: RunConfig) -> None:
-    """Decode, verify and reward every trajectory in place."""
-    for traj in trajectories:
-        traj.text = tokenizer.decode(traj.response_ids, skip_special_tokens=True)
-        score = task.score(traj.problem, traj.text)
+def score_trajectories(trajectories: list[Trajectory], task: Task, verifier: Verifier,
+                       tokenizer: PreTrainedTokenizerBase, config: RunConfig) -> None:
+    """Decode, verify (in the verifier pool when the task needs isolation) and reward every
+    trajectory in place; a verifier failure is a zero score with its error recorded."""
+    texts = [tokenizer.decode(t.response_ids, skip_special_tokens=True) for t in trajectories]
+    scores = verifier.score_many([t.problem for t in trajectories], texts)
+    for traj, text, score in zip(trajectories, texts, scores):
+        traj.text = text
         traj.correct, traj.extracted, traj.error = score.correct, score.extracted, score.error
         traj.reward, traj.reward_components = compose_reward(config.reward.components, task, traj.problem,
-                                                             traj.text, score, config.reward.params)
+                                                             text, score, config.reward.params)
 
 
 def shape_rewards(trajectories: list[Trajectory], shapers: list[tuple[Any, dict[str, Any]]], config: RunConfig,
@@ -316,7 +319,7 @@ def update_coefficients(learners: Learners, model: PreTrainedModel, metrics: dic
 
 
 def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, engine: RolloutEngine,
-             config: RunConfig, run: RunDir, state: dict[str, Any], exclude: frozenset[str],
+             verifier: Verifier, config: RunConfig, run: RunDir, state: dict[str, Any], exclude: frozenset[str],
              evaluate_fn: Callable[[str, int], Any] | None = None) -> None:
     """Run (or continue) the RL stage; leaves ``checkpoints/final`` and updates ``state``."""
     rl = config.rl
@@ -338,11 +341,11 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
             trajectories = rollout_groups(engine, model, tokenizer, problems, config, sampler)
             t_gen = time.perf_counter() - t0
 
-            score_trajectories(trajectories, task, tokenizer, config)
+            score_trajectories(trajectories, task, verifier, tokenizer, config)
             shape_rewards(trajectories, learners.shapers, config, step)
             batch, batch_stats = prepare_batch(
                 trajectories, model, learners, tokenizer, config,
-                baseline=lambda: greedy_baseline(engine, model, tokenizer, problems, task, config))
+                baseline=lambda: greedy_baseline(engine, model, tokenizer, problems, task, verifier, config))
             t_prep = time.perf_counter() - t0 - t_gen
 
             shuffle = torch.Generator().manual_seed(derive_seed(config.seed, "rl-shuffle", step))

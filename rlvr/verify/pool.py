@@ -91,9 +91,10 @@ class InlineVerifier:
 
 
 def make_verifier(task: Task, workers: int = 2, timeout_s: float = 5.0,
-                  memory_limit_mb: int | None = 2048) -> VerifierPool | InlineVerifier:
-    """A ``VerifierPool`` for tasks that set ``isolate``, else an ``InlineVerifier``."""
-    if getattr(task, "isolate", False):
+                  memory_limit_mb: int | None = 2048, isolate: bool | None = None) -> VerifierPool | InlineVerifier:
+    """A ``VerifierPool`` when ``isolate`` (default: the task's own ``isolate``), else an
+    ``InlineVerifier``."""
+    if getattr(task, "isolate", False) if isolate is None else isolate:
         return VerifierPool(task, workers=workers, timeout_s=timeout_s, memory_limit_mb=memory_limit_mb)
     return InlineVerifier(task)
 
@@ -138,11 +139,12 @@ def _worker_main(conn: multiprocessing.connection.Connection, task_bytes: bytes,
     _send_or_exit(conn, ("ready", os.getpid()))
     while True:
         try:
-            index, problem, completion = pickle.loads(conn.recv_bytes())
+            message = conn.recv_bytes()
         except (EOFError, OSError):  # the pool closed the pipe: we are done
             return
-        keep_going = True
+        index, keep_going = None, True  # index None: "the item you sent me"
         try:
+            index, problem, completion = pickle.loads(message)
             score = task.score(problem, completion)
             if not isinstance(score, Score):
                 score = error_score(f"task.score returned {type(score).__name__}, not Score")
@@ -156,7 +158,8 @@ def _worker_main(conn: multiprocessing.connection.Connection, task_bytes: bytes,
         try:
             reply = pickle.dumps((index, score, keep_going))
         except Exception as e:
-            reply = pickle.dumps((index, error_score(f"score cannot be sent back: {describe_exception(e)}"), keep_going))
+            unsendable = error_score(f"score cannot be sent back: {describe_exception(e)}")
+            reply = pickle.dumps((index, unsendable, keep_going))
         _send_or_exit(conn, reply)
         if not keep_going:
             os._exit(0)
@@ -222,6 +225,9 @@ class VerifierPool:
         if self._closed:
             raise RuntimeError("VerifierPool is closed")
         _check_lengths(problems, completions)
+        for i, slot in enumerate(self._slots):
+            if slot.item is not None:  # left busy by an interrupted call: its answer would be misfiled
+                self._replace(i)
         results: list[Score | None] = [None] * len(problems)
         pending = collections.deque(range(len(problems)))
         remaining = len(problems)
@@ -348,6 +354,8 @@ class VerifierPool:
             self.close()
             raise RuntimeError(f"verifier worker could not load task {self.task_name}: {message[1]}")
         index, score, keep_going = message
+        if index is None:  # the worker could not unpickle the item, so it could not name it
+            index = slot.item
         if index != slot.item:  # cannot happen with one item in flight; never misfile a score
             raise RuntimeError(f"verifier worker answered item {index} while scoring {slot.item}")
         results[index] = score

@@ -1,0 +1,323 @@
+"""Linux system calls the sandbox needs that Python 3.10/3.11's standard library lacks.
+
+``unshare``, ``mount``, ``prctl`` and a seccomp-BPF filter, called through ctypes, plus
+cgroup (v1 and v2) helpers. Standard library only: the zygote loads this file by path in an
+isolated interpreter (``python -I -S``) where the ``rlvr`` package is not importable.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import struct
+
+CLONE_NEWTIME = 0x00000080
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+NAMESPACE_FLAGS = (CLONE_NEWTIME | CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC
+                   | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET)
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MNT_DETACH = 0x2
+
+PR_SET_PDEATHSIG = 1
+PR_SET_SECCOMP = 22
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+SECCOMP_MODE_FILTER = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _b(s: str | None) -> bytes | None:
+    return None if s is None else os.fsencode(s)
+
+
+def unshare(flags: int) -> None:
+    """Move the calling process into new namespaces (``unshare(2)``)."""
+    _check(_libc.unshare(flags), f"unshare({flags:#x})")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
+          data: str | None = None) -> None:
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)), f"mount {target}")
+
+
+def umount(target: str, flags: int = MNT_DETACH) -> None:
+    _check(_libc.umount2(_b(target), flags), f"umount {target}")
+
+
+def bind_readonly(source: str, target: str) -> None:
+    """Bind ``source`` at ``target`` (no submounts), then make that mount read-only, nosuid, nodev.
+
+    The read-only flag belongs to this mount in this namespace only; the host's mount of the
+    same directory stays writable.
+    """
+    mount(source, target, None, MS_BIND)
+    mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def prctl(option: int, arg2: int = 0) -> None:
+    _check(_libc.prctl(option, arg2, 0, 0, 0), f"prctl({option})")
+
+
+def set_parent_death_signal(signum: int) -> None:
+    """Have the kernel send ``signum`` to this process when its parent (thread) dies."""
+    prctl(PR_SET_PDEATHSIG, signum)
+
+
+def set_no_new_privs() -> None:
+    """Forbid gaining privileges from now on (setuid binaries, file capabilities)."""
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+
+
+def set_child_subreaper() -> None:
+    """Orphaned descendants are re-parented to this process instead of to init."""
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+# --- seccomp ------------------------------------------------------------------------------
+# A deny-list filter (the approach of Docker's default profile, much shorter): system calls
+# that an unprivileged Python program has no business making and that are the usual kernel
+# attack surface or escape tools. They fail with EPERM; clone3 fails with ENOSYS so that
+# glibc falls back to clone, whose flags (unlike clone3's) the filter can inspect.
+_AUDIT_ARCH_X86_64 = 0xC000003E
+_X32_SYSCALL_BIT = 0x40000000
+_SYSCALLS_DENIED_X86_64 = {
+    "ptrace": 101, "syslog": 103, "uselib": 134, "personality": 135, "vhangup": 153,
+    "pivot_root": 155, "_sysctl": 156, "chroot": 161, "acct": 163, "mount": 165, "umount2": 166,
+    "swapon": 167, "swapoff": 168, "reboot": 169, "sethostname": 170, "setdomainname": 171,
+    "iopl": 172, "ioperm": 173, "create_module": 174, "init_module": 175, "delete_module": 176,
+    "get_kernel_syms": 177, "query_module": 178, "quotactl": 179, "nfsservctl": 180,
+    "lookup_dcookie": 212, "kexec_load": 246, "add_key": 248, "request_key": 249, "keyctl": 250,
+    "unshare": 272, "perf_event_open": 298, "fanotify_init": 300, "name_to_handle_at": 303,
+    "open_by_handle_at": 304, "setns": 308, "process_vm_readv": 310, "process_vm_writev": 311,
+    "kcmp": 312, "finit_module": 313, "kexec_file_load": 320, "bpf": 321, "userfaultfd": 323,
+    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428,
+    "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
+    "mount_setattr": 442,
+}
+_NR_CLONE, _NR_CLONE3 = 56, 435
+_EPERM, _ENOSYS = 1, 38
+
+_BPF_LD_W_ABS = 0x20
+_BPF_JEQ_K = 0x15
+_BPF_JGE_K = 0x35
+_BPF_JSET_K = 0x45
+_BPF_RET_K = 0x06
+_RET_ALLOW = 0x7FFF0000
+_RET_KILL_PROCESS = 0x80000000
+_RET_ERRNO = 0x00050000
+
+
+def seccomp_supported() -> bool:
+    """The filter below is written for x86-64 system-call numbers."""
+    return platform.machine() == "x86_64"
+
+
+def _seccomp_program() -> bytes:
+    """Assemble the BPF program; jumps name labels and are resolved to relative offsets."""
+    code: list[tuple[int, object, object, int]] = []  # (op, jump-if-true, jump-if-false, k)
+
+    def emit(op: int, k: int, jt: object = 0, jf: object = 0) -> None:
+        code.append((op, jt, jf, k))
+
+    emit(_BPF_LD_W_ABS, 4)                                   # seccomp_data.arch
+    emit(_BPF_JEQ_K, _AUDIT_ARCH_X86_64, 0, "kill")          # 32-bit ABI via int 0x80: kill
+    emit(_BPF_LD_W_ABS, 0)                                   # seccomp_data.nr
+    emit(_BPF_JGE_K, _X32_SYSCALL_BIT, "eperm", 0)           # x32 ABI
+    for nr in sorted(_SYSCALLS_DENIED_X86_64.values()):
+        emit(_BPF_JEQ_K, nr, "eperm", 0)
+    emit(_BPF_JEQ_K, _NR_CLONE3, "enosys", 0)
+    emit(_BPF_JEQ_K, _NR_CLONE, 0, "allow")
+    emit(_BPF_LD_W_ABS, 16)                                  # low half of clone's flags
+    emit(_BPF_JSET_K, NAMESPACE_FLAGS, "eperm", "allow")
+    labels = {"allow": len(code), "eperm": len(code) + 1, "enosys": len(code) + 2, "kill": len(code) + 3}
+    emit(_BPF_RET_K, _RET_ALLOW)
+    emit(_BPF_RET_K, _RET_ERRNO | _EPERM)
+    emit(_BPF_RET_K, _RET_ERRNO | _ENOSYS)
+    emit(_BPF_RET_K, _RET_KILL_PROCESS)
+
+    out = bytearray()
+    for i, (op, jt, jf, k) in enumerate(code):
+        rel = [labels[j] - i - 1 if isinstance(j, str) else j for j in (jt, jf)]
+        out += struct.pack("=HBBI", op, rel[0], rel[1], k)
+    return bytes(out)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def install_seccomp_filter() -> None:
+    """Install the deny-list filter on this thread and its future children (irreversible).
+
+    Sets no_new_privs first, which an unprivileged process needs to install a filter.
+    """
+    if not seccomp_supported():
+        raise OSError(f"seccomp filter: no system-call table for {platform.machine()}")
+    program = _seccomp_program()
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
+    set_no_new_privs()
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0),
+           "prctl(PR_SET_SECCOMP)")
+
+
+# --- cgroups ------------------------------------------------------------------------------
+class CgroupSet:
+    """Per-run cgroups for the process-count and memory limits, under one base per zygote.
+
+    cgroup v1 (one hierarchy per controller, as on this project's CI machine) and v2 (one
+    unified hierarchy, where the controllers must be delegable to our subtree) are both
+    handled; ``open`` returns None where neither can be written, and the sandbox then relies
+    on RLIMIT_NPROC alone.
+    """
+
+    def __init__(self, bases: dict[str, str], version: int):
+        self.bases = bases      # controller ("pids", "memory") -> directory we own
+        self.version = version
+
+    @classmethod
+    def open(cls, name: str, want_memory: bool = True) -> "CgroupSet | None":
+        own = _own_cgroups()
+        bases: dict[str, str] = {}
+        v1 = {c: f"/sys/fs/cgroup/{c}" for c in ("pids", "memory")}
+        if all(os.path.isfile(f"{root}/cgroup.procs") for root in v1.values()) and "pids" in own:
+            for c, root in v1.items():
+                if c == "memory" and not want_memory:
+                    continue
+                if c in own:
+                    bases[c] = _mkdir(os.path.join(root + own[c], name))
+            return cls(bases, 1)
+        if "" in own and os.path.isfile("/sys/fs/cgroup/cgroup.controllers"):
+            parent = "/sys/fs/cgroup" + own[""]
+            with open(os.path.join(parent, "cgroup.controllers")) as f:
+                available = f.read().split()
+            controllers = [c for c in ("pids", "memory") if c in available]
+            if "pids" not in controllers:
+                return None
+            base = _mkdir(os.path.join(parent, name))
+            _write(os.path.join(parent, "cgroup.subtree_control"), " ".join("+" + c for c in controllers))
+            _write(os.path.join(base, "cgroup.subtree_control"), " ".join("+" + c for c in controllers))
+            return cls({c: base for c in controllers}, 2)
+        return None
+
+    def create_run(self, run: str, max_tasks: int, memory_bytes: int | None) -> "RunCgroup":
+        dirs = {c: _mkdir(os.path.join(base, run)) for c, base in self.bases.items()}
+        _write(os.path.join(dirs["pids"], "pids.max"), str(max_tasks))
+        if memory_bytes is not None and "memory" in dirs:
+            d = dirs["memory"]
+            if self.version == 1:
+                _write(os.path.join(d, "memory.limit_in_bytes"), str(memory_bytes))
+                try:  # no swap either, where swap accounting exists
+                    _write(os.path.join(d, "memory.memsw.limit_in_bytes"), str(memory_bytes))
+                except OSError:
+                    pass
+            else:
+                _write(os.path.join(d, "memory.max"), str(memory_bytes))
+                try:
+                    _write(os.path.join(d, "memory.swap.max"), "0")
+                except OSError:
+                    pass
+        return RunCgroup(dirs, self.version)
+
+    def remove(self) -> None:
+        for base in set(self.bases.values()):
+            for entry in _listdir(base):
+                _rmdir(os.path.join(base, entry))
+            _rmdir(base)
+
+
+class RunCgroup:
+    def __init__(self, dirs: dict[str, str], version: int):
+        self.dirs = dirs
+        self.version = version
+
+    def add(self, pid: int) -> None:
+        for d in set(self.dirs.values()):
+            _write(os.path.join(d, "cgroup.procs"), str(pid))
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel's OOM killer took in this cgroup so far."""
+        d = self.dirs.get("memory")
+        if d is None:
+            return 0
+        name = "memory.oom_control" if self.version == 1 else "memory.events"
+        try:
+            with open(os.path.join(d, name)) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except OSError:
+            pass
+        return 0
+
+    def remove(self) -> None:
+        for d in set(self.dirs.values()):
+            _rmdir(d)
+
+
+def _own_cgroups() -> dict[str, str]:
+    """controller -> path of this process's cgroup (v2's unified hierarchy under key "")."""
+    out: dict[str, str] = {}
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            _, controllers, path = line.rstrip("\n").split(":", 2)
+            for c in controllers.split(","):
+                out[c] = path.rstrip("/")
+    return out
+
+
+def _mkdir(path: str) -> str:
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+    return path
+
+
+def _write(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return [e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _rmdir(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
