@@ -19,7 +19,8 @@ HOSTILE_TASKS = textwrap.dedent('''
 
         def generate(self, rng):
             problem = super().generate(rng)
-            a, b = rng.choice([10, 11, 12]), problem.metadata["b"]
+            b = problem.metadata["b"]
+            a = 10 + b % 3
             problem.id, problem.answer = f"{a}+{b}", str(a + b)
             problem.metadata["a"] = a
             return problem
