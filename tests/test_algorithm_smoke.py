@@ -39,6 +39,8 @@ def _variants() -> list[tuple[str, list[str]]]:
         # The entropy bonus moves the policy even when every tiny-model reward is 0.
         ("prorl-reset", ["algorithm.kl.coef=0.05", "algorithm.kl.reset_every=2", "rl.steps=3",
                          "algorithm.entropy.coef=0.1"]),
+        ("prorl-reset-threshold", ["algorithm.kl.coef=0.05", "algorithm.kl.reset_threshold=1e-9", "rl.steps=3",
+                                   "algorithm.entropy.coef=0.1"]),
         ("entropy-bonus-adaptive", ["algorithm.entropy.coef=0.01", "algorithm.entropy.target=0.5"]),
         ("top-entropy-tokens", ["algorithm.top_entropy_fraction=0.2"]),
         ("negative-sample-weighting", ["algorithm.positive_weight=0.1"]),
@@ -118,6 +120,7 @@ def _check_overlong(rl):
 
 
 LOOP_CHECKS = {
+    "prorl-reset-threshold": _check_reset,
     "shaping=random_reward": _check_random_reward,
     "shaping=overlong": _check_overlong,
     "prorl-reset": _check_reset,

@@ -1,0 +1,301 @@
+"""The parent's side of the sandbox: starts the zygote, sends it runs, enforces a last deadline.
+
+`SandboxServer` owns one zygote process (see `_zygote.py`), started on first use. Each run
+or session gets its own socket to its own supervisor, so calls from many threads run in
+parallel. Whatever happens below, a call returns within ``wall_time_s + _GRACE_S`` (plus up
+to ``_HELLO_TIMEOUT_S`` when the zygote itself is wedged, in which case it is restarted).
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from typing import Iterable, Mapping
+
+from ._zygote import FrameReader, _safe_relpath, encode_frame, recv_frame
+from .limits import SandboxLimits, SandboxResult
+
+UID_BASE = 0x70000000
+"""First uid of the sandbox's range: above systemd's container ranges (0x80000-0x6FFEFFFF)."""
+UID_SLOTS = 4096
+"""Concurrent runs on one machine; each holds its own uid, so RLIMIT_NPROC and kill-by-uid are per run."""
+_HELLO_TIMEOUT_S = 15.0
+_GRACE_S = 5.0
+_START_TIMEOUT_S = 60.0
+_DISABLE_CHOICES = frozenset({"privilege_drop", "pid_namespace", "network_namespace", "ipc_namespace",
+                              "uts_namespace", "mount_namespace", "seccomp", "cgroups"})
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_BOOT = """\
+import importlib.util, json, sys
+config = json.loads(sys.argv[1])
+def load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+load("_rlvr_sandbox_linux", config["linux_py"])
+load("_rlvr_sandbox_zygote", config["zygote_py"]).zygote_main(config)
+"""
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself cannot work (the zygote does not start, or a session cannot start)."""
+
+
+class SandboxServer:
+    """One zygote and the runs it serves; thread-safe.
+
+    ``disable`` turns protections off on purpose (names as in `capabilities()`: "pid_namespace",
+    "mount_namespace", "network_namespace", "cgroups", "seccomp", "privilege_drop", ...), to
+    exercise the fallbacks used where the kernel or the user lacks them.
+    """
+
+    def __init__(self, *, disable: Iterable[str] = (), uid_base: int = UID_BASE, uid_slots: int = UID_SLOTS):
+        unknown = set(disable) - _DISABLE_CHOICES
+        if unknown:
+            raise ValueError(f"SandboxServer(disable=...): unknown {sorted(unknown)}; choose from {sorted(_DISABLE_CHOICES)}")
+        self.disable = tuple(sorted(set(disable)))
+        self.uid_base, self.uid_slots = uid_base, uid_slots
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._ctrl: socket.socket | None = None
+        self._caps: dict | None = None
+        self._owner_pid = os.getpid()
+
+    # -- zygote lifecycle
+    def capabilities(self) -> dict:
+        """What this machine lets the sandbox enforce, probed once when the zygote starts."""
+        self._ensure_started()
+        return dict(self._caps)
+
+    def _ensure_started(self) -> None:
+        if self._owner_pid != os.getpid():
+            self._forget()
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._stop_locked()
+                self._start_locked()
+
+    def _start_locked(self) -> None:
+        import sysconfig
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        site_dirs = list(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
+        config = {
+            "ctrl_fd": theirs.fileno(), "linux_py": os.path.join(_HERE, "_linux.py"),
+            "zygote_py": os.path.join(_HERE, "_zygote.py"), "disable": list(self.disable),
+            "uid_base": self.uid_base, "uid_slots": self.uid_slots, "lock_dir": _lock_dir(),
+            "runtime_dir": "/tmp" if os.path.isdir("/tmp") else os.path.realpath(_tempdir()),
+            "site_dirs": [d for d in site_dirs if os.path.isdir(d)],
+        }
+        debug = os.environ.get("RLVR_SANDBOX_DEBUG") == "1"
+        try:
+            proc = subprocess.Popen(
+                [os.path.realpath(sys.executable), "-I", "-S", "-B", "-c", _BOOT, json.dumps(config)],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=None if debug else subprocess.DEVNULL, cwd="/", start_new_session=True,
+                env={"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"})
+        finally:
+            theirs.close()
+        if not select.select([ours], [], [], _START_TIMEOUT_S)[0]:
+            proc.kill()
+            ours.close()
+            raise SandboxError(f"the sandbox zygote did not start within {_START_TIMEOUT_S:g} s")
+        msg = ours.recv(1 << 20)
+        ready = json.loads(msg) if msg else {"t": "error", "error": "it exited during startup"}
+        if ready.get("t") != "ready":
+            proc.kill()
+            ours.close()
+            raise SandboxError(f"the sandbox zygote failed to start: {ready.get('error')}")
+        self._proc, self._ctrl, self._caps = proc, ours, ready["caps"]
+
+    def _stop_locked(self) -> None:
+        proc, ctrl = self._proc, self._ctrl
+        self._proc = self._ctrl = None
+        if ctrl is not None:
+            ctrl.close()  # the zygote sees end of file, kills its runs and exits
+        if proc is not None:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _forget(self) -> None:
+        """In a forked child: drop the parent's zygote without touching it."""
+        if self._ctrl is not None:
+            self._ctrl.close()
+        self._proc = self._ctrl = None
+        self._owner_pid = os.getpid()
+        self._lock, self._send_lock = threading.Lock(), threading.Lock()  # may have been held at fork
+
+    def close(self) -> None:
+        if self._owner_pid != os.getpid():
+            self._forget()
+            return
+        with self._lock:
+            self._stop_locked()
+
+    def __enter__(self) -> "SandboxServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- talking to supervisors
+    def _connect(self, request: dict) -> tuple[socket.socket, FrameReader]:
+        """A socket to a fresh supervisor that has received ``request``."""
+        for attempt in range(2):
+            self._ensure_started()
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                with self._send_lock:
+                    ctrl = self._ctrl
+                    if ctrl is None:
+                        raise OSError("zygote stopped")
+                    socket.send_fds(ctrl, [b"r"], [theirs.fileno()])
+                reader = FrameReader()
+                hello = recv_frame(ours, reader, time.monotonic() + _HELLO_TIMEOUT_S)
+                if not isinstance(hello, dict) or hello.get("t") != "hello":
+                    raise OSError("no hello from the supervisor")
+                ours.sendall(encode_frame(request))
+                return ours, reader
+            except (OSError, TimeoutError, ValueError) as e:
+                ours.close()
+                with self._lock:  # the zygote is gone or wedged: start a new one
+                    self._stop_locked()
+                if attempt == 1:
+                    raise SandboxError(f"the sandbox zygote is not answering ({e})") from e
+            finally:
+                theirs.close()
+        raise AssertionError("unreachable")
+
+    def _answer(self, chan: socket.socket, reader: FrameReader, limits: SandboxLimits,
+                t0: float) -> tuple[SandboxResult, bool]:
+        """One result frame, and whether the interpreter lives on; past wall time + grace,
+        give up and cancel the run."""
+        try:
+            reply = recv_frame(chan, reader, time.monotonic() + limits.wall_time_s + _GRACE_S)
+            error = None if isinstance(reply, dict) and reply.get("t") == "result" else "the supervisor closed the connection"
+        except TimeoutError:
+            reply, error = None, (f"timeout after {limits.wall_time_s:g} s; the supervisor did not answer within "
+                                  f"{_GRACE_S:g} s more and the run was cancelled")
+        except (OSError, ValueError) as e:
+            reply, error = None, f"lost the supervisor: {e}"
+        if error is not None:
+            chan.close()  # the supervisor sees end of file and kills the run
+            return SandboxResult(stdout="", stderr="", exit_code=None, timed_out="timeout" in error, oom=False,
+                                 truncated=False, duration_s=time.monotonic() - t0, error=error), False
+        result = SandboxResult(stdout=reply["stdout"], stderr=reply["stderr"], exit_code=reply["exit_code"],
+                               timed_out=reply["timed_out"], oom=reply["oom"], truncated=reply["truncated"],
+                               duration_s=time.monotonic() - t0, error=reply["error"])
+        return result, bool(reply.get("alive"))
+
+    def run_python(self, code: str, *, stdin: str = "", limits: SandboxLimits | None = None,
+                   files: Mapping[str, str | bytes] | None = None) -> SandboxResult:
+        """Run ``code`` as ``python -c`` would, confined; see `rlvr.sandbox.run_python`."""
+        limits = limits if limits is not None else SandboxLimits()
+        if not isinstance(code, str) or not isinstance(stdin, str):
+            raise TypeError("run_python: code and stdin must be str")
+        request = {"mode": "script", "code": code, "stdin": stdin, "limits": asdict(limits),
+                   "files": _wire_files(files)}
+        t0 = time.monotonic()
+        chan, reader = self._connect(request)
+        try:
+            return self._answer(chan, reader, limits, t0)[0]
+        finally:
+            chan.close()
+
+    def _start_session(self, limits: SandboxLimits, files) -> tuple[socket.socket, FrameReader]:
+        request = {"mode": "session", "limits": asdict(limits), "files": _wire_files(files)}
+        chan, reader = self._connect(request)
+        try:
+            reply = recv_frame(chan, reader, time.monotonic() + 30 + _GRACE_S)
+        except (TimeoutError, OSError, ValueError) as e:
+            chan.close()
+            raise SandboxError(f"the interpreter did not start: {e}") from e
+        if not isinstance(reply, dict) or reply.get("t") != "started":
+            chan.close()
+            raise SandboxError("the interpreter did not start: "
+                               + str(reply.get("error") if isinstance(reply, dict) else "connection closed"))
+        return chan, reader
+
+    def _run_cell(self, chan: socket.socket, reader: FrameReader, code: str,
+                  limits: SandboxLimits) -> tuple[SandboxResult, bool]:
+        t0 = time.monotonic()
+        try:
+            chan.sendall(encode_frame({"t": "cell", "code": code}))
+        except OSError as e:
+            return SandboxResult("", "", None, False, False, False, time.monotonic() - t0,
+                                 f"lost the interpreter: {e}"), False
+        return self._answer(chan, reader, limits, t0)
+
+
+def _wire_files(files: Mapping[str, str | bytes] | None) -> list[list[str]]:
+    out = []
+    for name, data in (files or {}).items():
+        if not isinstance(name, str):
+            raise TypeError(f"files: names must be str, got {name!r}")
+        _safe_relpath(name)
+        if isinstance(data, str):
+            out.append([name, "text", data])
+        elif isinstance(data, (bytes, bytearray)):
+            out.append([name, "base64", base64.b64encode(data).decode()])
+        else:
+            raise TypeError(f"files[{name!r}] must be str or bytes, got {type(data).__name__}")
+    return out
+
+
+def _tempdir() -> str:
+    import tempfile
+    return tempfile.gettempdir()
+
+
+def _lock_dir() -> str:
+    if os.path.isdir("/run") and os.access("/run", os.W_OK):
+        return "/run/rlvr-sandbox"
+    return os.path.join(_tempdir(), ".rlvr-sandbox-locks")
+
+
+_default: SandboxServer | None = None
+_default_lock = threading.Lock()
+
+
+def default_server() -> SandboxServer:
+    """The process-wide server `run_python` and `PythonSession` use unless given one.
+
+    A deliberate cache (one zygote per process, started on first use), reset in forked
+    children so they never share their parent's zygote.
+    """
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = SandboxServer()
+        return _default
+
+
+def _after_fork_in_child() -> None:
+    global _default, _default_lock
+    _default_lock = threading.Lock()
+    if _default is not None:
+        _default._forget()
+    _default = None
+
+
+def _close_default() -> None:
+    if _default is not None:
+        _default.close()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_close_default)
