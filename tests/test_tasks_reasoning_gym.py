@@ -147,7 +147,12 @@ def test_guards():
     assert algebra("3*sin(2*x)**2 + E**x") is None
     assert algebra("9**9**9**9") is not None  # power in an exponent
     assert algebra("((2**9)**9)**9") is not None  # powers nested three deep
-    assert algebra("x**1000") is not None
+    assert algebra("(x + 1)**1000 - x**3") is None
+    assert algebra("x**1001") is not None
+    assert algebra("2**100 + (3/2)**7") is None
+    assert algebra("2**101") is not None  # a number's exponent is held to 100
+    assert algebra("1000001**2") is not None  # and its base literals to 10**6
+    assert algebra("x" + "+x" * 20_000) is not None  # too long
     assert algebra("exp(x)") is not None  # not on this guard's function list
     assert algebra("xy") is not None  # names are single letters
     assert algebra("x.func") is not None
@@ -193,6 +198,28 @@ def test_problems_deterministic_and_from_the_pool():
     assert [q.prompt for q in fresh.sample_problems(20, seed=3)] == [q.prompt for q in first]
     with pytest.raises(ValueError, match="distinct problems"):
         _task("chain_sum", size=5).sample_problems(6, seed=0)
+
+
+def test_items_that_fail_to_generate_are_skipped():
+    task = ReasoningGymTask(ReasoningGymTask.Params(dataset="chain_sum", size=50))
+    real = task.dataset
+
+    class Flaky:
+        def __getitem__(self, index):
+            if index % 2:
+                raise ValueError("Failed to generate valid expression after 100 attempts")
+            return real[index]
+
+    task.dataset = Flaky()
+    assert all(p.metadata["index"] % 2 == 0 for p in task.sample_problems(10, seed=0))
+
+    class Broken:
+        def __getitem__(self, index):
+            raise RuntimeError("no")
+
+    task.dataset, task._entries = Broken(), {}
+    with pytest.raises(ValueError, match="all failed; last: generating item .* raised RuntimeError: no"):
+        task.generate(random.Random(0))
 
 
 def test_no_gold_answer_means_no_demonstration():

@@ -71,6 +71,6 @@ def test_math_task_trains_from_local_jsonl(tmp_path, tiny_overrides):
     assert main(args) == 0
     state = RunDir(run_dir).load_state()
     assert state["completed_stages"] == ["sft", "rl"]
-    assert state["evals"]["final"]["verifier_errors"] == 0
+    assert state["evals"]["final"]["scoring_errors"] == 0
     heldout_evals = state["evals"]["warmstart"]["problems"]
     assert heldout_evals == 6

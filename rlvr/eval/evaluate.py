@@ -74,7 +74,7 @@ def evaluate(
     result: dict[str, Any] = {
         "problems": len(problems),
         "greedy_accuracy": sum(s.correct for s in scores) / len(problems),
-        "verifier_errors": sum(s.error is not None for s in scores),
+        "scoring_errors": sum(s.error is not None for s in scores),
         "greedy_length": sum(n for _, n in greedy) / len(problems),
     }
     if samples > 0:

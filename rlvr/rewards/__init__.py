@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 from rlvr.registry import Registry
 from rlvr.tasks.base import Problem, Score, Task
+from rlvr.tasks.formats import matches_format, think_answer_format
 
 RewardFn = Callable[..., float]  # (task, problem, completion, score, **params) -> float
 REWARDS: Registry[RewardFn] = Registry("reward")
@@ -22,6 +23,19 @@ def correctness_reward(task: Task, problem: Problem, completion: str, score: Sco
 def format_reward(task: Task, problem: Problem, completion: str, score: Score) -> float:
     """1.0 when the task can find a final answer in the completion at all, else 0.0."""
     return float(score.extracted is not None)
+
+
+@REWARDS.register("think_answer_format")
+def think_answer_format_reward(task: Task, problem: Problem, completion: str, score: Score) -> float:
+    """1.0 for exactly one ``<think>...</think>`` followed by one ``<answer>...</answer>`` (the
+    DeepSeek-R1 format reward), else 0.0."""
+    return float(think_answer_format(completion))
+
+
+@REWARDS.register("regex_format")
+def regex_format_reward(task: Task, problem: Problem, completion: str, score: Score, *, pattern: str) -> float:
+    """1.0 when the whole completion matches ``pattern`` (``reward.params.regex_format.pattern``)."""
+    return float(matches_format(completion, pattern))
 
 
 def compose_reward(

@@ -43,6 +43,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
 
@@ -59,6 +60,11 @@ def _b(s: str | None) -> bytes | None:
 def unshare(flags: int) -> None:
     """Move the calling process into new namespaces (``unshare(2)``)."""
     _check(_libc.unshare(flags), f"unshare({flags:#x})")
+
+
+def setns(fd: int, nstype: int) -> None:
+    """Move the calling process into the namespace that ``fd`` (from /proc/PID/ns/...) names."""
+    _check(_libc.setns(fd, nstype), f"setns({nstype:#x})")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
@@ -168,6 +174,9 @@ def _seccomp_program() -> bytes:
     return bytes(out)
 
 
+_SECCOMP_PROGRAM = _seccomp_program()  # assembled once, in the zygote, before any fork
+
+
 class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
@@ -179,7 +188,7 @@ def install_seccomp_filter() -> None:
     """
     if not seccomp_supported():
         raise OSError(f"seccomp filter: no system-call table for {platform.machine()}")
-    program = _seccomp_program()
+    program = _SECCOMP_PROGRAM
     buf = ctypes.create_string_buffer(program, len(program))
     fprog = _SockFprog(len(program) // 8, ctypes.addressof(buf))
     set_no_new_privs()
@@ -189,7 +198,8 @@ def install_seccomp_filter() -> None:
 
 # --- cgroups ------------------------------------------------------------------------------
 class CgroupSet:
-    """Per-run cgroups for the process-count and memory limits, under one base per zygote.
+    """Per-run cgroups for the process-count, memory and CPU-bandwidth limits, under one base
+    per zygote.
 
     cgroup v1 (one hierarchy per controller, as on this project's CI machine) and v2 (one
     unified hierarchy, where the controllers must be delegable to our subtree) are both
@@ -198,52 +208,37 @@ class CgroupSet:
     """
 
     def __init__(self, bases: dict[str, str], version: int):
-        self.bases = bases      # controller ("pids", "memory") -> directory we own
+        self.bases = bases      # controller ("pids", "memory", "cpu") -> directory we own
         self.version = version
 
     @classmethod
-    def open(cls, name: str, want_memory: bool = True) -> "CgroupSet | None":
+    def open(cls, name: str) -> "CgroupSet | None":
         own = _own_cgroups()
-        bases: dict[str, str] = {}
-        v1 = {c: f"/sys/fs/cgroup/{c}" for c in ("pids", "memory")}
-        if all(os.path.isfile(f"{root}/cgroup.procs") for root in v1.values()) and "pids" in own:
-            for c, root in v1.items():
-                if c == "memory" and not want_memory:
-                    continue
-                if c in own:
+        if os.path.isfile("/sys/fs/cgroup/pids/cgroup.procs") and "pids" in own:  # v1
+            bases = {}
+            for c in ("pids", "memory", "cpu"):
+                root = f"/sys/fs/cgroup/{c}"
+                if c in own and os.path.isfile(f"{root}/cgroup.procs"):
+                    _remove_stale(root + own[c], name)
                     bases[c] = _mkdir(os.path.join(root + own[c], name))
             return cls(bases, 1)
-        if "" in own and os.path.isfile("/sys/fs/cgroup/cgroup.controllers"):
+        if "" in own and os.path.isfile("/sys/fs/cgroup/cgroup.controllers"):  # v2
             parent = "/sys/fs/cgroup" + own[""]
             with open(os.path.join(parent, "cgroup.controllers")) as f:
-                available = f.read().split()
-            controllers = [c for c in ("pids", "memory") if c in available]
+                controllers = [c for c in ("pids", "memory", "cpu") if c in f.read().split()]
             if "pids" not in controllers:
                 return None
+            enable = " ".join("+" + c for c in controllers)
+            _write(os.path.join(parent, "cgroup.subtree_control"), enable)
+            _remove_stale(parent, name)
             base = _mkdir(os.path.join(parent, name))
-            _write(os.path.join(parent, "cgroup.subtree_control"), " ".join("+" + c for c in controllers))
-            _write(os.path.join(base, "cgroup.subtree_control"), " ".join("+" + c for c in controllers))
+            _write(os.path.join(base, "cgroup.subtree_control"), enable)
             return cls({c: base for c in controllers}, 2)
         return None
 
-    def create_run(self, run: str, max_tasks: int, memory_bytes: int | None) -> "RunCgroup":
-        dirs = {c: _mkdir(os.path.join(base, run)) for c, base in self.bases.items()}
-        _write(os.path.join(dirs["pids"], "pids.max"), str(max_tasks))
-        if memory_bytes is not None and "memory" in dirs:
-            d = dirs["memory"]
-            if self.version == 1:
-                _write(os.path.join(d, "memory.limit_in_bytes"), str(memory_bytes))
-                try:  # no swap either, where swap accounting exists
-                    _write(os.path.join(d, "memory.memsw.limit_in_bytes"), str(memory_bytes))
-                except OSError:
-                    pass
-            else:
-                _write(os.path.join(d, "memory.max"), str(memory_bytes))
-                try:
-                    _write(os.path.join(d, "memory.swap.max"), "0")
-                except OSError:
-                    pass
-        return RunCgroup(dirs, self.version)
+    def create_run(self, run: str) -> "RunCgroup":
+        """An empty cgroup per controller for one run; limits come with `RunCgroup.set_limits`."""
+        return RunCgroup({c: _mkdir(os.path.join(base, run)) for c, base in self.bases.items()}, self.version)
 
     def remove(self) -> None:
         for base in set(self.bases.values()):
@@ -256,6 +251,46 @@ class RunCgroup:
     def __init__(self, dirs: dict[str, str], version: int):
         self.dirs = dirs
         self.version = version
+
+    def set_limits(self, max_tasks: int, memory_bytes: int, cpu_cores: float) -> None:
+        _write(os.path.join(self.dirs["pids"], "pids.max"), str(max_tasks))
+        d = self.dirs.get("cpu")
+        if d is not None:
+            period = 100_000  # microseconds
+            quota = max(1000, int(cpu_cores * period))
+            if self.version == 1:
+                _write(os.path.join(d, "cpu.cfs_period_us"), str(period))
+                _write(os.path.join(d, "cpu.cfs_quota_us"), str(quota))
+            else:
+                _write(os.path.join(d, "cpu.max"), f"{quota} {period}")
+        d = self.dirs.get("memory")
+        if d is None:
+            return
+        if self.version == 1:
+            # memsw (memory + swap) must stay >= the memory limit: order the writes accordingly
+            names = ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
+            if not os.path.exists(os.path.join(d, names[1])):
+                names = names[:1]
+            for order in (names, names[::-1]):
+                try:
+                    for name in order:
+                        _write(os.path.join(d, name), str(memory_bytes))
+                    return
+                except OSError:
+                    continue
+            raise OSError(f"cannot set the memory limit of {d}")
+        _write(os.path.join(d, "memory.max"), str(memory_bytes))
+        try:
+            _write(os.path.join(d, "memory.swap.max"), "0")
+        except OSError:
+            pass
+
+    def pids(self) -> list[int]:
+        try:
+            with open(os.path.join(self.dirs["pids"], "cgroup.procs")) as f:
+                return [int(p) for p in f.read().split()]
+        except OSError:
+            return []
 
     def add(self, pid: int) -> None:
         for d in set(self.dirs.values()):
@@ -280,6 +315,18 @@ class RunCgroup:
     def remove(self) -> None:
         for d in set(self.dirs.values()):
             _rmdir(d)
+
+
+def _remove_stale(parent: str, name: str) -> None:
+    """Remove the (empty) cgroups of zygotes that died: names are "<prefix>z<pid>"."""
+    prefix = name.rsplit("z", 1)[0] + "z"
+    for entry in _listdir(parent):
+        pid = entry[len(prefix):]
+        if entry.startswith(prefix) and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            base = os.path.join(parent, entry)
+            for run in _listdir(base):
+                _rmdir(os.path.join(base, run))
+            _rmdir(base)
 
 
 def _own_cgroups() -> dict[str, str]:

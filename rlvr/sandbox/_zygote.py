@@ -28,6 +28,7 @@ import base64
 import builtins
 import codeop
 import fcntl
+import gc
 import io
 import json
 import linecache
@@ -53,8 +54,11 @@ FRAME_HEADER = struct.Struct(">I")
 MAX_FRAME_BYTES = 64 << 20
 _EXECUTOR_FRAME_BYTES = 1 << 16          # the untrusted side's frames are small
 _STATUS = struct.Struct("=id")           # init -> supervisor: wait status, CPU seconds used
+_SPARE_NICE = 10
+_CPU_POLL_S = 0.05
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _ROOT_ONLY_MODULES = ("_rlvr_sandbox_zygote", "_rlvr_sandbox_linux")
-_PREIMPORT = ("ast", "bisect", "collections", "copy", "dataclasses", "datetime", "decimal",
+_PREIMPORT = ("_sitebuiltins", "ast", "bisect", "collections", "copy", "dataclasses", "datetime", "decimal",
               "fractions", "functools", "heapq", "itertools", "json", "math", "operator",
               "random", "re", "statistics", "string", "typing")
 
@@ -110,13 +114,13 @@ def zygote_main(config: dict) -> None:
     ctrl = socket.socket(fileno=config["ctrl_fd"])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trainer's Ctrl-C is the trainer's
     try:
-        zygote = Zygote(config)
+        zygote = Zygote(config, ctrl)
     except BaseException:
         ctrl.send(json.dumps({"t": "error", "error": traceback.format_exc()}).encode())
         return
     ctrl.send(json.dumps({"t": "ready", "pid": os.getpid(), "caps": zygote.caps}).encode())
     try:
-        zygote.serve(ctrl)
+        zygote.serve()
     finally:
         zygote.shutdown()
 
@@ -143,14 +147,22 @@ def _seccomp_probe() -> None:
 
 
 class Zygote:
-    def __init__(self, config: dict):
+    """Probes the machine once, then serves requests with pre-confined spare supervisors."""
+
+    def __init__(self, config: dict, ctrl: socket.socket):
         self.config = config
+        self.ctrl = ctrl
         self.pid = os.getpid()
         self.children: set[int] = set()
+        self.spares: dict[int, socket.socket] = {}   # pid -> socket to hand it a run
+        self.spare_target = int(config.get("spares", 2))
+        self.spare_failures = 0
         self.root_dir: str | None = None
         self.cgroups: _linux.CgroupSet | None = None
         self.lock_dir_fd: int | None = None
+        self.host_netns_fd: int | None = None
         self.site_dirs: list[str] = []
+        self.pending_cgroups: list[str] = []
         disabled = set(config.get("disable", ()))
         notes: list[str] = []
         root = os.geteuid() == 0
@@ -168,6 +180,8 @@ class Zygote:
                            ("ipc_namespace", _linux.CLONE_NEWIPC), ("uts_namespace", _linux.CLONE_NEWUTS),
                            ("mount_namespace", _linux.CLONE_NEWNS)):
             caps[name] = root and name not in disabled and _probe(lambda f=flag: _linux.unshare(f))
+        if caps["network_namespace"]:  # spares are built offline; network=True runs rejoin this one
+            self.host_netns_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         if caps["mount_namespace"]:
             try:
                 self.root_dir = self._build_root()
@@ -177,15 +191,23 @@ class Zygote:
         if not caps["mount_namespace"]:
             self.site_dirs = list(config.get("site_dirs", ()))
 
+        # spares are prepared at low priority, which needs CAP_SYS_NICE to undo
+        self.can_renice = _probe(lambda: (os.setpriority(os.PRIO_PROCESS, 0, _SPARE_NICE),
+                                          os.setpriority(os.PRIO_PROCESS, 0, 0)))
         caps["seccomp"] = "seccomp" not in disabled and _linux.seccomp_supported() and _probe(_seccomp_probe)
-        caps["pids_cgroup"] = caps["memory_cgroup"] = False
+        caps["pids_cgroup"] = caps["memory_cgroup"] = caps["cpu_cgroup"] = False
         if root and "cgroups" not in disabled:
             try:
                 self.cgroups = _linux.CgroupSet.open(f"rlvr-sandbox-z{self.pid}")
                 if self.cgroups is not None:
-                    self.cgroups.create_run("probe", 8, 64 << 20).remove()
+                    probe = self.cgroups.create_run("probe")
+                    try:
+                        probe.set_limits(8, 64 << 20, 1.0)
+                    finally:
+                        probe.remove()
                     caps["pids_cgroup"] = True
                     caps["memory_cgroup"] = "memory" in self.cgroups.bases
+                    caps["cpu_cgroup"] = "cpu" in self.cgroups.bases
             except OSError as e:
                 notes.append(f"cgroups unavailable: {e}")
                 if self.cgroups is not None:
@@ -198,6 +220,7 @@ class Zygote:
 
         for name in _PREIMPORT:  # shared copy-on-write by every run; runs start faster
             __import__(name)
+        gc.freeze()  # keep the collector from dirtying these shared pages in every child
 
     def _build_root(self) -> str:
         """Private mount namespace with a read-only root tree for the runs to chroot into.
@@ -257,14 +280,16 @@ class Zygote:
         _linux.mount(None, r, None, _linux.MS_REMOUNT | _linux.MS_RDONLY | _linux.MS_NOSUID)
         return r
 
-    def serve(self, ctrl: socket.socket) -> None:
+    def serve(self) -> None:
         while True:
-            readable = select.select([ctrl], [], [], 1.0)[0]
             self._reap()
-            if not readable:
+            idle = 0.5 if len(self.spares) >= self.spare_target else 0.0
+            if not select.select([self.ctrl], [], [], idle)[0]:
+                if len(self.spares) < self.spare_target:  # one at a time: requests come first
+                    self._fork_supervisor(None)
                 continue
             try:
-                msg, fds, _, _ = socket.recv_fds(ctrl, 64, 4)
+                msg, fds, _, _ = socket.recv_fds(self.ctrl, 64, 4)
             except OSError:
                 return
             for fd in fds[1:]:
@@ -273,19 +298,45 @@ class Zygote:
                 for fd in fds[:1]:
                     os.close(fd)
                 return
-            if not fds:
-                continue
-            pid = os.fork()
-            if pid == 0:
-                code = 1
-                try:
-                    ctrl.close()
-                    Supervisor(self, fds[0]).main()
-                    code = 0
-                finally:
-                    os._exit(code)
-            os.close(fds[0])
-            self.children.add(pid)
+            if fds:
+                self._dispatch(fds[0])
+                os.close(fds[0])
+
+    def _dispatch(self, chan_fd: int) -> None:
+        """Hand the run's socket to a ready spare, or fork a supervisor for it."""
+        while self.spares:
+            pid = next(iter(self.spares))
+            sock = self.spares.pop(pid)
+            try:
+                socket.send_fds(sock, [b"c"], [chan_fd])
+                return
+            except OSError:
+                pass  # that spare died; it is reaped later
+            finally:
+                sock.close()
+        self._fork_supervisor(chan_fd)
+
+    def _fork_supervisor(self, chan_fd: int | None) -> None:
+        ours = theirs = None
+        if chan_fd is None:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                self.ctrl.close()
+                for sock in self.spares.values():
+                    sock.close()
+                if ours is not None:
+                    ours.close()
+                Supervisor(self, theirs, chan_fd).main()
+                code = 0
+            finally:
+                os._exit(code)
+        self.children.add(pid)
+        if ours is not None:
+            theirs.close()
+            self.spares[pid] = ours
 
     def _reap(self) -> None:
         while self.children:
@@ -296,22 +347,60 @@ class Zygote:
             if pid == 0:
                 return
             self.children.discard(pid)
+            if pid in self.spares:  # died before serving: do not respawn it forever
+                self.spares.pop(pid).close()
+                self.spare_failures += 1
+                if self.spare_failures >= 3:
+                    self.spare_target = 0
+            self._cleanup_after(pid)
+        self._cleanup_after(None)
+
+    def scratch_path(self, supervisor_pid: int) -> str:
+        """Host scratch directory of a run when there is no mount namespace."""
+        return os.path.join(self.config["runtime_dir"], f"rlvr-sandbox-{self.pid}-{supervisor_pid}")
+
+    def _cleanup_after(self, pid: int | None) -> None:
+        """What a supervisor may have left when killed: its cgroups (removable once its runs'
+        last processes are gone, so retried) and its host scratch directory."""
+        if pid is not None:
             if self.cgroups is not None:
-                for base in set(self.cgroups.bases.values()):
-                    _linux._rmdir(os.path.join(base, f"r{pid}"))
+                self.pending_cgroups += [os.path.join(b, f"r{pid}") for b in set(self.cgroups.bases.values())]
+            if not self.caps["mount_namespace"] and os.path.isdir(self.scratch_path(pid)):
+                import shutil
+                shutil.rmtree(self.scratch_path(pid), ignore_errors=True)
+        still = []
+        for d in self.pending_cgroups:
+            _linux._rmdir(d)
+            if os.path.isdir(d):
+                still.append(d)
+        self.pending_cgroups = still
 
     def shutdown(self) -> None:
-        for pid in self.children:  # their runs die with them (parent-death signals)
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for pid in list(self.children):
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+        """Supervisors get SIGTERM to clean up their runs, then SIGKILL; runs in a pid
+        namespace die with their supervisor in any case (parent-death signals)."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self.children:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            end = time.monotonic() + 3
+            while self.children and time.monotonic() < end:
+                try:
+                    pid, _ = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    self.children.clear()
+                    break
+                if pid:
+                    self.children.discard(pid)
+                    self._cleanup_after(pid)
+                else:
+                    time.sleep(0.01)
         self.children.clear()
+        end = time.monotonic() + 2
+        while self.pending_cgroups and time.monotonic() < end:  # runs' last processes exiting
+            time.sleep(0.01)
+            self._cleanup_after(None)
         if self.cgroups is not None:
             self.cgroups.remove()
         if self.root_dir is not None:
@@ -322,74 +411,108 @@ class Zygote:
                 pass
 
 
+def _processes_of_uid(uid: int, exclude: int) -> list[int]:
+    """Live (not zombie) processes whose real uid is ``uid``, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == exclude:
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if line.startswith(("State:", "Uid:")))
+        except (OSError, ValueError):
+            continue
+        if int(fields.get("Uid", "-1 ").split()[0]) == uid and not fields.get("State", "").strip().startswith("Z"):
+            found.append(int(entry))
+    return found
+
+
 def _pid_alive(text: str) -> bool:
     return text.isdigit() and os.path.exists(f"/proc/{text}")
 
 
 # --- supervisor ---------------------------------------------------------------------------
 class Supervisor:
-    """One run or one session: sets up the processes, pumps I/O, enforces the limits."""
+    """One run or one session: builds the confined processes, pumps I/O, enforces the limits.
 
-    def __init__(self, zygote: Zygote, chan_fd: int):
+    Everything that does not depend on the request (uid, cgroups, namespaces, init, the
+    executor up to its chroot) is done first, so that a spare can do it before any request
+    exists; the request then only configures limits and files and starts the code.
+    """
+
+    def __init__(self, zygote: Zygote, handoff: socket.socket | None, chan_fd: int | None):
         self.z = zygote
         self.caps = zygote.caps
-        self.chan = socket.socket(fileno=chan_fd)
+        self.handoff = handoff
+        self.chan_fd = chan_fd
+        self.chan: socket.socket | None = None
         self.reader = FrameReader()
         self.child: int | None = None          # init (pid namespace) or the executor
         self.child_fd: int | None = None       # pidfd of self.child
         self.executor_pid: int | None = None   # the executor's pid as seen from here
-        self.status: tuple[int, float] | None = None
+        self.status: tuple[int | None, float] | None = None
         self.cg: _linux.RunCgroup | None = None
         self.scratch: str | None = None        # host path of the scratch dir when no mount ns
         self.ctl: socket.socket | None = None
         self.ctl_reader = FrameReader(_EXECUTOR_FRAME_BYTES)
         self.exec_frames: list[dict] = []
         self.cells = 0
+        self.oom_kills = 0
+        self.out_r = self.err_r = self.in_w = None
+        self.leftovers_killed = False
 
     # -- lifecycle
     def main(self) -> None:
         _linux.set_parent_death_signal(signal.SIGKILL)
         if os.getppid() != self.z.pid:
             return
+        signal.signal(signal.SIGTERM, _exit_on_signal)  # the zygote's shutdown: clean up first
         _write_proc_self("oom_score_adj", "-1000")  # the OOM killer takes the sandbox, not us
-        self.chan.sendall(encode_frame({"t": "hello", "pid": os.getpid()}))
+        spare = self.chan_fd is None and self.z.can_renice
         try:
+            if spare:  # preparing ahead must not slow down the runs in progress
+                os.setpriority(os.PRIO_PROCESS, 0, _SPARE_NICE)
+            self.prepare()
+            if self.chan_fd is None:
+                self.chan_fd = self._await_handoff()
+                if self.chan_fd is None:
+                    return
+            if spare:  # back to normal priority: init here, the executor after its "go"
+                os.setpriority(os.PRIO_PROCESS, 0, 0)
+                os.setpriority(os.PRIO_PROCESS, self.child, 0)
+            self.chan = socket.socket(fileno=self.chan_fd)
+            self.chan.sendall(encode_frame({"t": "hello", "pid": os.getpid()}))
             req = recv_frame(self.chan, self.reader, time.monotonic() + 30)
-        except (TimeoutError, OSError, ValueError):
-            return
-        if not isinstance(req, dict):
-            return
-        try:
-            self.limits = req["limits"]
-            self.mode = req["mode"]
-            self.start(req)
+            if not isinstance(req, dict):
+                return
+            self.limits, self.mode = req["limits"], req["mode"]
+            self.configure(req)
             if self.mode == "script":
                 self.chan.sendall(encode_frame(self.run_script()))
             else:
                 self.serve_session()
         except Exception:
-            try:
-                self.chan.sendall(encode_frame({"t": "result", "stdout": "", "stderr": "", "exit_code": None,
-                                                "timed_out": False, "oom": False, "truncated": False,
-                                                "alive": False,
-                                                "error": "sandbox internal error: " + traceback.format_exc(limit=3)}))
-            except OSError:
-                pass
+            if self.chan is not None:
+                try:
+                    self.chan.sendall(encode_frame({
+                        "t": "result", "stdout": "", "stderr": "", "exit_code": None, "timed_out": False,
+                        "oom": False, "truncated": False, "alive": False,
+                        "error": "sandbox internal error: " + traceback.format_exc(limit=3)}))
+                except OSError:
+                    pass
         finally:
             self.stop()
 
-    def start(self, req: dict) -> None:
-        lim = self.limits
+    def prepare(self) -> None:
+        """uid, cgroups, namespaces, and the confined process tree waiting for its "go"."""
         caps = self.caps
         self.uid = self.gid = os.getuid()
         if caps["privilege_drop"]:
             self.uid = self.gid = self._acquire_uid()
         if self.z.cgroups is not None:
-            memory = (lim["memory_mb"] + lim["scratch_mb"] + 64) << 20
-            self.cg = self.z.cgroups.create_run(f"r{os.getpid()}", lim["max_processes"] + 1, memory)
-        self.oom_kills = 0
+            self.cg = self.z.cgroups.create_run(f"r{os.getpid()}")
         if not caps["mount_namespace"]:
-            self.scratch = os.path.join(self.z.config["runtime_dir"], f"rlvr-sandbox-{os.getpid()}-{time.time_ns()}")
+            self.scratch = self.z.scratch_path(os.getpid())
             os.mkdir(self.scratch, 0o700)
             os.chown(self.scratch, self.uid, self.gid)
         self.scratch_inside = "/tmp" if caps["mount_namespace"] else self.scratch
@@ -407,32 +530,28 @@ class Supervisor:
             flags |= _linux.CLONE_NEWPID
         else:
             _linux.set_child_subreaper()  # escaped descendants come back to us to be reaped
-        if caps["mount_namespace"]:
-            flags |= _linux.CLONE_NEWNS
-        if caps["network_namespace"] and not lim["network"]:
-            flags |= _linux.CLONE_NEWNET
-        if caps["ipc_namespace"]:
-            flags |= _linux.CLONE_NEWIPC
-        if caps["uts_namespace"]:
-            flags |= _linux.CLONE_NEWUTS
+        for cap, flag in (("mount_namespace", _linux.CLONE_NEWNS), ("network_namespace", _linux.CLONE_NEWNET),
+                          ("ipc_namespace", _linux.CLONE_NEWIPC), ("uts_namespace", _linux.CLONE_NEWUTS)):
+            if caps[cap]:
+                flags |= flag
         if flags:
             _linux.unshare(flags)
 
-        self.run_files = req.get("files", [])
-        self.code = req.get("code", "")
-        child_fds = dict(in_r=in_r, out_w=out_w, err_w=err_w, ctl_u=ctl_u.fileno(), go_r=go_r, st_w=st_w)
+        child_fds = {"in_r": in_r, "out_w": out_w, "err_w": err_w, "ctl_u": ctl_u.fileno(), "go_r": go_r,
+                     "st_w": st_w}
+        if self.z.host_netns_fd is not None:
+            child_fds["netns"] = self.z.host_netns_fd
         pid = os.fork()
         if pid == 0:
-            code = 1
             try:
                 if caps["pid_namespace"]:
-                    self._init_main(child_fds)
+                    Init(self, child_fds).main()
                 else:
-                    self._executor_main(child_fds, wait_go=True)
+                    Executor(self, child_fds, wait_go=True).main()
             except BaseException:
-                traceback.print_exc()
+                pass
             finally:
-                os._exit(code)
+                os._exit(1)
         self.child = pid
         self.child_fd = os.pidfd_open(pid)
         for fd in (out_w, err_w, in_r, go_r, st_w):
@@ -448,16 +567,43 @@ class Supervisor:
         self.ctl = ctl_s
         for fd in (out_r, err_r, in_w):
             os.set_blocking(fd, False)
+
+    def _await_handoff(self) -> int | None:
+        """A spare waits here for the zygote to give it a run's socket."""
+        while True:
+            ready = select.select([self.handoff, self.child_fd], [], [])[0]
+            if self.child_fd in ready:
+                return None  # the confined side died while waiting: this spare is broken
+            try:
+                msg, fds, _, _ = socket.recv_fds(self.handoff, 16, 1)
+            except OSError:
+                return None
+            if not msg:
+                return None
+            if fds:
+                self.handoff.close()
+                self.handoff = None
+                return fds[0]
+
+    def configure(self, req: dict) -> None:
+        """Apply the request: cgroup limits, stdin, and the executor's "go" with code and files."""
+        lim = self.limits
+        if self.cg is not None:
+            self.cg.set_limits(lim["max_processes"] + 1, (lim["memory_mb"] + lim["scratch_mb"] + 64) << 20,
+                               lim["cpu_cores"])
+            self.oom_kills = self.cg.oom_kills()
         self.stdin = req.get("stdin", "").encode()
         if not self.stdin:
             self._close_stdin()
+        go = {"t": "go", "mode": self.mode, "limits": lim, "code": req.get("code", ""), "files": req.get("files", [])}
+        self.ctl.sendall(encode_frame(go))
 
     def stop(self) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish cleaning up, even on shutdown
         if self.child is not None and self.status is None:
             self._kill_run()
             self._wait_child()
-        if not self.caps["pid_namespace"] and self.caps["privilege_drop"] and self.child is not None:
-            self._kill_uid()
+        self._kill_leftovers()
         if self.cg is not None:
             self.cg.remove()
         if self.scratch is not None:
@@ -467,9 +613,7 @@ class Supervisor:
     def _acquire_uid(self) -> int:
         """A uid no other live run uses: lock files held (flock) for this supervisor's life."""
         base, slots = self.z.config["uid_base"], self.z.config["uid_slots"]
-        start = os.getpid() % slots
-        for k in range(slots):
-            n = (start + k) % slots
+        for n in range(slots):  # lowest free slot: the lock files stay as few as the peak concurrency
             fd = os.open(f"{n}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600, dir_fd=self.z.lock_dir_fd)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -480,145 +624,15 @@ class Supervisor:
             return base + n
         raise RuntimeError(f"all {slots} sandbox uids are in use")
 
-    # -- the process tree below the supervisor
-    def _init_main(self, fds: dict) -> None:
-        """pid 1 of the run's pid namespace: set up the filesystem, fork the executor, reap."""
-        _linux.set_parent_death_signal(signal.SIGKILL)
-        self.chan.detach()
-        _close_all_except(fds.values())
-        if os.read(fds["go_r"], 1) != b"g":
-            return
-        self._prepare_fs()
-        if self.caps["uts_namespace"]:
-            socket.sethostname("sandbox")
-        pid = os.fork()
-        if pid == 0:
-            try:
-                self._executor_main(fds, wait_go=False)
-            finally:
-                os._exit(1)
-        for name in ("in_r", "out_w", "err_w", "ctl_u", "go_r"):
-            os.close(fds[name])
-        while True:
-            try:
-                done, status, usage = os.wait4(-1, 0)
-            except ChildProcessError:
-                return
-            if done == pid:
-                os.write(fds["st_w"], _STATUS.pack(status, usage.ru_utime + usage.ru_stime))
-                return  # exiting as pid 1 makes the kernel kill what is left of the run
-
-    def _prepare_fs(self) -> None:
-        """Mount the run's /proc and scratch /tmp (mount namespace) and write the caller's files."""
-        lim = self.limits
-        if self.caps["mount_namespace"]:
-            r = self.z.root_dir
-            _linux.mount("proc", f"{r}/proc", "proc", _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC,
-                         "hidepid=2")
-            _linux.mount("tmpfs", f"{r}/tmp", "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV,
-                         f"size={lim['scratch_mb']}m,mode=0700,uid={self.uid},gid={self.gid}")
-            scratch = f"{r}/tmp"
-        else:
-            scratch = self.scratch
-        for name, kind, payload in self.run_files:
-            data = base64.b64decode(payload) if kind == "base64" else payload.encode()
-            path = os.path.join(scratch, _safe_relpath(name))
-            parent = os.path.dirname(path)
-            if not os.path.isdir(parent):
-                os.makedirs(parent, 0o755)
-                d = parent
-                while d != scratch:
-                    os.chown(d, self.uid, self.gid)
-                    d = os.path.dirname(d)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-            try:
-                _write_all(fd, data)
-                os.fchown(fd, self.uid, self.gid)
-            finally:
-                os.close(fd)
-
-    def _executor_main(self, fds: dict, wait_go: bool) -> None:
-        """Confine this process, then run the untrusted code in it (never returns)."""
-        lim, caps = self.limits, self.caps
-        self.chan.detach()
-        if wait_go:  # no init above us: do its setup here
-            _linux.set_parent_death_signal(signal.SIGKILL)
-            if os.read(fds["go_r"], 1) != b"g":
-                os._exit(1)
-            self._prepare_fs()
-        os.setsid()
-        _write_proc_self("oom_score_adj", "1000")
-        _install_fds([fds["in_r"], fds["out_w"], fds["err_w"], fds["ctl_u"]])
-        cpu = max(1, math.ceil(lim["cpu_time_s"]))
-        for res, value in ((resource.RLIMIT_CPU, (cpu, cpu + 1)),
-                           (resource.RLIMIT_AS, (lim["memory_mb"] << 20,) * 2),
-                           (resource.RLIMIT_FSIZE, (lim["file_size_mb"] << 20,) * 2),
-                           (resource.RLIMIT_NOFILE, (lim["max_open_files"],) * 2),
-                           (resource.RLIMIT_CORE, (0, 0)),
-                           (resource.RLIMIT_NPROC, (lim["max_processes"],) * 2)):
-            resource.setrlimit(res, value)
-        if caps["mount_namespace"]:
-            os.chroot(self.z.root_dir)
-        os.chdir(self.scratch_inside)
-        if caps["privilege_drop"]:
-            os.setgroups([])
-            os.setresgid(self.gid, self.gid, self.gid)
-            os.setresuid(self.uid, self.uid, self.uid)
-        _linux.set_no_new_privs()
-        if caps["seccomp"]:
-            _linux.install_seccomp_filter()
-        ctl = socket.socket(fileno=3)
-        _reset_interpreter(self.scratch_inside, self.z.site_dirs if lim["site_packages"] else [],
-                           block_network=not lim["network"] and not caps["network_namespace"])
-        me = os.getpid()
-
-        def send(obj: dict) -> None:
-            if os.getpid() == me:  # not from processes the code forked
-                try:
-                    ctl.sendall(encode_frame(obj))
-                except OSError:
-                    pass
-
-        send({"t": "ready"})
-        if self.mode == "script":
-            rc, exc = _run_script(self.code)
-            rc = _finish(rc)
-            send({"t": "exit", "exc": exc})
-            os._exit(rc)
-        compiler = codeop.Compile()
-        reader = FrameReader(MAX_FRAME_BYTES)
-        while True:
-            try:
-                frame = recv_frame(ctl, reader, None)
-            except (OSError, ValueError):
-                frame = None
-            if not isinstance(frame, dict):
-                os._exit(_finish(0))
-            exc = None
-            try:
-                _run_cell(frame.get("code", ""), f"<cell {frame.get('n', 0)}>", compiler)
-            except SystemExit as e:
-                rc = _finish(_exit_code(e))
-                send({"t": "exit", "exc": None})
-                os._exit(rc)
-            except BaseException as e:
-                exc = type(e).__name__
-                _print_exception(e)
-            _flush_stdio()
-            if os.getpid() != me:  # a process forked by the cell: it ends with the cell
-                os._exit(0)
-            send({"t": "done", "exc": exc})
-
     # -- running
     def run_script(self) -> dict:
         deadline = time.monotonic() + self.limits["wall_time_s"]
         self._reset_output()
-        outcome = self._pump(deadline, until_done=False)
-        return self._finish_result(outcome)
+        return self._finish_result(self._pump(deadline, until=None))
 
     def serve_session(self) -> None:
         self._reset_output()
-        outcome = self._pump(time.monotonic() + 30, until_done=False, until_ready=True)
+        outcome = self._pump(time.monotonic() + 30, until="ready")
         if outcome != "done":
             result = self._finish_result(outcome)
             result["error"] = "interpreter failed to start: " + (result["error"] or "no reason")
@@ -641,68 +655,75 @@ class Supervisor:
         if self.status is not None:
             return self._finish_result("exited")
         self.cells += 1
-        self._set_cell_cpu_limit()
+        self.cell_cpu_start = self._executor_cpu()
         try:
             self.ctl.sendall(encode_frame({"t": "cell", "n": self.cells, "code": code}))
-        except OSError:
+        except (OSError, AttributeError):
             pass
         deadline = time.monotonic() + self.limits["wall_time_s"]
-        return self._finish_result(self._pump(deadline, until_done=True))
+        return self._finish_result(self._pump(deadline, until="done", watch_cpu=True))
 
-    def _set_cell_cpu_limit(self) -> None:
-        """RLIMIT_CPU counts the executor's whole life: move it to (used so far + per-call limit)."""
+    def _executor_cpu(self) -> float | None:
+        """CPU seconds the executor (all its threads) has used, from /proc; None if unknown."""
         pid = self.executor_pid
         if pid is None:
-            return
+            return None
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             if int(fields[1]) != (self.child if self.caps["pid_namespace"] else os.getpid()):
-                return  # not our executor any more
-            used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                return None  # not our executor any more
+            return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
         except (OSError, ValueError, IndexError):
-            return
-        soft = math.ceil(used + self.limits["cpu_time_s"])
-        try:
-            resource.prlimit(pid, resource.RLIMIT_CPU, (soft, soft + 1))
-        except OSError:
-            pass
+            return None
 
     def _reset_output(self) -> None:
         self.out = bytearray()
         self.err = bytearray()
         self.truncated = False
-        self.exec_frames = [f for f in self.exec_frames if f.get("t") == "ready"]
+        self.exec_frames = []
         if self.cg is not None:
             self.oom_kills = self.cg.oom_kills()
 
-    def _pump(self, deadline: float, until_done: bool, until_ready: bool = False) -> str:
-        """Move bytes until the code finishes (a cell's "done", or exit), the deadline, or cancel."""
+    def _pump(self, deadline: float, until: str | None, watch_cpu: bool = False) -> str:
+        """Move bytes until the executor sends frame ``until`` ("done"), its process ends
+        ("exited"), the deadline passes ("timeout"), the caller hangs up ("cancelled") or,
+        with ``watch_cpu``, the call's CPU time passes the limit ("cpu").
+
+        A session's interpreter outlives its calls, so RLIMIT_CPU (which counts a process's
+        whole life, and whose hard limit cannot be raised without CAP_SYS_RESOURCE) cannot
+        serve as a per-call limit: its CPU time is polled here instead.
+        """
+        next_cpu_check = 0.0
         while True:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 return "timeout"
+            if watch_cpu and self.cell_cpu_start is not None:
+                if now >= next_cpu_check:
+                    used = self._executor_cpu()
+                    if used is not None and used - self.cell_cpu_start > self.limits["cpu_time_s"]:
+                        return "cpu"
+                    next_cpu_check = now + _CPU_POLL_S
+                remaining = min(remaining, max(0.0, next_cpu_check - now))
             rl = [fd for fd in (self.out_r, self.err_r) if fd is not None]
             if self.ctl is not None:
                 rl.append(self.ctl)
             rl += [self.child_fd, self.chan]
             wl = [self.in_w] if self.in_w is not None else []
             readable, writable, _ = select.select(rl, wl, [], remaining)
+            if not readable and not writable:
+                continue
             for fd in readable:
                 if fd == self.out_r or fd == self.err_r:
                     self._read_stream(fd)
             if writable:
                 self._write_stdin()
-            finished = False
             if self.ctl is not None and self.ctl in readable:
-                for frame in self._read_ctl():
-                    if frame.get("t") == "done" and until_done:
-                        finished = True
-                    if frame.get("t") == "ready" and until_ready:
-                        finished = True
-            if finished:
-                self._drain(blocking=False)
-                return "done"
+                if any(frame.get("t") == until for frame in self._read_ctl()):
+                    self._drain(blocking=False)
+                    return "done"
             if self.child_fd in readable:
                 return "exited"
             if self.chan in readable:
@@ -731,15 +752,10 @@ class Supervisor:
         end = time.monotonic() + timeout
         while self.out_r is not None or self.err_r is not None:
             fds = [fd for fd in (self.out_r, self.err_r) if fd is not None]
-            if blocking:
-                remaining = end - time.monotonic()
-                if remaining <= 0:
-                    return
-                ready = select.select(fds, [], [], remaining)[0]
-            else:
-                ready = select.select(fds, [], [], 0)[0]
-                if not ready:
-                    return
+            wait = max(0.0, end - time.monotonic()) if blocking else 0.0
+            ready = select.select(fds, [], [], wait)[0]
+            if not ready:
+                return
             for fd in ready:
                 self._read_stream(fd)
 
@@ -774,7 +790,7 @@ class Supervisor:
             if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and self.executor_pid is None:
                 pid, uid, _ = struct.unpack("=3i", payload[:12])
                 if uid == self.uid:
-                    self.executor_pid = pid  # its pid outside its pid namespace, for prlimit
+                    self.executor_pid = pid  # its pid outside its pid namespace, to watch its CPU time
         self.ctl_reader.feed(data)
         frames = []
         try:
@@ -788,34 +804,38 @@ class Supervisor:
         return frames
 
     # -- ending
+    def _kill_leftovers(self) -> None:
+        """Without a pid namespace, processes may outlive the executor (setsid, double fork):
+        kill them by cgroup and by uid, and remove what the uid left in shared temp dirs."""
+        if self.caps["pid_namespace"] or self.child is None or self.leftovers_killed:
+            return
+        self.leftovers_killed = True
+        if self.cg is not None:
+            self._kill_cgroup()
+        if self.caps["privilege_drop"]:
+            self._kill_uid()
+            if not self.caps["mount_namespace"]:
+                self._clean_world_writable()
+
     def _kill_run(self) -> None:
         """SIGKILL everything of the run: init (the pid namespace dies with it), or the group."""
         if self.child is None:
             return
+        if self.caps["pid_namespace"]:
+            signal.pidfd_send_signal(self.child_fd, signal.SIGKILL)
+            return
         try:
-            if self.caps["pid_namespace"]:
-                signal.pidfd_send_signal(self.child_fd, signal.SIGKILL)
-            else:
-                os.killpg(self.child, signal.SIGKILL)
+            os.killpg(self.child, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        if not self.caps["pid_namespace"]:
-            try:
-                signal.pidfd_send_signal(self.child_fd, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            if self.cg is not None:
-                self._kill_cgroup()
+        signal.pidfd_send_signal(self.child_fd, signal.SIGKILL)
+        if self.cg is not None:
+            self._kill_cgroup()
 
     def _kill_cgroup(self) -> None:
-        path = os.path.join(self.cg.dirs["pids"], "cgroup.procs")
         end = time.monotonic() + 2
         while time.monotonic() < end:
-            try:
-                with open(path) as f:
-                    pids = [int(p) for p in f.read().split()]
-            except OSError:
-                return
+            pids = self.cg.pids()
             if not pids:
                 return
             for p in pids:
@@ -835,6 +855,8 @@ class Supervisor:
                 end = time.monotonic() + 2
                 while time.monotonic() < end:
                     os.kill(-1, signal.SIGKILL)  # all processes we may signal, except us
+                    if not _processes_of_uid(self.uid, exclude=os.getpid()):
+                        break
                     time.sleep(0.002)
             except (ProcessLookupError, PermissionError):
                 pass
@@ -851,61 +873,84 @@ class Supervisor:
         self._reap_orphans()
 
     def _reap_orphans(self) -> None:
+        """Reap whatever has ended (orphans come to us as subreaper), our own child included."""
         while True:
             try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
+            if pid == self.child and self.status is None:
+                self._child_ended(status, usage)
 
     def _wait_child(self) -> None:
-        """Reap our child; the executor's wait status comes from init, or from the reap."""
-        if self.child is None or self.status is not None:
-            return
-        _, status, usage = os.wait4(self.child, 0)
+        if self.child is not None and self.status is None:
+            _, status, usage = os.wait4(self.child, 0)
+            self._child_ended(status, usage)
+
+    def _child_ended(self, status: int, usage) -> None:
+        """The executor's wait status: reported by init, or our own child's."""
         if self.caps["pid_namespace"]:
             data = os.read(self.st_r, _STATUS.size) if select.select([self.st_r], [], [], 0)[0] else b""
             self.status = _STATUS.unpack(data) if len(data) == _STATUS.size else (None, 0.0)
         else:
             self.status = (status, usage.ru_utime + usage.ru_stime)
 
+    def _clean_world_writable(self) -> None:
+        """Without a mount namespace: remove what the run's uid left in the shared temp dirs."""
+        import shutil
+        for d in ("/tmp", "/var/tmp", "/dev/shm"):
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for e in entries:
+                try:
+                    if e.stat(follow_symlinks=False).st_uid != self.uid:
+                        continue
+                    if e.is_dir(follow_symlinks=False):
+                        shutil.rmtree(e.path, ignore_errors=True)
+                    else:
+                        os.unlink(e.path)
+                except OSError:
+                    pass
+
     def _finish_result(self, outcome: str) -> dict:
         timed_out = outcome == "timeout"
-        if outcome in ("timeout", "cancelled"):
+        if outcome in ("timeout", "cancelled", "cpu"):
             self._kill_run()
         if outcome != "done" and self.child is not None:
             if outcome == "exited" and not self.caps["pid_namespace"]:
                 self._kill_run()  # what the executor left behind
             self._wait_child()
+            self._kill_leftovers()
             self._drain(blocking=True)
-            if self.ctl is not None:
-                while select.select([self.ctl], [], [], 0)[0] and self.ctl is not None:
-                    self._read_ctl()
+            while self.ctl is not None and select.select([self.ctl], [], [], 0)[0]:
+                self._read_ctl()
         exc = next((f.get("exc") for f in reversed(self.exec_frames) if f.get("t") in ("done", "exit")), None)
         exc = exc if isinstance(exc, str) else None
-        alive = outcome == "done"
+        lim = self.limits
         exit_code: int | None = None
         error: str | None = None
-        lim = self.limits
-        oom = exc == "MemoryError" or "MemoryError" in self.err[-2048:].decode("utf-8", "replace")
+        oom = exc == "MemoryError" or b"MemoryError" in self.err[-2048:]
         if self.cg is not None and self.cg.oom_kills() > self.oom_kills:
             oom = True
         if outcome == "done":
             exit_code = 0 if exc is None else 1
-            if exc is not None:
-                error = f"uncaught {exc}"
+            error = None if exc is None else f"uncaught {exc}"
         elif timed_out:
             error = f"timeout after {lim['wall_time_s']:g} s"
+        elif outcome == "cpu":
+            error = f"cpu time limit ({lim['cpu_time_s']:g} s) exceeded"
         elif outcome == "cancelled":
             error = "cancelled by the caller"
         elif self.status is not None and self.status[0] is not None:
             exit_code = os.waitstatus_to_exitcode(self.status[0])
-            cpu_used = self.status[1]
             if exit_code < 0:
                 sig = -exit_code
                 name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-                if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_used >= lim["cpu_time_s"]):
+                if sig == signal.SIGXCPU or (sig == signal.SIGKILL and self.status[1] >= lim["cpu_time_s"]):
                     error = f"cpu time limit ({lim['cpu_time_s']:g} s) exceeded"
                 elif oom:
                     error = "memory limit (killed by the kernel's out-of-memory killer)"
@@ -915,15 +960,196 @@ class Supervisor:
                 error = f"exit code {exit_code}" + (f" (uncaught {exc})" if exc else "")
         else:
             error = "sandbox process ended without a status"
-        if oom and exit_code != 0 and (error is None or not error.startswith("memory limit")):
-            error = "memory limit" + (f" ({error})" if error else "")
+        if oom and exit_code != 0 and not (error or "").startswith("memory limit"):
+            error = "memory limit" + (f": {error}" if error else "")
         return {"t": "result", "stdout": self.out.decode("utf-8", "replace"),
                 "stderr": self.err.decode("utf-8", "replace"), "exit_code": exit_code,
                 "timed_out": timed_out, "oom": oom, "truncated": self.truncated,
-                "error": error, "alive": alive}
+                "error": error, "alive": outcome == "done"}
+
+
+class Init:
+    """pid 1 of the run's pid namespace: mounts /proc and /tmp, forks the executor, reaps."""
+
+    def __init__(self, sup: Supervisor, fds: dict):
+        self.sup, self.fds = sup, fds
+
+    def main(self) -> None:
+        sup, fds = self.sup, self.fds
+        _linux.set_parent_death_signal(signal.SIGKILL)
+        _close_all_except(fds.values())
+        if os.read(fds["go_r"], 1) != b"g":  # the supervisor died before we joined the cgroups
+            return
+        _mount_run_fs(sup)
+        if sup.caps["uts_namespace"]:
+            socket.sethostname("sandbox")
+        pid = os.fork()
+        if pid == 0:
+            try:
+                Executor(sup, fds, wait_go=False).main()
+            finally:
+                os._exit(1)
+        for name, fd in fds.items():
+            if name != "st_w":
+                os.close(fd)
+        while True:
+            try:
+                done, status, usage = os.wait4(-1, 0)
+            except ChildProcessError:
+                return
+            if done == pid:
+                os.write(fds["st_w"], _STATUS.pack(status, usage.ru_utime + usage.ru_stime))
+                return  # exiting as pid 1 makes the kernel kill what is left of the run
+
+
+def _mount_run_fs(sup: Supervisor) -> None:
+    """The run's own /proc (its pid namespace only) and scratch /tmp (a tmpfs owned by its uid)."""
+    if sup.caps["mount_namespace"]:
+        r = sup.z.root_dir
+        _linux.mount("proc", f"{r}/proc", "proc", _linux.MS_NOSUID | _linux.MS_NODEV | _linux.MS_NOEXEC,
+                     "hidepid=2")
+        _linux.mount("tmpfs", f"{r}/tmp", "tmpfs", _linux.MS_NOSUID | _linux.MS_NODEV,
+                     f"size=64m,mode=0700,uid={sup.uid},gid={sup.gid}")
+
+
+class Executor:
+    """The confined process: prepared as root before the request, then it drops everything
+    and runs the untrusted code (never returns)."""
+
+    def __init__(self, sup: Supervisor, fds: dict, wait_go: bool):
+        self.sup, self.fds, self.wait_go = sup, fds, wait_go
+
+    def main(self) -> None:
+        sup, caps, fds = self.sup, self.sup.caps, self.fds
+        _linux.set_parent_death_signal(signal.SIGKILL)
+        if self.wait_go:  # no init above us: do its part here
+            _close_all_except(fds.values())
+            if os.read(fds["go_r"], 1) != b"g":
+                os._exit(1)
+            _mount_run_fs(sup)
+        os.setsid()
+        _write_proc_self("oom_score_adj", "1000")
+        keep = [fds["in_r"], fds["out_w"], fds["err_w"], fds["ctl_u"]] + ([fds["netns"]] if "netns" in fds else [])
+        _install_fds(keep)  # 0 stdin, 1 stdout, 2 stderr, 3 control socket, 4 host network namespace
+        if caps["mount_namespace"]:
+            os.chroot(sup.z.root_dir)
+        os.chdir(sup.scratch_inside)
+        _reset_interpreter(sup.scratch_inside)
+        ctl = socket.socket(fileno=3)
+        go = recv_frame(ctl, FrameReader(), None)
+        if not isinstance(go, dict) or go.get("t") != "go":
+            os._exit(1)
+        lim = go["limits"]
+        if sup.z.can_renice:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)  # spares are prepared at low priority
+
+        # still root: the request's network choice, scratch size, files; then drop everything
+        if "netns" in fds:
+            if lim["network"]:
+                _linux.setns(4, _linux.CLONE_NEWNET)
+            os.close(4)
+        if caps["mount_namespace"]:
+            _linux.mount(None, "/tmp", None, _linux.MS_REMOUNT | _linux.MS_NOSUID | _linux.MS_NODEV,
+                         f"size={lim['scratch_mb']}m")
+        _write_files(go["files"], sup.uid, sup.gid)
+        limits = [(resource.RLIMIT_AS, lim["memory_mb"] << 20, lim["memory_mb"] << 20),
+                  (resource.RLIMIT_FSIZE, lim["file_size_mb"] << 20, lim["file_size_mb"] << 20),
+                  (resource.RLIMIT_NOFILE, lim["max_open_files"], lim["max_open_files"]),
+                  (resource.RLIMIT_CORE, 0, 0),
+                  (resource.RLIMIT_NPROC, lim["max_processes"], lim["max_processes"])]
+        if go["mode"] == "script":  # a session's per-call CPU limit is watched by the supervisor
+            cpu = max(1, math.ceil(lim["cpu_time_s"]))
+            limits.append((resource.RLIMIT_CPU, cpu, cpu + 1))  # SIGXCPU, then SIGKILL
+        for res, soft, hard in limits:
+            _, current_hard = resource.getrlimit(res)
+            if current_hard != resource.RLIM_INFINITY:  # raising it would need CAP_SYS_RESOURCE
+                soft, hard = min(soft, current_hard), min(hard, current_hard)
+            resource.setrlimit(res, (soft, hard))
+        if caps["privilege_drop"]:
+            parent = os.getppid()
+            os.setgroups([])
+            os.setresgid(sup.gid, sup.gid, sup.gid)
+            os.setresuid(sup.uid, sup.uid, sup.uid)
+            _linux.set_parent_death_signal(signal.SIGKILL)  # a change of uid cleared it
+            if os.getppid() != parent:
+                os._exit(1)
+        _linux.set_no_new_privs()
+        if caps["seccomp"]:
+            _linux.install_seccomp_filter()
+        if lim["site_packages"] and sup.z.site_dirs:
+            import site
+            for d in sup.z.site_dirs:
+                site.addsitedir(d)
+        if not lim["network"] and not caps["network_namespace"]:
+            sys.addaudithook(_block_network_hook)
+        for name in _ROOT_ONLY_MODULES:
+            sys.modules.pop(name, None)
+        gc.unfreeze()
+        me = os.getpid()
+
+        def send(obj: dict) -> None:
+            if os.getpid() == me:  # not from processes the code forked
+                try:
+                    ctl.sendall(encode_frame(obj))
+                except OSError:
+                    pass
+
+        send({"t": "ready"})
+        if go["mode"] == "script":
+            rc, exc = _run_script(go["code"])
+            rc = _finish(rc)
+            send({"t": "exit", "exc": exc})
+            os._exit(rc)
+        compiler = codeop.Compile()
+        reader = FrameReader()
+        while True:
+            try:
+                frame = recv_frame(ctl, reader, None)
+            except (OSError, ValueError):
+                frame = None
+            if not isinstance(frame, dict):
+                os._exit(_finish(0))
+            exc = None
+            try:
+                _run_cell(frame.get("code", ""), f"<cell {frame.get('n', 0)}>", compiler)
+            except SystemExit as e:
+                rc = _finish(_exit_code(e))
+                send({"t": "exit", "exc": None})
+                os._exit(rc)
+            except BaseException as e:
+                exc = type(e).__name__
+                _print_exception(e)
+            _flush_stdio()
+            if os.getpid() != me:  # a process forked by the cell: it ends with the cell
+                os._exit(0)
+            send({"t": "done", "exc": exc})
+
+
+def _write_files(files: list, uid: int, gid: int) -> None:
+    """The caller's files, into the (fresh, still untouched) scratch directory, as root."""
+    for name, kind, payload in files:
+        data = base64.b64decode(payload) if kind == "base64" else payload.encode()
+        path = _safe_relpath(name)
+        parent = os.path.dirname(path)
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent, 0o755)
+            d = parent
+            while d:
+                os.chown(d, uid, gid)
+                d = os.path.dirname(d)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            _write_all(fd, data)
+            os.fchown(fd, uid, gid)
+        finally:
+            os.close(fd)
 
 
 # --- executor helpers (run in the confined process) -----------------------------------------
+def _exit_on_signal(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _write_proc_self(name: str, text: str) -> None:
     try:
         with open(f"/proc/self/{name}", "w") as f:
@@ -947,7 +1173,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _install_fds(sources: list[int]) -> None:
-    """Make ``sources`` fds 0, 1, 2, 3 (3 close-on-exec) and close every other descriptor."""
+    """Make ``sources`` fds 0, 1, 2, 3... (3 and up close-on-exec) and close every other one."""
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64) for fd in sources]
     for target, fd in enumerate(high):
         os.dup2(fd, target, inheritable=target < 3)
@@ -961,22 +1187,18 @@ def _safe_relpath(name: str) -> str:
     return norm
 
 
-class _NetworkBlocked(PermissionError):
-    pass
-
-
 def _block_network_hook(event: str, args: tuple) -> None:
     """Best effort only (ctypes or a subprocess bypass it): used when no network namespace."""
     if event == "socket.__new__" and args and args[1] in (socket.AF_INET, socket.AF_INET6):
-        raise _NetworkBlocked("network access is disabled in this sandbox")
+        raise PermissionError("network access is disabled in this sandbox (network=False)")
     if event in ("socket.connect", "socket.bind", "socket.sendto", "socket.getaddrinfo",
                  "socket.gethostbyname", "socket.gethostbyaddr"):
         target = args[1] if len(args) > 1 and event in ("socket.connect", "socket.bind") else None
         if not (isinstance(target, (str, bytes))):  # AF_UNIX addresses are paths
-            raise _NetworkBlocked("network access is disabled in this sandbox")
+            raise PermissionError("network access is disabled in this sandbox (network=False)")
 
 
-def _reset_interpreter(scratch: str, site_dirs: list[str], block_network: bool) -> None:
+def _reset_interpreter(scratch: str) -> None:
     """Make this forked interpreter look like a fresh ``python -c`` started in ``scratch``."""
     os.environ.clear()
     os.environ.update({
@@ -995,12 +1217,6 @@ def _reset_interpreter(scratch: str, site_dirs: list[str], block_network: bool) 
         signal.signal(sig, signal.SIG_IGN)
     sys.argv = ["-c"]
     sys.path[:0] = [scratch]
-    if site_dirs:
-        import site
-        for d in site_dirs:
-            site.addsitedir(d)
-    for name in _ROOT_ONLY_MODULES:
-        sys.modules.pop(name, None)
     main = types.ModuleType("__main__")
     main.__builtins__ = builtins
     sys.modules["__main__"] = main
@@ -1014,8 +1230,9 @@ def _reset_interpreter(scratch: str, site_dirs: list[str], block_network: bool) 
                                                    line_buffering=True)
     sys.displayhook = sys.__displayhook__
     sys.excepthook = sys.__excepthook__
-    if block_network:
-        sys.addaudithook(_block_network_hook)
+    import _sitebuiltins  # exit() and quit(), which -S leaves out
+    builtins.exit = _sitebuiltins.Quitter("exit", "Ctrl-D (i.e. EOF)")
+    builtins.quit = _sitebuiltins.Quitter("quit", "Ctrl-D (i.e. EOF)")
 
 
 def _register_source(filename: str, code: str) -> None:

@@ -34,6 +34,9 @@ class SandboxLimits:
     """Size in MiB of the private scratch directory (a RAM-backed tmpfs, also /tmp and $HOME)."""
     max_open_files: int = 256
     """Open file descriptors per process (RLIMIT_NOFILE)."""
+    cpu_cores: float = 1.0
+    """CPU bandwidth of the whole run in cores (a cpu cgroup quota, where one is writable), so
+    that even a fork bomb leaves the rest of the machine to the trainer."""
     site_packages: bool = False
     """True: the code may import the packages installed in the caller's environment (numpy,
     sympy...); False: the standard library only. They are readable either way."""
@@ -48,9 +51,9 @@ class SandboxLimits:
             numeric = (int, float) if f.type == "float" else (int,)
             if isinstance(value, bool) or not isinstance(value, numeric) or not math.isfinite(value):
                 raise TypeError(f"SandboxLimits.{f.name} must be a finite {f.type}, got {value!r}")
-        for name in ("wall_time_s", "cpu_time_s"):
+        for name in ("wall_time_s", "cpu_time_s", "cpu_cores"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"SandboxLimits.{name} must be > 0 seconds, got {getattr(self, name)!r}")
+                raise ValueError(f"SandboxLimits.{name} must be > 0, got {getattr(self, name)!r}")
         # 64 MiB: the interpreter itself needs about 30 MiB of address space
         for name, low in (("memory_mb", 64), ("file_size_mb", 0), ("max_processes", 1),
                           ("max_output_bytes", 0), ("scratch_mb", 1), ("max_open_files", 16)):

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from dataclasses import asdict
 from typing import Iterable, Mapping
 
@@ -55,16 +56,20 @@ class SandboxError(RuntimeError):
 class SandboxServer:
     """One zygote and the runs it serves; thread-safe.
 
-    ``disable`` turns protections off on purpose (names as in `capabilities()`: "pid_namespace",
+    ``spares`` confined interpreters are kept ready (namespaces, cgroups, chroot done), so a
+    call only pays for applying its limits and running its code. ``disable`` turns
+    protections off on purpose (names as in `capabilities()`: "pid_namespace",
     "mount_namespace", "network_namespace", "cgroups", "seccomp", "privilege_drop", ...), to
     exercise the fallbacks used where the kernel or the user lacks them.
     """
 
-    def __init__(self, *, disable: Iterable[str] = (), uid_base: int = UID_BASE, uid_slots: int = UID_SLOTS):
+    def __init__(self, *, disable: Iterable[str] = (), spares: int = 2, uid_base: int = UID_BASE,
+                 uid_slots: int = UID_SLOTS):
         unknown = set(disable) - _DISABLE_CHOICES
         if unknown:
             raise ValueError(f"SandboxServer(disable=...): unknown {sorted(unknown)}; choose from {sorted(_DISABLE_CHOICES)}")
         self.disable = tuple(sorted(set(disable)))
+        self.spares = spares
         self.uid_base, self.uid_slots = uid_base, uid_slots
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -75,8 +80,9 @@ class SandboxServer:
 
     # -- zygote lifecycle
     def capabilities(self) -> dict:
-        """What this machine lets the sandbox enforce, probed once when the zygote starts."""
-        self._ensure_started()
+        """What this machine lets the sandbox enforce, probed once when the zygote first starts."""
+        if self._caps is None:
+            self._ensure_started()
         return dict(self._caps)
 
     def _ensure_started(self) -> None:
@@ -96,7 +102,7 @@ class SandboxServer:
             "zygote_py": os.path.join(_HERE, "_zygote.py"), "disable": list(self.disable),
             "uid_base": self.uid_base, "uid_slots": self.uid_slots, "lock_dir": _lock_dir(),
             "runtime_dir": "/tmp" if os.path.isdir("/tmp") else os.path.realpath(_tempdir()),
-            "site_dirs": [d for d in site_dirs if os.path.isdir(d)],
+            "site_dirs": [d for d in site_dirs if os.path.isdir(d)], "spares": self.spares,
         }
         debug = os.environ.get("RLVR_SANDBOX_DEBUG") == "1"
         try:
@@ -118,6 +124,7 @@ class SandboxServer:
             ours.close()
             raise SandboxError(f"the sandbox zygote failed to start: {ready.get('error')}")
         self._proc, self._ctrl, self._caps = proc, ours, ready["caps"]
+        _live_servers.add(self)
 
     def _stop_locked(self) -> None:
         proc, ctrl = self._proc, self._ctrl
@@ -154,31 +161,34 @@ class SandboxServer:
 
     # -- talking to supervisors
     def _connect(self, request: dict) -> tuple[socket.socket, FrameReader]:
-        """A socket to a fresh supervisor that has received ``request``."""
-        for attempt in range(2):
+        """A socket to a supervisor that has received ``request`` (sent without waiting)."""
+        problem = "?"
+        for attempt in range(4):
             self._ensure_started()
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 with self._send_lock:
                     ctrl = self._ctrl
                     if ctrl is None:
-                        raise OSError("zygote stopped")
+                        raise OSError("the zygote is stopped")
                     socket.send_fds(ctrl, [b"r"], [theirs.fileno()])
+                theirs.close()
+                ours.settimeout(_HELLO_TIMEOUT_S)  # bounded even if nobody ever reads
+                ours.sendall(encode_frame(request))
+                ours.settimeout(None)
                 reader = FrameReader()
                 hello = recv_frame(ours, reader, time.monotonic() + _HELLO_TIMEOUT_S)
-                if not isinstance(hello, dict) or hello.get("t") != "hello":
-                    raise OSError("no hello from the supervisor")
-                ours.sendall(encode_frame(request))
-                return ours, reader
-            except (OSError, TimeoutError, ValueError) as e:
+                if isinstance(hello, dict) and hello.get("t") == "hello":
+                    return ours, reader
+                problem = "the supervisor hung up before starting"  # e.g. a spare that had just died
                 ours.close()
-                with self._lock:  # the zygote is gone or wedged: start a new one
-                    self._stop_locked()
-                if attempt == 1:
-                    raise SandboxError(f"the sandbox zygote is not answering ({e})") from e
-            finally:
+            except (OSError, TimeoutError, ValueError) as e:
+                problem = f"the zygote is not answering ({e})"
+                ours.close()
                 theirs.close()
-        raise AssertionError("unreachable")
+                with self._lock:  # gone or wedged: start a new one
+                    self._stop_locked()
+        raise SandboxError(f"could not start a sandboxed run: {problem}")
 
     def _answer(self, chan: socket.socket, reader: FrameReader, limits: SandboxLimits,
                 t0: float) -> tuple[SandboxResult, bool]:
@@ -292,10 +302,14 @@ def _after_fork_in_child() -> None:
     _default = None
 
 
-def _close_default() -> None:
-    if _default is not None:
-        _default.close()
+_live_servers: "weakref.WeakSet[SandboxServer]" = weakref.WeakSet()
+
+
+def _close_all() -> None:
+    """At interpreter exit: let every zygote clean up its runs (they would on EOF anyway)."""
+    for server in list(_live_servers):
+        server.close()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_close_default)
+atexit.register(_close_all)

@@ -8,9 +8,10 @@ is a pure function of ``dataset_seed`` and ``i``). ``generate(rng)`` draws an in
 picks the pool; ids are ``"{dataset}/{dataset_seed}/{index}"``, so held-out and training
 problems come from the same pool without overlap. Items whose generation raises (some
 generators give up at high difficulty) or whose gold answer our own safety guard would
-refuse (see below) are skipped and another index is drawn. The prompt is the dataset's question text as
-one user message; ``Problem.answer`` is the gold answer string (None for the datasets that
-have none: boxnet, graph_color, propositional_logic, rubiks_cube, rush_hour).
+refuse (see below) are skipped and another index is drawn. The prompt is the dataset's
+question text as one user message; ``Problem.answer`` is the gold answer string (None for
+the datasets that have none: boxnet, graph_color, propositional_logic, rubiks_cube,
+rush_hour).
 
 **Difficulty.** ``difficulty`` maps curriculum attribute names to levels; for each named
 attribute the dataset's curriculum (``reasoning_gym.factory.create_curriculum``) is set to
@@ -36,9 +37,12 @@ gives reward 0 with the error. Known-bad scorers are wrapped:
   simple_integration and intermediate_integration parse with sympy. An answer such as
   ``__import__('os').system(...)`` runs. Before those scorers see an answer it must pass a
   syntax-tree whitelist (literals only for the ``eval`` ones; numbers, one-letter symbols,
-  + - * / ** with small exponents and a few math functions for the sympy ones), else reward
-  0 with the reason. This also shuts a reward hack: ``Integral(f, x) + C`` scores 1.0 on
-  both integration datasets, so ``Integral`` is not on the whitelist.
+  + - * / ** with bounded exponents and a few math functions for the sympy ones), else
+  reward 0 with the reason. This also shuts a reward hack: ``Integral(f, x) + C`` scores
+  1.0 on both integration datasets, so ``Integral`` is not on the whitelist (and the ~10% of
+  intermediate_integration items whose gold answer is an unevaluated ``Integral`` are
+  skipped). No time limit is imposed: sympy's ``simplify`` on a long allowed answer can
+  still be slow.
 
 **Demonstrations** are answer-only, ``"=> " + gold answer``, for SFT warm start; datasets
 without a gold answer have none.
@@ -65,6 +69,9 @@ _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 @TASKS.register("reasoning_gym")
 class ReasoningGymTask(Task):
     name = "reasoning_gym"
+    # Several reasoning-gym scorers eval() or sympy-parse the answer and sympy can take
+    # unbounded time: besides the syntax whitelist, score in the verifier pool's workers.
+    isolate = True
 
     @dataclass
     class Params:
@@ -116,20 +123,20 @@ class ReasoningGymTask(Task):
 
     def generate(self, rng: random.Random) -> Problem:
         p = self.params
-        problem = None
+        last_failure = None
         for _ in range(100):
             index = rng.randrange(p.size)
             try:
                 entry = self.entry(index)
             except Exception as exc:  # some generators give up on some seeds at high difficulty
-                problem = f"generating item {index} raised {type(exc).__name__}: {exc}"
+                last_failure = f"generating item {index} raised {type(exc).__name__}: {exc}"
                 continue
             gold = entry.get("answer")
             if gold is None or self._guard is None or self._guard(gold) is None:
                 break
-            problem = f"the safety guard refuses gold answer {gold!r}"
+            last_failure = f"the safety guard refuses gold answer {gold[:200]!r}"
         else:
-            raise ValueError(f"reasoning_gym: 100 draws from {p.dataset!r} all failed; last: {problem}")
+            raise ValueError(f"reasoning_gym: 100 draws from {p.dataset!r} all failed; last: {last_failure}")
         return Problem(
             id=f"{p.dataset}/{p.dataset_seed}/{index}",
             prompt=[{"role": "user", "content": entry["question"]}],
@@ -308,51 +315,54 @@ _MATH_FUNCTIONS = frozenset({"sin", "cos", "tan", "cot", "sec", "csc", "asin", "
                              "tanh", "exp", "log", "ln", "sqrt", "Abs"})
 _MATH_CONSTANTS = frozenset({"pi", "oo"})
 _ARITHMETIC_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div)
-_MAX_EXPONENT = 100
+_MAX_EXPONENT = 1000  # x**1000 stays symbolic
+_MAX_NUMERIC_EXPONENT = 100  # of a base without symbols, which sympy computes out
+_MAX_NUMERIC_BASE = 10**6  # literals in such a base: at most ~600 digits per power
 
 
 def sympy_guard(names: bool, functions: frozenset[str] = frozenset(),
-                max_chars: int = 500) -> Callable[[str], str | None]:
+                max_chars: int = 20_000) -> Callable[[str], str | None]:
     """Guard for scorers that run ``sympy.parse_expr`` (an ``eval``) on the answer.
 
-    Allowed: int/float literals; + - * /; unary + -; ** with an exponent made only of
-    literals of at most 100 in size, symbols and + - * / (no power inside an exponent, at most
-    two powers nested in a base, so no huge numbers); and, when ``names``, one-letter symbols,
-    ``pi``, ``oo`` and calls of ``functions`` with positional arguments. Returns None when
-    the text is allowed, else the reason.
+    Allowed: int/float literals; + - * /; unary + -; and, when ``names``, one-letter symbols,
+    ``pi``, ``oo`` and calls of ``functions`` with positional arguments; ``a**b`` where the
+    exponent has no power and literals of at most 1000 (at most 100, with base literals of at
+    most 10**6, when the base has no symbol) and powers nest at most two deep, so no answer
+    makes sympy build a huge number. Returns None when the text is allowed, else the reason.
     """
 
-    def check(node: ast.AST, in_exponent: bool, pow_depth: int) -> None:
+    def check(node: ast.AST, bound: tuple[float, str] | None, pow_depth: int) -> None:
         if isinstance(node, ast.Constant):
             if type(node.value) not in (int, float):
                 raise _Refused(f"literal {node.value!r} is not a number")
-            if in_exponent and abs(node.value) > _MAX_EXPONENT:
-                raise _Refused(f"exponent {node.value} is larger than {_MAX_EXPONENT}")
+            if bound is not None and abs(node.value) > bound[0]:
+                raise _Refused(f"{node.value} is too large for {bound[1]} (at most {bound[0]:g})")
         elif isinstance(node, ast.Name):
             if not names or not (node.id in _MATH_CONSTANTS or (len(node.id) == 1 and node.id in string.ascii_letters)):
                 raise _Refused(f"name {node.id!r} is not allowed")
         elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-            check(node.operand, in_exponent, pow_depth)
+            check(node.operand, bound, pow_depth)
         elif isinstance(node, ast.BinOp) and isinstance(node.op, _ARITHMETIC_OPS):
-            check(node.left, in_exponent, pow_depth)
-            check(node.right, in_exponent, pow_depth)
+            check(node.left, bound, pow_depth)
+            check(node.right, bound, pow_depth)
         elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
-            if in_exponent:
+            if bound is not None and bound[1] == "an exponent":
                 raise _Refused("a power inside an exponent is not allowed")
             if pow_depth >= 2:
                 raise _Refused("powers nested more than two deep are not allowed")
-            check(node.left, False, pow_depth + 1)
-            check(node.right, True, pow_depth)
+            numeric = not any(isinstance(sub, ast.Name) for sub in ast.walk(node.left))
+            check(node.left, (_MAX_NUMERIC_BASE, "a number raised to a power") if numeric else bound, pow_depth + 1)
+            check(node.right, (_MAX_NUMERIC_EXPONENT if numeric else _MAX_EXPONENT, "an exponent"), pow_depth)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in functions \
                 and not node.keywords and not any(isinstance(a, ast.Starred) for a in node.args):
             for arg in node.args:
-                check(arg, in_exponent, pow_depth)
+                check(arg, bound, pow_depth)
         else:
             raise _Refused(f"{type(node).__name__} is not allowed where the scorer runs sympy.parse_expr")
 
     def guard(text: str) -> str | None:
         try:
-            check(_parse(text, max_chars), False, 0)
+            check(_parse(text, max_chars), None, 0)
         except _Refused as exc:
             return str(exc)
         except RecursionError:

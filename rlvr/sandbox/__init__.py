@@ -1,0 +1,110 @@
+"""Run untrusted, model-written Python locally: code rewards and tool-calling interpreters.
+
+    result = run_python("print(sum(map(int, input().split())))", stdin="1 2")
+    result.ok, result.stdout                       # True, "3\\n"
+    with PythonSession() as py:                    # multi-turn tool use, notebook-cell semantics
+        py.run("import math; r = 2")
+        py.run("math.pi * r**2").stdout            # "12.566370614359172\\n"
+
+Without Docker or a VM, the boundary is the Linux kernel: namespaces, a dropped uid,
+rlimits, cgroups and seccomp, set up by a persistent zygote (one per process, started on
+first use, see `server.py` and `_zygote.py`). A call never hangs the caller (it returns by
+``wall_time_s`` + 5 s whatever happens below) and the code cannot signal, read or write
+the caller. `sandbox_capabilities()` reports what this machine allows (probed once per
+zygote); each row below names its key.
+
+Enforced when the caller is root on Linux (this project's machines; all keys True):
+
+* processes (``pid_namespace``): every run or session has its own pid namespace under an
+  init that only reaps; killing that init at the wall-clock limit, or when the code's main
+  process exits, makes the kernel kill every process of the run, so nothing survives a
+  run (not even after ``setsid`` or a double fork). The code sees only its own processes.
+* identity (``privilege_drop``): a uid/gid of its own per concurrent run (``UID_BASE`` +
+  slot, ``UID_SLOTS`` slots, no supplementary groups, no capabilities), so RLIMIT_NPROC
+  counts this run only and the code cannot signal the caller (EPERM; it cannot even see
+  it). no_new_privs: setuid binaries do not elevate.
+* filesystem (``mount_namespace``): the code is chrooted into a read-only tree with only
+  /usr, /etc, the /bin and /lib links, the Python installation and (read-only)
+  /opt/site-packages; nothing else of the host exists there (/root, /home, /work, /var,
+  the host's /tmp). The one writable place is a fresh tmpfs of ``scratch_mb`` at /tmp,
+  owned by the run's uid (mode 0700): the working directory, $HOME, $TMPDIR and
+  /dev/shm; it vanishes with the run. /proc is the run's own (hidepid=2). Root-only files
+  that are visible (/etc/shadow) stay unreadable by permissions. Being chrooted also keeps
+  the code from creating user namespaces.
+* network (``network_namespace``): an empty network namespace, no interface at all (not
+  even loopback), unless ``network=True``. Also own IPC and UTS namespaces
+  (``ipc_namespace``, ``uts_namespace``).
+* system calls (``seccomp``): a filter refuses (EPERM) mount, unshare, setns, ptrace,
+  bpf, perf_event_open, userfaultfd, io_uring, keyctl, kexec, module loading,
+  process_vm_*, clone with namespace flags, and 32-bit/x32 system calls.
+* environment (always): the zygote starts from ``python -I -S -B`` with only PATH and LANG,
+  so no variable of the caller (secrets) reaches the code; it sees PATH, LANG, HOME,
+  TMPDIR, USER, LOGNAME and a few *_NUM_THREADS=1. Site-packages are importable only with
+  ``site_packages=True``.
+* limits: RLIMIT_CPU, RLIMIT_AS, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0 and
+  RLIMIT_NPROC (``rlimit_nproc``) per process; per run a pids cgroup (``pids_cgroup``:
+  max_processes + 1), a memory cgroup (``memory_cgroup``: memory_mb + scratch_mb + 64 MiB,
+  no swap) and a CPU quota (``cpu_cgroup``: ``cpu_cores``). The OOM killer prefers the
+  sandbox (oom_score_adj 1000; supervisors -1000). Wall clock: the supervisor kills the
+  run at ``wall_time_s``.
+
+Best effort, or not covered, even as root:
+
+* The kernel is shared: a kernel exploit escapes (as from any container). Read-only
+  access to world-readable files under /usr and /etc is allowed.
+* ``oom`` is inferred (a MemoryError, or the memory cgroup's OOM-kill counter).
+  RLIMIT_CPU counts one process (whole seconds, rounded up); other processes of the run
+  are bounded by the wall clock and the CPU quota.
+* Runs are forks of one zygote: they share its hash-randomization seed and start with its
+  preimported standard-library modules (fresh copies; nothing leaks between runs).
+* In a session, threads or processes the code leaves running keep running between calls
+  (within the limits) and what they print shows up in a later call's output.
+* cgroup v1 is what this machine has and what is tested; v2 is supported where the
+  controllers can be enabled for our subtree, else those limits are off (reported).
+
+Fallbacks, each reported False by `sandbox_capabilities()`:
+
+* no pid namespace: leftovers are killed by process group, by cgroup if any, and by uid
+  (``kill(-1)`` from a helper running as the run's uid, until /proc shows none).
+* no mount namespace: the scratch directory is a host directory (0700, owned by the run's
+  uid), the code can read what the uid may read and write world-writable directories
+  (/tmp, /var/tmp, /dev/shm: what the uid left there at the top level is removed after
+  the run), and the uid must be able to read the Python installation (a Python under
+  /root is not: then only modules the zygote preimported work).
+* no network namespace: an audit hook refuses IP sockets and DNS; not a boundary (ctypes
+  or a subprocess get around it).
+* not root: the code runs as the caller's own uid, so it CAN signal the caller and read its
+  files and /proc/<pid>/environ: only rlimits, a new session, no_new_privs, seccomp and a
+  clean environment apply. RLIMIT_NPROC then counts every process of that user, and a
+  session's per-call CPU limit cannot be raised after the first call. Use it for trusted
+  code only.
+
+Latency (``benchmarks/bench_sandbox.py``, this project's 2-core machine): a call to
+`run_python` costs a few milliseconds, less than starting ``python -c`` (the zygote
+keeps ``spares`` confined interpreters ready); a `PythonSession.run` well under one.
+"""
+
+from .limits import SandboxLimits, SandboxResult
+from .server import UID_BASE, UID_SLOTS, SandboxError, SandboxServer, default_server
+from .session import PythonSession
+
+__all__ = ["PythonSession", "SandboxError", "SandboxLimits", "SandboxResult", "SandboxServer", "UID_BASE",
+           "UID_SLOTS", "default_server", "run_python", "sandbox_capabilities"]
+
+
+def run_python(code: str, *, stdin: str = "", limits: SandboxLimits = SandboxLimits(),
+               files: dict[str, str | bytes] | None = None, server: SandboxServer | None = None) -> SandboxResult:
+    """Run ``code`` as ``python -c`` would, confined, and report what happened.
+
+    ``stdin`` is its standard input; ``files`` (relative path -> text or bytes) are written
+    into its fresh scratch directory, which is also its working directory and is removed
+    afterwards. Failures of the code (exceptions, signals, timeouts, limits) come back in
+    the result, never as exceptions; `SandboxError` means the sandbox itself cannot start.
+    """
+    return (server if server is not None else default_server()).run_python(code, stdin=stdin, limits=limits,
+                                                                          files=files)
+
+
+def sandbox_capabilities() -> dict:
+    """What this machine lets the sandbox enforce (see the module docstring for each key)."""
+    return default_server().capabilities()

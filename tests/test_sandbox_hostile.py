@@ -1,0 +1,348 @@
+"""Hostile code against rlvr.sandbox: each attack must be contained AND reported, and the
+test process (standing in for the trainer) must survive and stay responsive.
+
+Small limits keep the suite short (wall 2 s, 256 MiB). A test is skipped only where
+`capabilities()` says the machine cannot provide that protection.
+"""
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from rlvr.sandbox import PythonSession, SandboxLimits, SandboxServer, run_python
+
+LIMITS = SandboxLimits(wall_time_s=2, memory_mb=256)
+FORK_BOMB = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with SandboxServer() as s:
+        yield s
+
+
+def run(server, code, **kw):
+    return run_python(code, limits=kw.pop("limits", LIMITS), server=server, **kw)
+
+
+def sandbox_processes(server) -> list[int]:
+    """Processes on this machine whose real uid is in the sandbox's uid range."""
+    low, high = server.capabilities()["uid_range"]
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                uid_line = next(line for line in open(f"/proc/{entry}/status") if line.startswith("Uid:"))
+            except (OSError, StopIteration):
+                continue
+            if low <= int(uid_line.split()[1]) < high:
+                found.append(int(entry))
+    return found
+
+
+def need(server, *caps):
+    missing = [c for c in caps if not server.capabilities()[c]]
+    if missing:
+        pytest.skip(f"this machine does not provide {', '.join(missing)} (see sandbox_capabilities())")
+
+
+def assert_parent_fine(server):
+    """The trainer can still start processes, and the sandbox still answers."""
+    assert subprocess.run(["true"], timeout=10).returncode == 0
+    r = run(server, "print('still here')")
+    assert r.ok and r.stdout == "still here\n"
+
+
+def test_infinite_loop_is_killed_at_the_wall_clock_limit(server):
+    for code in ("while True: pass", "import time; time.sleep(1000)"):
+        t0 = time.monotonic()
+        r = run(server, code)
+        elapsed = time.monotonic() - t0
+        assert r.timed_out and r.exit_code is None and not r.ok
+        assert r.error == "timeout after 2 s"
+        assert 2.0 <= elapsed < 3.0
+    assert_parent_fine(server)
+
+
+def test_cpu_time_limit(server):
+    r = run(server, "while True: pass", limits=SandboxLimits(wall_time_s=5, cpu_time_s=1, memory_mb=256))
+    assert not r.timed_out and r.exit_code == -24  # SIGXCPU
+    assert r.error == "cpu time limit (1 s) exceeded"
+    assert r.duration_s < 3
+
+
+def test_fork_bomb_is_contained(server):
+    need(server, "privilege_drop")
+    peak = []
+    done = threading.Event()
+
+    def watch():  # how many sandbox processes exist at once while the bomb runs
+        while not done.is_set():
+            peak.append(len(sandbox_processes(server)))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        r = run(server, FORK_BOMB)
+    finally:
+        done.set()
+        watcher.join()
+    assert r.timed_out and r.error == "timeout after 2 s"
+    assert 10 <= max(peak) <= LIMITS.max_processes  # it did fork, up to the limit and no further
+    assert sandbox_processes(server) == []  # nothing survives the run
+    assert_parent_fine(server)
+
+
+def test_trainer_stays_responsive_during_a_fork_bomb(server):
+    need(server, "privilege_drop")
+    bomb = threading.Thread(target=run, args=(server, FORK_BOMB))
+    bomb.start()
+    try:
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        assert subprocess.run(["true"], timeout=10).returncode == 0
+        r = run(server, "print(1)")
+        elapsed = time.monotonic() - t0
+    finally:
+        bomb.join()
+    assert r.ok and elapsed < 1.5, elapsed
+
+
+def test_escaped_background_processes_die_with_the_run(server):
+    need(server, "privilege_drop")
+    code = ("import os, time\n"
+            "if os.fork() == 0:\n"
+            "    os.setsid()\n"
+            "    if os.fork() == 0:\n"
+            "        time.sleep(60)\n"
+            "    os._exit(0)\n"
+            "print('main done')")
+    r = run(server, code)
+    assert r.ok and r.stdout == "main done\n"
+    assert sandbox_processes(server) == []
+
+
+def test_memory_hog_is_stopped_and_reported(server):
+    for code in ("x = bytearray(10**9)", "a = []\nwhile True:\n    a.append(bytearray(10**6))"):
+        r = run(server, code)
+        assert r.oom and r.exit_code == 1 and r.error.startswith("memory limit"), r
+        assert "MemoryError" in r.stderr
+    assert_parent_fine(server)
+
+
+def test_memory_spread_over_processes_hits_the_cgroup(server):
+    need(server, "memory_cgroup")
+    code = ("import os\n"
+            "kids = []\n"
+            "for _ in range(4):\n"
+            "    pid = os.fork()\n"
+            "    if pid == 0:\n"
+            "        b = bytearray(180 * 2**20)\n"
+            "        for i in range(0, len(b), 4096):\n"
+            "            b[i] = 1\n"
+            "        os._exit(0)\n"
+            "    kids.append(pid)\n"
+            "print(sorted(os.waitstatus_to_exitcode(os.waitpid(k, 0)[1]) for k in kids))")
+    r = run(server, code, limits=SandboxLimits(wall_time_s=10, memory_mb=256))
+    assert r.oom  # 4 x 180 MiB > 256 + 64 + 64 MiB for the whole run
+    assert "-9" in r.stdout, r  # the cgroup's OOM killer took at least one child
+    assert_parent_fine(server)
+
+
+def test_huge_output_is_truncated_without_buffering_it(server):
+    tracemalloc.start()
+    try:
+        r = run(server, "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert r.timed_out and r.truncated
+    assert r.stdout == "x" * LIMITS.max_output_bytes
+    assert peak < 8 * 2**20, peak  # gigabytes went by; the caller held at most a few MiB
+
+
+def test_writes_outside_the_scratch_directory_fail(server):
+    need(server, "privilege_drop")
+    name = f"sandbox_escape_{secrets.token_hex(4)}"
+    project = Path(__file__).resolve().parents[1]
+    targets = [project / name, Path("/") / name, Path("/etc") / name, Path("/usr") / name,
+               Path("/var/tmp") / name, Path(sys.prefix) / name]
+    code = ("import os\n"
+            f"for path in {[str(t) for t in targets]!r}:\n"
+            "    try:\n"
+            "        open(path, 'w').write('x')\n"
+            "        print('WROTE', path)\n"
+            "    except OSError as e:\n"
+            "        print(type(e).__name__)\n"
+            "open('inside.txt', 'w').write('fine')\n"
+            "print(open('inside.txt').read())")
+    try:
+        r = run(server, code)
+        assert r.ok, r.stderr
+        assert "WROTE" not in r.stdout
+        assert r.stdout.splitlines()[-1] == "fine"  # the scratch directory is writable
+    finally:
+        leaked = [t for t in targets if t.exists()]
+        for t in leaked:
+            t.unlink()
+    assert leaked == []
+    if server.capabilities()["mount_namespace"]:  # the host's /tmp and /dev/shm are not the sandbox's
+        r = run(server, f"open('/tmp/{name}', 'w').write('x'); open('/dev/shm/{name}', 'w').write('x')")
+        assert r.ok
+        assert not Path("/tmp", name).exists() and not Path("/dev/shm", name).exists()
+
+
+def test_reading_root_only_files_fails(server):
+    need(server, "privilege_drop")
+    secrets_on_host = ["/etc/shadow"] + [str(p) for p in Path("/root").glob("*") if p.is_file()] \
+        if os.access("/root", os.R_OK) else ["/etc/shadow"]
+    code = ("import os\n"
+            f"for path in {secrets_on_host!r}:\n"
+            "    try:\n"
+            "        print('READ', path, open(path).read()[:20])\n"
+            "    except OSError as e:\n"
+            "        print(type(e).__name__)\n"
+            "try:\n"
+            "    print(sorted(os.listdir('/root')))\n"
+            "except OSError as e:\n"
+            "    print(type(e).__name__)")
+    r = run(server, code)
+    assert r.ok, r.stderr
+    assert "READ" not in r.stdout
+    assert r.stdout.splitlines()[0] == "PermissionError"  # /etc/shadow: visible but not readable
+    if server.capabilities()["mount_namespace"]:  # /root holds only the path to Python, if anything
+        assert r.stdout.splitlines()[-1] in ("[]", "['.pyenv']", "FileNotFoundError")
+
+
+def test_the_callers_environment_is_not_readable():
+    token = secrets.token_hex(16)
+    os.environ["RLVR_SANDBOX_TEST_SECRET"] = token
+    try:
+        with SandboxServer() as fresh:  # started after the secret is set, so it would inherit it
+            code = ("import os\n"
+                    "print(dict(os.environ))\n"
+                    "for pid in [p for p in os.listdir('/proc') if p.isdigit()] + "
+                    f"['{os.getpid()}', 'self', '1']:\n"
+                    "    try:\n"
+                    "        print(open(f'/proc/{pid}/environ', 'rb').read())\n"
+                    "    except OSError as e:\n"
+                    "        print(pid, type(e).__name__)")
+            r = run_python(code, limits=LIMITS, server=fresh)
+            session = PythonSession(LIMITS, server=fresh)
+            from_session = session.run("import os; print(os.environ.get('RLVR_SANDBOX_TEST_SECRET'))")
+            session.close()
+    finally:
+        del os.environ["RLVR_SANDBOX_TEST_SECRET"]
+    assert r.ok, r.stderr
+    assert "PATH" in r.stdout  # the code did print its environment...
+    assert token not in r.stdout + r.stderr  # ... without the secret, and no other process's
+    assert from_session.ok and from_session.stdout == "None\n"
+
+
+def test_network_is_off_unless_asked_for(server):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    code = ("import socket\n"
+            "try:\n"
+            f"    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
+            "    print('CONNECTED')\n"
+            "except OSError as e:\n"
+            "    print(type(e).__name__, e)")
+    try:
+        blocked = run(server, code)
+        allowed = run(server, code, limits=SandboxLimits(wall_time_s=5, memory_mb=256, network=True))
+    finally:
+        listener.close()
+    assert blocked.ok and "CONNECTED" not in blocked.stdout, blocked.stdout
+    assert allowed.ok and allowed.stdout == "CONNECTED\n", allowed  # the port was reachable
+
+
+def test_the_code_cannot_kill_the_trainer_or_the_zygote(server):
+    zygote = server._proc.pid
+    code = ("import os, signal\n"
+            f"for pid in ({os.getpid()}, os.getppid(), {zygote}):\n"
+            "    try:\n"
+            "        os.kill(pid, signal.SIGKILL)\n"
+            "        print('KILLED', pid)\n"
+            "    except OSError as e:\n"
+            "        print(type(e).__name__)")
+    r = run(server, code)
+    assert r.ok and "KILLED" not in r.stdout, r.stdout
+    assert server._proc.poll() is None  # the zygote lives
+    assert_parent_fine(server)  # and so do we
+
+
+def test_deep_recursion_is_contained(server):
+    r = run(server, "def f(n):\n    return f(n + 1)\nf(0)")
+    assert r.exit_code == 1 and "RecursionError" in r.stderr
+    # recursion in C (repr of a deeply nested list) past a raised limit overflows the stack
+    r = run(server, "import sys\nsys.setrecursionlimit(10**7)\nx = []\nfor _ in range(10**6):\n    x = [x]\n"
+                    "print(len(repr(x)))")
+    assert not r.ok and not r.timed_out, r
+    assert r.exit_code == -11 or "Error" in r.stderr, r  # SIGSEGV, or Recursion/MemoryError
+    assert_parent_fine(server)
+
+
+def test_user_namespaces_and_mounts_are_refused(server):
+    if not (server.capabilities()["seccomp"] or server.capabilities()["mount_namespace"]):
+        pytest.skip("neither seccomp nor a chroot is available to refuse user namespaces")
+    code = ("import ctypes\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "print(libc.unshare(0x10000000), ctypes.get_errno())\n"  # CLONE_NEWUSER
+            "print(libc.mount(b'none', b'/tmp', b'tmpfs', 0, None), ctypes.get_errno())")
+    r = run(server, code)
+    assert r.ok, r.stderr
+    assert r.stdout == "-1 1\n-1 1\n"  # EPERM both
+
+
+def test_fork_bomb_in_a_session(server):
+    need(server, "privilege_drop")
+    with PythonSession(LIMITS, server=server) as py:
+        py.run("x = 1")
+        r = py.run(FORK_BOMB)
+        assert r.timed_out and not py.alive
+        assert sandbox_processes(server) == []
+        after = py.run("print('back')")
+        assert after.ok and after.stdout == "back\n" and "interpreter restarted" in after.error
+
+
+def test_session_cpu_limit_is_per_call(server):
+    limits = SandboxLimits(wall_time_s=4, cpu_time_s=1, memory_mb=256)
+    with PythonSession(limits, server=server) as py:
+        busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.7:\n    pass\n'ok'"
+        assert py.run(busy).stdout == "'ok'\n"
+        assert py.run(busy).stdout == "'ok'\n"  # 1.4 s in total, but under 1 s per call
+        r = py.run("while True:\n    pass")
+        assert r.error == "cpu time limit (1 s) exceeded" and not py.alive
+
+
+@pytest.mark.parametrize("disable", [
+    ["pid_namespace"],
+    ["pid_namespace", "mount_namespace", "network_namespace", "ipc_namespace", "uts_namespace", "cgroups", "seccomp"],
+], ids=["no-pid-namespace", "uid-only"])
+def test_fallbacks_still_clean_up(disable):
+    """Where the kernel lacks namespaces, killing by process group, cgroup and uid takes over."""
+    with SandboxServer(disable=disable) as weak:
+        need(weak, "privilege_drop")
+        caps = weak.capabilities()
+        assert not caps["pid_namespace"]
+        r = run_python(FORK_BOMB, limits=LIMITS, server=weak)
+        assert r.timed_out
+        assert sandbox_processes(weak) == []
+        escape = run_python("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\nprint('ok')",
+                            limits=LIMITS, server=weak)
+        assert escape.ok and sandbox_processes(weak) == []
+        if not caps["network_namespace"]:  # the audit hook: best effort, but present
+            r = run_python("import socket; socket.socket()", limits=LIMITS, server=weak)
+            assert r.exit_code == 1 and "network access is disabled" in r.stderr
