@@ -205,6 +205,6 @@ def test_compose_reward_weights_and_unknown_name():
     completion = "1+2=3 => 3"
     score = task.score(p, completion)
     assert compose_reward({"correctness": 2.0}, task, p, completion, score) == (2.0, {"correctness": 1.0})
-    assert REWARDS.names() == ["correctness", "format"]
+    assert {"correctness", "format"} <= set(REWARDS.names())
     with pytest.raises(KeyError, match="unknown reward 'lenght'"):
         compose_reward({"lenght": 1.0}, task, p, completion, score)

@@ -4,18 +4,23 @@ This file runs inside a fresh interpreter (``python -I -S -B``, scrubbed environ
 parent (``server.py``) starts once and talks to over a socket. Standard library only, and it
 never imports ``rlvr``.
 
-* **zygote** (root when the parent is root): probes what the kernel allows, prepares a
-  read-only root directory in a private mount namespace, imports common modules, then forks
-  one supervisor per request. It never runs untrusted code.
+* **zygote** (root when the parent is root): probes what the kernel allows, builds a
+  read-only root tree in a private mount namespace, imports common modules, then forks
+  supervisors: ``spares`` of them ahead of time, which prepare everything that does not
+  depend on a request at low priority, and a fresh one for a request when none is ready.
+  It never runs untrusted code.
 * **supervisor** (one per ``run_python`` call or ``PythonSession``; trusted): takes a uid
-  slot, creates the run's cgroups, enters new pid/mount/network/ipc/uts namespaces and forks
-  init; it pumps stdin/stdout/stderr with caps, enforces the wall-clock limit and answers the
-  parent. Killing init ends every process of the run (the kernel tears the pid namespace down).
-* **init** (pid 1 of the run's pid namespace): mounts the run's /proc and /tmp (the scratch
-  directory), writes the caller's files, forks the executor and reaps until it exits.
-* **executor**: sets rlimits, chroots into the read-only root, drops to the run's uid, sets
-  no_new_privs, installs the seccomp filter, resets the interpreter to look fresh, then runs
-  the untrusted code (a script, or notebook cells for a session).
+  slot and the run's cgroups, enters new pid/mount/network/ipc/uts namespaces and forks
+  init. Given a request, it sets the cgroup limits, sends the executor its "go" (limits,
+  files, code), pumps stdin/stdout/stderr with caps, enforces the wall-clock (and a
+  session's per-call CPU) limit and answers the parent. Killing init ends every process of
+  the run: the kernel tears the pid namespace down.
+* **init** (pid 1 of the run's pid namespace, root): mounts the run's /proc and its
+  scratch /tmp, forks the executor and reaps until it exits.
+* **executor**: before the request, still root: new session, chroot into the read-only
+  tree, a fresh-looking interpreter. On "go": network choice, scratch size, the caller's
+  files, rlimits, then drops to the run's uid, sets no_new_privs, installs the seccomp
+  filter and runs the untrusted code (a script, or notebook cells for a session).
 
 Messages are length-prefixed JSON frames (never pickle: the executor's side is untrusted).
 """
@@ -155,6 +160,7 @@ class Zygote:
         self.pid = os.getpid()
         self.children: set[int] = set()
         self.spares: dict[int, socket.socket] = {}   # pid -> socket to hand it a run
+        self.ready_spares: list[int] = []             # those done preparing, oldest first
         self.spare_target = int(config.get("spares", 2))
         self.spare_failures = 0
         self.root_dir: str | None = None
@@ -284,8 +290,13 @@ class Zygote:
         while True:
             self._reap()
             idle = 0.5 if len(self.spares) >= self.spare_target else 0.0
-            if not select.select([self.ctrl], [], [], idle)[0]:
-                if len(self.spares) < self.spare_target:  # one at a time: requests come first
+            preparing = {sock: pid for pid, sock in self.spares.items() if pid not in self.ready_spares}
+            readable = select.select([self.ctrl, *preparing], [], [], idle)[0]
+            for sock in readable:
+                if sock is not self.ctrl and _recv_or_empty(sock) == b"ready":
+                    self.ready_spares.append(preparing[sock])
+            if self.ctrl not in readable:
+                if not readable and len(self.spares) < self.spare_target:  # requests come first
                     self._fork_supervisor(None)
                 continue
             try:
@@ -303,9 +314,10 @@ class Zygote:
                 os.close(fds[0])
 
     def _dispatch(self, chan_fd: int) -> None:
-        """Hand the run's socket to a ready spare, or fork a supervisor for it."""
-        while self.spares:
-            pid = next(iter(self.spares))
+        """Hand the run's socket to a spare that is done preparing, or fork a supervisor for it
+        (a spare still preparing at low priority would be slower than a fresh one)."""
+        while self.ready_spares:
+            pid = self.ready_spares.pop(0)
             sock = self.spares.pop(pid)
             try:
                 socket.send_fds(sock, [b"c"], [chan_fd])
@@ -349,6 +361,8 @@ class Zygote:
             self.children.discard(pid)
             if pid in self.spares:  # died before serving: do not respawn it forever
                 self.spares.pop(pid).close()
+                if pid in self.ready_spares:
+                    self.ready_spares.remove(pid)
                 self.spare_failures += 1
                 if self.spare_failures >= 3:
                     self.spare_target = 0
@@ -427,6 +441,13 @@ def _processes_of_uid(uid: int, exclude: int) -> list[int]:
     return found
 
 
+def _recv_or_empty(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(16)
+    except OSError:
+        return b""
+
+
 def _pid_alive(text: str) -> bool:
     return text.isdigit() and os.path.exists(f"/proc/{text}")
 
@@ -474,6 +495,7 @@ class Supervisor:
                 os.setpriority(os.PRIO_PROCESS, 0, _SPARE_NICE)
             self.prepare()
             if self.chan_fd is None:
+                self.handoff.send(b"ready")
                 self.chan_fd = self._await_handoff()
                 if self.chan_fd is None:
                     return
