@@ -188,6 +188,34 @@ class RLConfig:
 
 
 @dataclass
+class CurriculumConfig:
+    param: str | None = _f(None, "integer task parameter to adapt (e.g. max_digits); null disables the curriculum")
+    minimum: int = _f(1, "lowest value the parameter may take")
+    maximum: int = _f(8, "highest value the parameter may take")
+    target_low: float = _f(0.3, "lower the difficulty when the mean training pass rate falls below this")
+    target_high: float = _f(0.8, "raise the difficulty when the mean training pass rate rises above this")
+    window: int = _f(5, "RL steps averaged before each decision")
+
+
+@dataclass
+class DataConfig:
+    filter: Literal["none", "dynamic", "pass_rate"] = _f("none", "group filter: dynamic = DAPO dynamic sampling (drop groups with equal rewards); pass_rate = keep groups whose pass rate is in [pass_rate_low, pass_rate_high] (online difficulty filtering)")
+    pass_rate_low: float = _f(0.25, "pass_rate filter: lowest kept pass rate (fraction of a group correct)")
+    pass_rate_high: float = _f(0.75, "pass_rate filter: highest kept pass rate")
+    max_rounds: int = _f(3, "with a filter: generation rounds per step to fill rl.prompts_per_step kept groups; then train on what was kept")
+    prefilter: bool = _f(False, "skip prompts whose tracked pass rate (EMA across steps) is outside the pass_rate band before generating")
+    tracker_decay: float = _f(0.5, "EMA decay of the per-prompt pass-rate tracker")
+    fixed_problems: int = _f(0, "few-shot RLVR: train on this many fixed problems, repeated (1 = 'RL with one training example'); 0 draws fresh problems")
+    curriculum: CurriculumConfig = _sub(CurriculumConfig, "adaptive difficulty for generated tasks")
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.pass_rate_low <= self.pass_rate_high <= 1.0:
+            raise ValueError("need 0 <= pass_rate_low <= pass_rate_high <= 1")
+        if self.max_rounds < 1:
+            raise ValueError("max_rounds must be >= 1")
+
+
+@dataclass
 class EvalConfig:
     problems: int = _f(200, "held-out problems (drawn with eval.seed, never trained on)")
     seed: int = _f(1_000_003, "seed of the held-out split; training draws with run seeds and skips held-out ids")
@@ -224,6 +252,7 @@ class RunConfig:
     rollout: RolloutConfig = _sub(RolloutConfig, "sampling of responses")
     algorithm: AlgorithmConfig = _sub(AlgorithmConfig, "advantage estimator, policy loss and KL")
     rl: RLConfig = _sub(RLConfig, "the RL training recipe")
+    data: DataConfig = _sub(DataConfig, "which prompts RL trains on")
     eval: EvalConfig = _sub(EvalConfig, "held-out evaluation")
     checkpoint: CheckpointConfig = _sub(CheckpointConfig, "checkpointing for resume")
     logging: LoggingConfig = _sub(LoggingConfig, "metrics, samples and progress display")

@@ -68,9 +68,11 @@ def _comparable(run_dir, stage):
 
 @pytest.mark.parametrize("crash_stage", ["sft", "rl"])
 def test_resume_after_crash_continues_exactly(tmp_path, tiny_overrides, monkeypatch, crash_stage):
-    # Resume must restore the reference model and the stateful LASER-D shaper too.
+    # Resume must restore the reference model, the LASER-D shaper, the pass-rate tracker and
+    # the curriculum too.
     overrides = [*tiny_overrides, "algorithm.kl.coef=0.05",
-                 "reward.shaping=[{name: laser_d, params: {interval: 2}}]"]
+                 "reward.shaping=[{name: laser_d, params: {interval: 2}}]", "data.prefilter=true",
+                 "data.curriculum={param: max_digits, minimum: 1, maximum: 3, target_low: 0.5, window: 1}"]
     config = load_config(None, overrides)
     straight = new_run_dir(config, str(tmp_path / "straight"), "t")
     run_pipeline(config, straight)

@@ -54,6 +54,8 @@ def test_stdin_is_fed_and_then_closed(server):
     assert r.stdout == "42\neof\n"
     big = "x" * 300_000  # larger than a pipe buffer
     assert run(server, "import sys; print(len(sys.stdin.read()))", stdin=big).stdout == "300000\n"
+    via_path = run(server, "print(open('/dev/stdin').read().upper())", stdin="abc")  # as some solutions read
+    assert via_path.ok and via_path.stdout == "ABC\n", via_path.stderr
 
 
 def test_files_are_written_into_the_scratch_working_directory(server):
@@ -82,6 +84,15 @@ def test_file_names_must_stay_inside_the_scratch_directory(server):
         run(server, "pass", files={"a.txt": 3})
 
 
+def test_files_too_large_for_the_scratch_directory_are_reported(server):
+    if not server.capabilities()["mount_namespace"]:
+        pytest.skip("without a mount namespace the scratch directory has no size of its own")
+    limits = SandboxLimits(wall_time_s=5, memory_mb=256, scratch_mb=1)
+    r = run(server, "print('never runs')", files={"big.bin": b"x" * 2**21}, limits=limits)
+    assert r.exit_code is None and r.stdout == ""
+    assert r.error.startswith("sandbox setup failed") and "No space left" in r.error
+
+
 def test_unicode_and_invalid_bytes_in_output(server):
     r = run(server, "print('héllo ✓', flush=True)\nimport os; os.write(1, b'\\xff\\n')")
     assert r.stdout == "héllo ✓\n\ufffd\n"
@@ -94,6 +105,26 @@ def test_output_is_truncated_at_the_cap(server):
     assert r.stdout == "x" * 1000 and r.stderr == "y" * 1000
     small = run(server, "print('x' * 999)", limits=limits)
     assert not small.truncated and small.stdout == "x" * 999 + "\n"
+
+
+def test_ordinary_programs_work_inside(server):
+    """Threads, subprocesses, multiprocessing, temp files, randomness: what solutions use."""
+    code = ("import multiprocessing, subprocess, sys, tempfile, threading, os\n"
+            "out = []\n"
+            "t = threading.Thread(target=out.append, args=('thread',)); t.start(); t.join()\n"
+            "out.append(subprocess.run([sys.executable, '-c', 'print(6 * 7)'], capture_output=True, text=True)"
+            ".stdout.strip())\n"
+            "def square(x):\n    return x * x\n"
+            "if __name__ == '__main__':\n"
+            "    with multiprocessing.Pool(2) as pool:\n"
+            "        out.append(sum(pool.map(square, range(4))))\n"
+            "with tempfile.NamedTemporaryFile() as f:\n"
+            "    out.append(f.name.startswith(os.getcwd()))\n"
+            "out.append(len(os.urandom(4)))\n"
+            "print(out)")
+    r = run(server, code)
+    assert r.ok, r.stderr
+    assert r.stdout == "['thread', '42', 14, True, 4]\n"
 
 
 def test_standard_library_only_unless_site_packages(server):

@@ -223,29 +223,41 @@ def test_reading_root_only_files_fails(server):
         assert r.stdout.splitlines()[-1] in ("[]", "['.pyenv']", "FileNotFoundError")
 
 
-def test_the_callers_environment_is_not_readable():
+@pytest.fixture
+def secret_server():
+    """A secret in the caller's environment, and a zygote started after it was set (so it
+    would inherit it, were the environment not scrubbed)."""
     token = secrets.token_hex(16)
     os.environ["RLVR_SANDBOX_TEST_SECRET"] = token
     try:
-        with SandboxServer() as fresh:  # started after the secret is set, so it would inherit it
-            code = ("import os\n"
-                    "print(dict(os.environ))\n"
-                    "for pid in [p for p in os.listdir('/proc') if p.isdigit()] + "
-                    f"['{os.getpid()}', 'self', '1']:\n"
-                    "    try:\n"
-                    "        print(open(f'/proc/{pid}/environ', 'rb').read())\n"
-                    "    except OSError as e:\n"
-                    "        print(pid, type(e).__name__)")
-            r = run_python(code, limits=LIMITS, server=fresh)
-            session = PythonSession(LIMITS, server=fresh)
-            from_session = session.run("import os; print(os.environ.get('RLVR_SANDBOX_TEST_SECRET'))")
-            session.close()
+        with SandboxServer() as fresh:
+            yield fresh, token
     finally:
         del os.environ["RLVR_SANDBOX_TEST_SECRET"]
+
+
+def test_the_callers_environment_is_not_passed_on(secret_server):
+    server, token = secret_server
+    r = run(server, "import os; print(dict(os.environ))")
+    assert r.ok and "PATH" in r.stdout  # the code did print its environment...
+    assert token not in r.stdout  # ... without the secret
+    with PythonSession(LIMITS, server=server) as py:
+        assert py.run("import os; print(os.environ.get('RLVR_SANDBOX_TEST_SECRET'))").stdout == "None\n"
+
+
+def test_no_other_process_environment_is_readable(secret_server):
+    server, token = secret_server
+    need(server, "privilege_drop")  # as the caller's own uid, /proc/<caller>/environ is readable
+    code = ("import os\n"
+            f"for pid in [p for p in os.listdir('/proc') if p.isdigit()] + ['{os.getpid()}', 'self', '1']:\n"
+            "    try:\n"
+            "        print(pid, open(f'/proc/{pid}/environ', 'rb').read())\n"
+            "    except OSError as e:\n"
+            "        print(pid, type(e).__name__)")
+    r = run(server, code)
     assert r.ok, r.stderr
-    assert "PATH" in r.stdout  # the code did print its environment...
-    assert token not in r.stdout + r.stderr  # ... without the secret, and no other process's
-    assert from_session.ok and from_session.stdout == "None\n"
+    assert f"{os.getpid()} " in r.stdout and "self b'PATH=" in r.stdout  # it tried, and can read its own
+    assert token not in r.stdout + r.stderr
 
 
 def test_network_is_off_unless_asked_for(server):
@@ -269,6 +281,7 @@ def test_network_is_off_unless_asked_for(server):
 
 
 def test_the_code_cannot_kill_the_trainer_or_the_zygote(server):
+    need(server, "privilege_drop")  # as the caller's own uid, it could
     zygote = server._proc.pid
     code = ("import os, signal\n"
             f"for pid in ({os.getpid()}, os.getppid(), {zygote}):\n"

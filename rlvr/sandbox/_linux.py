@@ -34,6 +34,7 @@ MS_PRIVATE = 0x40000
 MNT_DETACH = 0x2
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_SECCOMP = 22
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
@@ -160,7 +161,7 @@ def _seccomp_program() -> bytes:
     emit(_BPF_JEQ_K, _NR_CLONE3, "enosys", 0)
     emit(_BPF_JEQ_K, _NR_CLONE, 0, "allow")
     emit(_BPF_LD_W_ABS, 16)                                  # low half of clone's flags
-    emit(_BPF_JSET_K, NAMESPACE_FLAGS, "eperm", "allow")
+    emit(_BPF_JSET_K, NAMESPACE_FLAGS & ~0xFF, "eperm", "allow")  # clone's low byte is the exit signal
     labels = {"allow": len(code), "eperm": len(code) + 1, "enosys": len(code) + 2, "kill": len(code) + 3}
     emit(_BPF_RET_K, _RET_ALLOW)
     emit(_BPF_RET_K, _RET_ERRNO | _EPERM)

@@ -196,6 +196,9 @@ class Zygote:
                 notes.append(f"private root not built: {e}")
         if not caps["mount_namespace"]:
             self.site_dirs = list(config.get("site_dirs", ()))
+            if caps["privilege_drop"] and not _others_can_read(sys.prefix):
+                notes.append(f"without a mount namespace the sandbox's uid cannot read the Python installation "
+                             f"({sys.prefix}): only the modules the zygote preimported can be imported")
 
         # spares are prepared at low priority, which needs CAP_SYS_NICE to undo
         self.can_renice = _probe(lambda: (os.setpriority(os.PRIO_PROCESS, 0, _SPARE_NICE),
@@ -439,6 +442,20 @@ def _processes_of_uid(uid: int, exclude: int) -> list[int]:
         if int(fields.get("Uid", "-1 ").split()[0]) == uid and not fields.get("State", "").strip().startswith("Z"):
             found.append(int(entry))
     return found
+
+
+def _others_can_read(path: str) -> bool:
+    """Whether a uid with no special rights can reach ``path`` (every directory on the way)."""
+    path = os.path.realpath(path)
+    while True:
+        try:
+            if not os.stat(path).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+        if path == "/":
+            return True
+        path = os.path.dirname(path)
 
 
 def _recv_or_empty(sock: socket.socket) -> bytes:
@@ -950,6 +967,7 @@ class Supervisor:
             self._drain(blocking=True)
             while self.ctl is not None and select.select([self.ctl], [], [], 0)[0]:
                 self._read_ctl()
+        setup = next((f.get("error") for f in self.exec_frames if f.get("t") == "setup_error"), None)
         exc = next((f.get("exc") for f in reversed(self.exec_frames) if f.get("t") in ("done", "exit")), None)
         exc = exc if isinstance(exc, str) else None
         lim = self.limits
@@ -984,6 +1002,8 @@ class Supervisor:
             error = "sandbox process ended without a status"
         if oom and exit_code != 0 and not (error or "").startswith("memory limit"):
             error = "memory limit" + (f": {error}" if error else "")
+        if isinstance(setup, str):
+            error, exit_code = f"sandbox setup failed: {setup}", None
         return {"t": "result", "stdout": self.out.decode("utf-8", "replace"),
                 "stderr": self.err.decode("utf-8", "replace"), "exit_code": exit_code,
                 "timed_out": timed_out, "oom": oom, "truncated": self.truncated,
@@ -1061,11 +1081,18 @@ class Executor:
         go = recv_frame(ctl, FrameReader(), None)
         if not isinstance(go, dict) or go.get("t") != "go":
             os._exit(1)
-        lim = go["limits"]
+        try:
+            self.confine(go)
+        except Exception as e:  # e.g. files larger than the scratch directory
+            ctl.sendall(encode_frame({"t": "setup_error", "error": f"{type(e).__name__}: {e}"[:500]}))
+            os._exit(1)
+        self.run(go, ctl)
+
+    def confine(self, go: dict) -> None:
+        """Still root: the request's network choice, scratch size and files; then drop everything."""
+        sup, caps, fds, lim = self.sup, self.sup.caps, self.fds, go["limits"]
         if sup.z.can_renice:
             os.setpriority(os.PRIO_PROCESS, 0, 0)  # spares are prepared at low priority
-
-        # still root: the request's network choice, scratch size, files; then drop everything
         if "netns" in fds:
             if lim["network"]:
                 _linux.setns(4, _linux.CLONE_NEWNET)
@@ -1088,6 +1115,8 @@ class Executor:
                 soft, hard = min(soft, current_hard), min(hard, current_hard)
             resource.setrlimit(res, (soft, hard))
         if caps["privilege_drop"]:
+            for fd in (0, 1, 2):  # our pipes, so that reopening them (/dev/stdin) works as the uid
+                os.fchown(fd, sup.uid, sup.gid)
             parent = os.getppid()
             os.setgroups([])
             os.setresgid(sup.gid, sup.gid, sup.gid)
@@ -1095,6 +1124,10 @@ class Executor:
             _linux.set_parent_death_signal(signal.SIGKILL)  # a change of uid cleared it
             if os.getppid() != parent:
                 os._exit(1)
+            # ... and made the process non-dumpable, which gives its /proc/self files to root:
+            # /dev/stdin (a /proc/self/fd link) and /proc/self/environ would fail. Only the
+            # run's own processes share its uid (and seccomp refuses ptrace anyway).
+            _linux.prctl(_linux.PR_SET_DUMPABLE, 1)
         _linux.set_no_new_privs()
         if caps["seccomp"]:
             _linux.install_seccomp_filter()
@@ -1107,6 +1140,9 @@ class Executor:
         for name in _ROOT_ONLY_MODULES:
             sys.modules.pop(name, None)
         gc.unfreeze()
+
+    def run(self, go: dict, ctl: socket.socket) -> None:
+        """Run the untrusted code: one script, or cells until the supervisor hangs up."""
         me = os.getpid()
 
         def send(obj: dict) -> None:

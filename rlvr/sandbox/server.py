@@ -4,6 +4,7 @@
 or session gets its own socket to its own supervisor, so calls from many threads run in
 parallel. Whatever happens below, a call returns within ``wall_time_s + _GRACE_S`` (plus up
 to ``_HELLO_TIMEOUT_S`` when the zygote itself is wedged, in which case it is restarted).
+``RLVR_SANDBOX_DEBUG=1`` in the caller's environment lets the zygote's stderr through.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from ._zygote import FrameReader, _safe_relpath, encode_frame, recv_frame
 from .limits import SandboxLimits, SandboxResult
 
 UID_BASE = 0x70000000
-"""First uid of the sandbox's range: above systemd's container ranges (0x80000-0x6FFEFFFF)."""
+"""First uid of the sandbox's range, just above the one systemd gives containers (0x80000-0x6FFFFFFF)."""
 UID_SLOTS = 4096
 """Concurrent runs on one machine; each holds its own uid, so RLIMIT_NPROC and kill-by-uid are per run."""
 _HELLO_TIMEOUT_S = 15.0
@@ -126,14 +127,18 @@ class SandboxServer:
         self._proc, self._ctrl, self._caps = proc, ours, ready["caps"]
         _live_servers.add(self)
 
-    def _stop_locked(self) -> None:
+    def _stop_locked(self, graceful: bool = True) -> None:
+        """Graceful: the zygote sees end of file, lets its supervisors clean up and exits.
+        Otherwise (a wedged zygote) SIGKILL: its supervisors and their runs die with it."""
         proc, ctrl = self._proc, self._ctrl
         self._proc = self._ctrl = None
         if ctrl is not None:
-            ctrl.close()  # the zygote sees end of file, kills its runs and exits
+            ctrl.close()
         if proc is not None:
+            if not graceful:
+                proc.kill()
             try:
-                proc.wait(timeout=5)
+                proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -165,6 +170,7 @@ class SandboxServer:
         problem = "?"
         for attempt in range(4):
             self._ensure_started()
+            zygote = self._proc
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 with self._send_lock:
@@ -186,25 +192,28 @@ class SandboxServer:
                 problem = f"the zygote is not answering ({e})"
                 ours.close()
                 theirs.close()
-                with self._lock:  # gone or wedged: start a new one
-                    self._stop_locked()
+                with self._lock:  # gone or wedged: the next attempt starts a new one
+                    if self._proc is zygote:  # (unless another thread already did)
+                        self._stop_locked(graceful=False)
         raise SandboxError(f"could not start a sandboxed run: {problem}")
 
     def _answer(self, chan: socket.socket, reader: FrameReader, limits: SandboxLimits,
                 t0: float) -> tuple[SandboxResult, bool]:
         """One result frame, and whether the interpreter lives on; past wall time + grace,
         give up and cancel the run."""
+        timed_out = False
         try:
             reply = recv_frame(chan, reader, time.monotonic() + limits.wall_time_s + _GRACE_S)
             error = None if isinstance(reply, dict) and reply.get("t") == "result" else "the supervisor closed the connection"
         except TimeoutError:
-            reply, error = None, (f"timeout after {limits.wall_time_s:g} s; the supervisor did not answer within "
-                                  f"{_GRACE_S:g} s more and the run was cancelled")
+            reply, timed_out = None, True
+            error = (f"timeout after {limits.wall_time_s:g} s; the supervisor did not answer within "
+                     f"{_GRACE_S:g} s more and the run was cancelled")
         except (OSError, ValueError) as e:
             reply, error = None, f"lost the supervisor: {e}"
         if error is not None:
             chan.close()  # the supervisor sees end of file and kills the run
-            return SandboxResult(stdout="", stderr="", exit_code=None, timed_out="timeout" in error, oom=False,
+            return SandboxResult(stdout="", stderr="", exit_code=None, timed_out=timed_out, oom=False,
                                  truncated=False, duration_s=time.monotonic() - t0, error=error), False
         result = SandboxResult(stdout=reply["stdout"], stderr=reply["stderr"], exit_code=reply["exit_code"],
                                timed_out=reply["timed_out"], oom=reply["oom"], truncated=reply["truncated"],

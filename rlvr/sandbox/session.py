@@ -38,7 +38,12 @@ class PythonSession:
         return self._chan is not None
 
     def run(self, code: str) -> SandboxResult:
-        """Run one cell; restart the interpreter first if the previous one ended."""
+        """Run one cell; restart the interpreter first if the previous one ended.
+
+        ``exit_code`` is 0, or 1 when the cell raised (``error`` names the exception); when
+        the interpreter itself ended (``exit()``, a signal) it is that exit status, and
+        None after a timeout or the CPU limit.
+        """
         if self._closed:
             raise RuntimeError("PythonSession.run: the session is closed")
         if not isinstance(code, str):

@@ -29,6 +29,8 @@ from rlvr.algorithms import (
     sample_weights,
 )
 from rlvr.config import RunConfig
+from rlvr.data.sampler import PromptSampler
+from rlvr.data.selection import groups_to_keep
 from rlvr.rewards import compose_reward
 from rlvr.rewards.shaping import ShapingInputs, apply_shapers, build_shaper, overlong_filter_mask
 from rlvr.rollout.engine import RolloutEngine
@@ -56,12 +58,16 @@ class Learners:
     kl_coef: float
     entropy_coef: float
     shapers: list[tuple[Any, dict[str, Any]]]  # (shaper, params) in config order; some keep state
+    sampler: PromptSampler | None
+    samples_generated: int = 0
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "kl_coef": self.kl_coef,
                                  "entropy_coef": self.entropy_coef,
                                  "shapers": [s.state_dict() if hasattr(s, "state_dict") else None
-                                             for s, _ in self.shapers]}
+                                             for s, _ in self.shapers],
+                                 "sampler": self.sampler.state_dict() if self.sampler else None,
+                                 "samples_generated": self.samples_generated}
         if self.reference is not None:
             state["reference"] = self.reference.state_dict()
         if self.critic is not None:
@@ -72,6 +78,9 @@ class Learners:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.kl_coef, self.entropy_coef = state["kl_coef"], state["entropy_coef"]
+        if self.sampler is not None:
+            self.sampler.load_state_dict(state["sampler"])
+        self.samples_generated = state["samples_generated"]
         for (shaper, _), shaper_state in zip(self.shapers, state["shapers"]):
             if shaper_state is not None:
                 shaper.load_state_dict(shaper_state)
@@ -82,7 +91,7 @@ class Learners:
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
 
 
-def make_learners(model: PreTrainedModel, config: RunConfig) -> Learners:
+def make_learners(model: PreTrainedModel, config: RunConfig, sampler: PromptSampler | None = None) -> Learners:
     alg = config.algorithm
     needs_values = "values" in ADVANTAGES.get(alg.advantage).requires
     critic = ValueModel(model) if needs_values else None
@@ -94,6 +103,7 @@ def make_learners(model: PreTrainedModel, config: RunConfig) -> Learners:
         kl_coef=alg.kl.coef,
         entropy_coef=alg.entropy.coef,
         shapers=[(build_shaper(step.name), dict(step.params)) for step in config.reward.shaping],
+        sampler=sampler,
     )
 
 
@@ -167,7 +177,7 @@ def shape_rewards(trajectories: list[Trajectory], shapers: list[tuple[Any, dict[
 
 def prepare_batch(trajectories: list[Trajectory], model: PreTrainedModel, learners: Learners,
                   tokenizer: PreTrainedTokenizerBase, config: RunConfig,
-                  baseline: Callable[[], torch.Tensor]) -> tuple[TokenBatch, dict[str, float]]:
+                  baseline: Callable[[list[Problem]], torch.Tensor] | None) -> tuple[TokenBatch, dict[str, float]]:
     """Tensors for the update: advantages and returns, per-token weights (truncated IS,
     high-entropy token selection), reference log-probs, critic values — whatever the config
     uses, attached to the batch's ``extras``."""
@@ -206,7 +216,10 @@ def prepare_batch(trajectories: list[Trajectory], model: PreTrainedModel, learne
             inputs["values"] = learners.critic(batch) * mask
             batch.extras["old_values"] = inputs["values"]
         if "baseline" in estimator.requires:
-            inputs["baseline"] = baseline()[group_ids]
+            first_of_group = {t.group: t.problem for t in reversed(trajectories)}
+            order = {g: i for i, g in enumerate(first_of_group)}
+            per_group = baseline(list(first_of_group.values()))
+            inputs["baseline"] = per_group[torch.tensor([order[t.group] for t in trajectories])]
         adv, returns = estimator(rewards, group_ids, mask, token_rewards=token_rewards, gamma=alg.gamma,
                                  lam=alg.lam, scale_by_std=alg.scale_by_std, k=alg.pass_k, **inputs)
         adv = adv * sample_weights(adv, alg.positive_weight, alg.negative_weight)
@@ -235,7 +248,7 @@ def policy_update(model: PreTrainedModel, learners: Learners, batch: TokenBatch,
     kl_fn = KL_ESTIMATORS.get(alg.kl.estimator) if alg.kl.placement == "loss" and learners.reference else None
     entropy_coef = learners.entropy_coef
     n = batch.input_ids.shape[0]
-    mini_size = n // rl.mini_batches
+    mini_size = -(-n // rl.mini_batches)  # filtering can leave a batch that does not divide evenly
     token_weighted: dict[str, float] = defaultdict(float)  # per-token statistics, weighted by token count
     stat_weights: dict[str, float] = defaultdict(float)
     loss_sum = grad_norm_sum = 0.0
@@ -318,12 +331,53 @@ def update_coefficients(learners: Learners, model: PreTrainedModel, metrics: dic
     metrics.update(kl_coef=learners.kl_coef, entropy_coef=learners.entropy_coef, reference_reset=float(bool(reset)))
 
 
+def collect_rollouts(engine: RolloutEngine, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                     task: Task, verifier: Verifier, learners: Learners, sampler: PromptSampler,
+                     config: RunConfig, step: int) -> tuple[list[Trajectory], dict[str, float]]:
+    """Roll out, score and shape groups until ``prompts_per_step`` groups pass the data filter
+    (DAPO dynamic sampling / online difficulty filtering) or ``data.max_rounds`` rounds are
+    spent; without a filter this is one round."""
+    rl, data = config.rl, config.data
+    rounds = data.max_rounds if data.filter != "none" else 1
+    kept: list[Trajectory] = []
+    kept_groups = generated_groups = 0
+    problems_by_group: dict[int, Problem] = {}
+    all_groups: list[int] = []
+    all_correct: list[bool] = []
+    for round_ in range(rounds):
+        problems = sampler.draw(rl.prompts_per_step - kept_groups, step, round_)
+        sampler_rng = torch.Generator().manual_seed(derive_seed(config.seed, "rl-samples", step,
+                                                                *([round_] if round_ else [])))
+        trajectories = rollout_groups(engine, model, tokenizer, problems, config, sampler_rng)
+        for traj in trajectories:
+            traj.group += generated_groups
+            problems_by_group[traj.group] = traj.problem
+        generated_groups += len(problems)
+        score_trajectories(trajectories, task, verifier, tokenizer, config)
+        shape_rewards(trajectories, learners.shapers, config, step)
+        groups = [t.group for t in trajectories]
+        correct = [t.correct for t in trajectories]
+        all_groups += groups
+        all_correct += correct
+        keep = groups_to_keep(groups, [t.reward for t in trajectories], correct, data.filter,
+                              data.pass_rate_low, data.pass_rate_high)
+        kept += [t for t in trajectories if t.group in keep]
+        kept_groups += len(keep)
+        if kept_groups >= rl.prompts_per_step:
+            break
+    stats = {"filter_kept_frac": kept_groups / generated_groups, "rollout_rounds": float(round_ + 1),
+             "samples_generated": float(generated_groups * rl.samples_per_prompt)}
+    stats.update(sampler.observe(problems_by_group, all_groups, all_correct))
+    return kept, stats
+
+
 def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, engine: RolloutEngine,
              verifier: Verifier, config: RunConfig, run: RunDir, state: dict[str, Any], exclude: frozenset[str],
              evaluate_fn: Callable[[str, int], Any] | None = None) -> None:
     """Run (or continue) the RL stage; leaves ``checkpoints/final`` and updates ``state``."""
     rl = config.rl
-    learners = make_learners(model, config)
+    sampler = PromptSampler(task, config, exclude)
+    learners = make_learners(model, config, sampler)
     start = 0
     if state.get("checkpoint") and state.get("stage") == "rl":
         trainer_state = load_trainer_state(run.path / state["checkpoint"])
@@ -336,16 +390,17 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
     with StageProgress("RL", rl.steps, start, config.logging.progress) as progress:
         for step in range(start, rl.steps):
             t0 = time.perf_counter()
-            problems = task.sample_problems(rl.prompts_per_step, derive_seed(config.seed, "rl-prompts", step), exclude)
-            sampler = torch.Generator().manual_seed(derive_seed(config.seed, "rl-samples", step))
-            trajectories = rollout_groups(engine, model, tokenizer, problems, config, sampler)
+            trajectories, rollout_stats = collect_rollouts(engine, model, tokenizer, task, verifier, learners,
+                                                           sampler, config, step)
+            learners.samples_generated += int(rollout_stats["samples_generated"])
             t_gen = time.perf_counter() - t0
-
-            score_trajectories(trajectories, task, verifier, tokenizer, config)
-            shape_rewards(trajectories, learners.shapers, config, step)
+            if not trajectories:  # every group filtered out: nothing to learn from this step
+                run.append("metrics.jsonl", {"stage": "rl", "step": step + 1, **rollout_stats,
+                                             "samples_generated_total": learners.samples_generated})
+                continue
             batch, batch_stats = prepare_batch(
                 trajectories, model, learners, tokenizer, config,
-                baseline=lambda: greedy_baseline(engine, model, tokenizer, problems, task, verifier, config))
+                baseline=lambda problems: greedy_baseline(engine, model, tokenizer, problems, task, verifier, config))
             t_prep = time.perf_counter() - t0 - t_gen
 
             shuffle = torch.Generator().manual_seed(derive_seed(config.seed, "rl-shuffle", step))
@@ -354,6 +409,8 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
             elapsed = time.perf_counter() - t0
 
             record = step_metrics(step + 1, trajectories, config)
+            record.update(rollout_stats)
+            record["samples_generated_total"] = learners.samples_generated
             record.update(batch_stats)
             record.update(update)
             update_coefficients(learners, model, record, config, step + 1, len(trajectories))

@@ -1,0 +1,67 @@
+"""The RL stage's prompt source: fresh or few-shot problems, pre-filtered by tracked pass
+rates, with an adaptive curriculum on a task parameter. Its state is checkpointed with the
+run, so a resumed run draws exactly the prompts an uninterrupted one would have."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from rlvr.config import RunConfig
+from rlvr.data.selection import Curriculum, PassRateTracker, group_pass_rates
+from rlvr.seeding import derive_seed
+from rlvr.tasks.base import Problem, Task
+
+
+class PromptSampler:
+    def __init__(self, task: Task, config: RunConfig, exclude: frozenset[str]) -> None:
+        self.task, self.config, self.exclude = task, config, exclude
+        data = config.data
+        self.tracker = PassRateTracker(data.tracker_decay)
+        self.fixed: list[Problem] = []
+        if data.fixed_problems:
+            self.fixed = task.sample_problems(data.fixed_problems, derive_seed(config.seed, "few-shot"), exclude)
+        self.curriculum: Curriculum | None = None
+        cur = data.curriculum
+        if cur.param is not None:
+            if not hasattr(task.params, cur.param):
+                raise ValueError(f"data.curriculum.param: task {config.task.name!r} has no parameter {cur.param!r}")
+            self.curriculum = Curriculum(getattr(task.params, cur.param), cur.minimum, cur.maximum,
+                                         cur.target_low, cur.target_high, cur.window)
+
+    def draw(self, count: int, step: int, round_: int) -> list[Problem]:
+        """``count`` prompts for generation round ``round_`` of RL step ``step``."""
+        seed = derive_seed(self.config.seed, "rl-prompts", step, *([round_] if round_ else []))
+        if self.fixed:
+            start = (step * self.config.rl.prompts_per_step + round_ * count) % len(self.fixed)
+            return [self.fixed[(start + i) % len(self.fixed)] for i in range(count)]
+        data = self.config.data
+        if not data.prefilter:
+            return self.task.sample_problems(count, seed, self.exclude)
+        candidates = self.task.sample_problems(2 * count, seed, self.exclude)
+        fresh = [p for p in candidates if not self.tracker.outside(p.id, data.pass_rate_low, data.pass_rate_high)]
+        return (fresh + [p for p in candidates if p not in fresh])[:count]
+
+    def observe(self, problems_by_group: dict[int, Problem], groups: list[int], correct: list[bool]) -> dict[str, float]:
+        """Update tracked pass rates and the curriculum from one step's rollouts."""
+        rates = group_pass_rates(groups, correct)
+        self.tracker.update({problems_by_group[g].id: r for g, r in rates.items()})
+        stats: dict[str, float] = {}
+        if self.curriculum is not None:
+            value = self.curriculum.observe(sum(correct) / max(1, len(correct)))
+            param = self.config.data.curriculum.param
+            if value != getattr(self.task.params, param):
+                self.task.params = dataclasses.replace(self.task.params, **{param: value})
+            stats[f"curriculum/{param}"] = float(value)
+        return stats
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"tracker": self.tracker.state_dict(),
+                "curriculum": self.curriculum.state_dict() if self.curriculum else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tracker.load_state_dict(state["tracker"])
+        if self.curriculum is not None:
+            self.curriculum.load_state_dict(state["curriculum"])
+            param = self.config.data.curriculum.param
+            self.task.params = dataclasses.replace(self.task.params, **{param: self.curriculum.value})

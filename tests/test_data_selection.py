@@ -1,0 +1,96 @@
+"""Prompt selection: filters on hand-made pass-rate tables, the tracker, the curriculum, and
+their effect in short training runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlvr.cli import main
+from rlvr.data.selection import Curriculum, PassRateTracker, group_pass_rates, groups_to_keep
+from rlvr.train.run_dir import RunDir
+
+# Four groups of 4 samples: pass rates 0, 1/4, 3/4, 1; group 2's rewards differ by shaping only.
+GROUPS = [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+CORRECT = [False] * 4 + [True, False, False, False] + [True, True, True, False] + [True] * 4
+REWARDS = [0.0] * 4 + [1.0, 0.0, 0.0, 0.0] + [1.0, 1.0, 1.0, 0.0] + [1.0, 1.0, 1.0, 1.0]
+
+
+def test_group_pass_rates():
+    assert group_pass_rates(GROUPS, CORRECT) == {0: 0.0, 1: 0.25, 2: 0.75, 3: 1.0}
+
+
+def test_dynamic_sampling_drops_groups_with_equal_rewards():
+    assert groups_to_keep(GROUPS, REWARDS, CORRECT, "dynamic") == {1, 2}
+    shaped = REWARDS[:12] + [1.0, 0.9, 1.0, 1.0]  # a length penalty gives group 3 signal again
+    assert groups_to_keep(GROUPS, shaped, CORRECT, "dynamic") == {1, 2, 3}
+
+
+def test_pass_rate_band_is_inclusive():
+    assert groups_to_keep(GROUPS, REWARDS, CORRECT, "pass_rate", 0.25, 0.75) == {1, 2}
+    assert groups_to_keep(GROUPS, REWARDS, CORRECT, "pass_rate", 0.5, 1.0) == {2, 3}
+    assert groups_to_keep(GROUPS, REWARDS, CORRECT, "none") == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="unknown group filter"):
+        groups_to_keep(GROUPS, REWARDS, CORRECT, "sometimes")
+
+
+def test_tracker_ema_and_outside():
+    tracker = PassRateTracker(decay=0.5)
+    tracker.update({"a": 1.0, "b": 0.0})
+    tracker.update({"a": 0.5})
+    assert tracker.rates == {"a": 0.75, "b": 0.0}  # 0.5 * 1.0 + 0.5 * 0.5
+    assert tracker.outside("b", 0.25, 0.75) and not tracker.outside("a", 0.25, 0.75)
+    assert not tracker.outside("never-seen", 0.25, 0.75)
+    copy = PassRateTracker()
+    copy.load_state_dict(tracker.state_dict())
+    assert copy.rates == tracker.rates and copy.decay == 0.5
+
+
+def test_curriculum_moves_one_level_per_full_window():
+    cur = Curriculum(value=3, minimum=2, maximum=4, target_low=0.3, target_high=0.8, window=2)
+    assert cur.observe(0.9) == 3       # window not full yet
+    assert cur.observe(0.95) == 4      # mean 0.925 > 0.8: harder
+    assert cur.observe(0.9) == 4       # window restarted
+    assert cur.observe(0.9) == 4       # at the maximum already
+    assert cur.observe(0.1) == 4 and cur.observe(0.2) == 3  # mean 0.15 < 0.3: easier
+    assert cur.observe(0.5) == 3 and cur.observe(0.6) == 3  # inside the band: stays
+    with pytest.raises(ValueError):
+        Curriculum(value=9, minimum=2, maximum=4, target_low=0.3, target_high=0.8, window=2)
+
+
+def _rl_records(run_dir):
+    return [m for m in RunDir(run_dir).read("metrics.jsonl") if m["stage"] == "rl"]
+
+
+def test_fixed_problems_repeat_every_step(tmp_path, tiny_overrides):
+    run_dir = tmp_path / "few"
+    assert main(["train", "--output-dir", str(run_dir), *tiny_overrides, "data.fixed_problems=2",
+                 "logging.samples_per_step=16", "rl.steps=3"]) == 0
+    samples = [s for s in RunDir(run_dir).read("samples.jsonl") if s["stage"] == "rl"]
+    ids_per_step = {}
+    for s in samples:
+        ids_per_step.setdefault(s["step"], set()).add(s["problem_id"])
+    assert len(ids_per_step) == 3
+    assert all(ids == ids_per_step[1] for ids in ids_per_step.values()) and len(ids_per_step[1]) == 2
+
+
+def test_filter_rounds_and_empty_steps_are_logged(tmp_path, tiny_overrides):
+    # A tiny untrained model is never right: every group has equal rewards, so the dynamic
+    # filter keeps nothing, spends all its rounds, and the step trains on nothing.
+    run_dir = tmp_path / "dyn"
+    assert main(["train", "--output-dir", str(run_dir), *tiny_overrides, "data.filter=dynamic",
+                 "data.max_rounds=2", "rl.steps=2"]) == 0
+    rl = _rl_records(run_dir)
+    assert [m["rollout_rounds"] for m in rl] == [2.0, 2.0]
+    assert [m["filter_kept_frac"] for m in rl] == [0.0, 0.0]
+    # Round 1 asks for the 4 missing groups again: 2 rounds x 4 prompts x 4 samples.
+    assert [m["samples_generated_total"] for m in rl] == [32, 64]
+
+
+def test_curriculum_lowers_difficulty_when_too_hard(tmp_path, tiny_overrides):
+    # The tiny model never passes (pass rate 0 < target_low), so each 1-step window lowers
+    # max_digits by one until the minimum.
+    run_dir = tmp_path / "cur"
+    assert main(["train", "--output-dir", str(run_dir), *tiny_overrides, "task.params={min_digits: 1, max_digits: 3}",
+                 "data.curriculum={param: max_digits, minimum: 1, maximum: 4, target_low: 0.5, target_high: 0.9, window: 1}",
+                 "rl.steps=3"]) == 0
+    assert [m["curriculum/max_digits"] for m in _rl_records(run_dir)] == [2.0, 1.0, 1.0]
