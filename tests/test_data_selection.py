@@ -94,3 +94,10 @@ def test_curriculum_lowers_difficulty_when_too_hard(tmp_path, tiny_overrides):
                  "data.curriculum={param: max_digits, minimum: 1, maximum: 4, target_low: 0.5, target_high: 0.9, window: 1}",
                  "rl.steps=3"]) == 0
     assert [m["curriculum/max_digits"] for m in _rl_records(run_dir)] == [2.0, 1.0, 1.0]
+
+
+def test_curriculum_bounds_must_be_valid_task_settings(tmp_path, tiny_overrides, capsys):
+    # addition needs min_digits <= max_digits: max_digits may not go below the default min_digits=2.
+    assert main(["train", "--output-dir", str(tmp_path / "r"), *tiny_overrides,
+                 "data.curriculum={param: max_digits, minimum: 1, maximum: 3}"]) == 2
+    assert "data.curriculum: max_digits=1" in capsys.readouterr().err

@@ -72,7 +72,7 @@ def test_resume_after_crash_continues_exactly(tmp_path, tiny_overrides, monkeypa
     # the curriculum too.
     overrides = [*tiny_overrides, "algorithm.kl.coef=0.05",
                  "reward.shaping=[{name: laser_d, params: {interval: 2}}]", "data.prefilter=true",
-                 "data.curriculum={param: max_digits, minimum: 1, maximum: 3, target_low: 0.5, window: 1}"]
+                 "data.curriculum={param: max_digits, minimum: 2, maximum: 3, target_low: 0.5, window: 1}"]
     config = load_config(None, overrides)
     straight = new_run_dir(config, str(tmp_path / "straight"), "t")
     run_pipeline(config, straight)

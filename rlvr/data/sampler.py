@@ -26,6 +26,12 @@ class PromptSampler:
         if cur.param is not None:
             if not hasattr(task.params, cur.param):
                 raise ValueError(f"data.curriculum.param: task {config.task.name!r} has no parameter {cur.param!r}")
+            for value in (cur.minimum, cur.maximum):  # both ends must be valid task settings
+                try:
+                    dataclasses.replace(task.params, **{cur.param: value})
+                except ValueError as err:
+                    raise ValueError(f"data.curriculum: {cur.param}={value} is not a valid setting of task "
+                                     f"{config.task.name!r}: {err}") from None
             self.curriculum = Curriculum(getattr(task.params, cur.param), cur.minimum, cur.maximum,
                                          cur.target_low, cur.target_high, cur.window)
 

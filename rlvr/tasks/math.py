@@ -6,15 +6,9 @@ cache; nothing is ever downloaded). Each record gives a question and a reference
 the reference is either the whole field, the last ``\\boxed{...}`` in it, or the text after
 ``####`` (GSM8K, thousands commas removed).
 
-**Held-out split.** A problem is held out when a SHA-256 hash of its id falls below
-``heldout_fraction``, so the split depends only on the ids: it does not move when the file
-is reordered, grown, or when ``eval.problems`` / ``eval.seed`` change. An id is the record's
-``id_field`` when present, else a hash of the question text (a repeated question keeps its
-first record). ``sample_problems(count, seed, split="heldout")`` is the evaluator's call
-and draws from the held-out split; a training call (``split="train"``) draws from the other
-problems minus ``exclude``. The two never overlap, whatever the
-seeds. With ``heldout_fraction: 0`` there is no split and every call draws from the whole
-file minus ``exclude`` (the base-class rule).
+**Held-out split.** By a hash of the problem's id, as for every file-backed task (see
+``rlvr.tasks._records``). An id is the record's ``id_field`` when present, else a hash of
+the question text (a repeated question keeps its first record).
 
 **Answers.** The completion's answer is its last ``\\boxed{...}`` (balanced braces), else
 the text after its last ``####``, else after its last "answer is", else there is none.
@@ -37,8 +31,6 @@ processes, whose timeout and memory limit are the real guard.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import re
 import signal
@@ -46,16 +38,18 @@ import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 from typing import Any, ClassVar, Iterator, Literal
 
-from rlvr.tasks.base import TASKS, Problem, Score, Task
+from rlvr.tasks import _records
+from rlvr.tasks._records import FileTask, is_heldout, require_field, text_id
+from rlvr.tasks.base import TASKS, Problem, Score
 
-_DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
+__all__ = ["MathTask", "answers_match", "boxed_contents", "extract_final_answer", "is_heldout", "load_problems",
+           "reference_answer"]
 
 
 @TASKS.register("math")
-class MathTask(Task):
+class MathTask(FileTask):
     """Problems from a file; answers checked with math-verify (see the module docstring)."""
 
     name = "math"
@@ -107,64 +101,8 @@ class MathTask(Task):
                 raise ValueError(f"prompt_template is not a valid str.format template with only "
                                  f"{{question}} ({e}); write literal braces doubled: \\boxed{{{{}}}}") from None
 
-    def __init__(self, params: Any = None) -> None:
-        super().__init__(params)
-        self._splits: tuple[list[Problem], list[Problem]] | None = None  # (train, heldout), read on first use
-
-    # The verifier pool pickles the task into each worker, which only scores: leave the data behind.
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_splits": None}
-
-    # ------------------------------------------------------------------------- problems
-
-    @property
-    def problems(self) -> list[Problem]:
-        """Every problem, in file order."""
-        train, heldout = self._load()
-        return sorted(train + heldout, key=lambda p: p.metadata["index"])
-
-    @property
-    def heldout_ids(self) -> frozenset[str]:
-        """Ids of the whole held-out split (not only the ones an evaluation drew)."""
-        return frozenset(p.id for p in self._load()[1])
-
-    def _load(self) -> tuple[list[Problem], list[Problem]]:
-        if self._splits is None:
-            problems = load_problems(self.params)
-            fraction = self.params.heldout_fraction
-            heldout = [p for p in problems if is_heldout(p.id, fraction)]
-            train = [p for p in problems if not is_heldout(p.id, fraction)]
-            self._splits = (train, heldout)
-        return self._splits
-
-    def sample_problems(
-        self, count: int, seed: int, exclude: set[str] | frozenset[str] = frozenset(),
-        split: Literal["train", "heldout"] = "train",
-    ) -> list[Problem]:
-        """``count`` distinct problems drawn with ``seed`` from ``split``: the held-out part
-        of the file, or the training part minus ``exclude`` (module docstring)."""
-        train, heldout = self._load()
-        p = self.params
-        if p.heldout_fraction == 0.0:
-            pool = [q for q in train if q.id not in exclude]
-            what = f"problems outside `exclude` ({len(exclude)} ids)"
-        elif split == "heldout":
-            pool = heldout
-            what = (f"held-out problems ({p.heldout_fraction:g} of {len(train) + len(heldout)}, chosen by a "
-                    f"hash of the id); lower eval.problems or raise heldout_fraction")
-        else:
-            pool = [q for q in train if q.id not in exclude]
-            what = "training problems (outside the held-out split and `exclude`); ask for fewer or use a larger file"
-        if count > len(pool):
-            raise ValueError(f"math task: asked for {count} problems but {p.path} has only {len(pool)} {what}")
-        return random.Random(seed).sample(pool, count)
-
-    def generate(self, rng: random.Random) -> Problem:
-        """A uniformly drawn problem of the training split (the file is a fixed list)."""
-        train = self._load()[0]
-        if not train:
-            raise ValueError(f"math task: {self.params.path} has no problems outside the held-out split")
-        return rng.choice(train)
+    def to_problem(self, record: dict[str, Any], where: str) -> Problem:
+        return _problem(record, where, self.params)
 
     def demonstration(self, problem: Problem, rng: random.Random) -> str:
         solution = problem.metadata.get("solution")
@@ -203,140 +141,16 @@ class MathTask(Task):
 
 def load_problems(params: MathTask.Params) -> list[Problem]:
     """The file's problems in order, one per distinct id, capped at ``max_problems``."""
-    problems: list[Problem] = []
-    seen: set[str] = set()
-    for index, (where, record) in enumerate(_records(params.path, params.split)):
-        problem = _problem(record, where, params)
-        if problem.id in seen:
-            continue
-        seen.add(problem.id)
-        problem.metadata["index"] = index
-        problems.append(problem)
-        if params.max_problems is not None and len(problems) >= params.max_problems:
-            break
-    if not problems:
-        raise ValueError(f"math task: {params.path} holds no problems")
-    return problems
-
-
-def _records(path_str: str, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(where, record) pairs; ``where`` names the file and line/record/row for error messages."""
-    path = Path(path_str).expanduser()
-    if path.is_dir():
-        yield from _dataset_rows(_load_from_disk(path, split), f"{path} [{split}]")
-    elif path.is_file():
-        suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            yield from _jsonl(path)
-        elif suffix == ".json":
-            yield from _json(path)
-        elif suffix == ".parquet":
-            yield from _parquet(path)
-        else:
-            raise ValueError(f"math task: {path} is not a .jsonl, .json or .parquet file")
-    elif path.suffix.lower() in _DATA_SUFFIXES or path_str.startswith(("/", ".", "~")):
-        raise FileNotFoundError(f"math task: no such file or directory: {path}")
-    else:
-        yield from _dataset_rows(_load_cached_dataset(path_str, split), f"dataset {path_str} [{split}]")
-
-
-def _check_record(record: Any, where: str) -> dict[str, Any]:
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected an object holding the question and answer, got {type(record).__name__}")
-    return record
-
-
-def _jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            yield where, _check_record(record, where)
-
-
-def _json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} line {e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    for i, record in enumerate(data):
-        where = f"{path} record {i} (0-based)"
-        yield where, _check_record(record, where)
-
-
-def _parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    import pyarrow.parquet as pq
-
-    try:
-        rows = pq.read_table(path).to_pylist()
-    except Exception as e:  # pyarrow raises several types for unreadable files
-        raise ValueError(f"{path}: cannot read as Parquet ({type(e).__name__}: {e})") from None
-    for i, record in enumerate(rows):
-        yield f"{path} row {i} (0-based)", record
-
-
-def _load_from_disk(path: Path, split: str) -> Any:
-    import datasets
-
-    try:
-        data = datasets.load_from_disk(str(path))
-    except FileNotFoundError as e:
-        raise ValueError(f"math task: {path} is a directory but not a datasets save_to_disk one ({e})") from None
-    return _pick_split(data, split, str(path))
-
-
-def _load_cached_dataset(name: str, split: str) -> Any:
-    """``datasets.load_dataset`` with the Hub switched off for the call: only the local cache."""
-    import datasets
-    import huggingface_hub.constants as hub_constants
-
-    saved = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
-    datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
-    try:
-        data = datasets.load_dataset(name, split=split)
-    except Exception as e:
-        raise ValueError(
-            f"math task: cannot load dataset {name!r} (split {split!r}) from the local cache ({type(e).__name__}: "
-            f"{e}). Nothing is downloaded here: save it once with save_to_disk and point path at that "
-            f"directory, or at a .jsonl/.parquet file") from None
-    finally:
-        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
-    return _pick_split(data, split, name)
-
-
-def _pick_split(data: Any, split: str, source: str) -> Any:
-    if hasattr(data, "keys") and not hasattr(data, "features"):  # a DatasetDict
-        if split not in data:
-            raise ValueError(f"math task: {source} has no split {split!r}; it has {', '.join(sorted(data))}")
-        return data[split]
-    return data
-
-
-def _dataset_rows(data: Any, source: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    for i, record in enumerate(data):
-        yield f"{source} row {i} (0-based)", record
-
-
-def _field(record: dict[str, Any], name: str, where: str, param: str) -> Any:
-    if name not in record or record[name] is None:
-        fields = ", ".join(sorted(map(str, record))) or "none"
-        raise ValueError(f"{where}: no field {name!r} (fields: {fields}); set {param}")
-    return record[name]
+    return _records.load_problems(params.path, params.split, params.max_problems,
+                                  lambda record, where: _problem(record, where, params), "math")
 
 
 def _problem(record: dict[str, Any], where: str, params: MathTask.Params) -> Problem:
-    question = str(_field(record, params.question_field, where, "question_field"))
-    raw_answer = str(_field(record, params.answer_field, where, "answer_field"))
+    question = str(require_field(record, params.question_field, where, "question_field"))
+    raw_answer = str(require_field(record, params.answer_field, where, "answer_field"))
     solution = None
     if params.solution_field is not None:
-        solution = str(_field(record, params.solution_field, where, "solution_field"))
+        solution = str(require_field(record, params.solution_field, where, "solution_field"))
     try:
         answer = reference_answer(raw_answer, params.answer_format)
     except ValueError as e:
@@ -344,18 +158,11 @@ def _problem(record: dict[str, Any], where: str, params: MathTask.Params) -> Pro
     if record.get(params.id_field) is not None:
         problem_id = str(record[params.id_field])
     else:
-        problem_id = "q" + hashlib.sha256(question.encode("utf-8")).hexdigest()[:16]
+        problem_id = text_id(question)
     text = params.prompt_template.format(question=question)
     prompt: str | list[dict[str, str]] = [{"role": "user", "content": text}] if params.chat else text
     return Problem(id=problem_id, prompt=prompt, answer=answer,
                    metadata={"question": question, "solution": solution, "source": where})
-
-
-def is_heldout(problem_id: str, fraction: float) -> bool:
-    """Whether ``problem_id`` falls in the held-out split: SHA-256 of the id, read as a
-    uniform number in [0, 1), is below ``fraction``. Stable across runs, machines and files."""
-    digest = hashlib.sha256(f"rlvr-heldout:{problem_id}".encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
 # ----------------------------------------------------------------------------- answers

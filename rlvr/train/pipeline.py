@@ -15,6 +15,7 @@ from transformers.utils import logging as hf_logging
 
 from rlvr.algorithms import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
 from rlvr.config import RunConfig
+from rlvr.data.sampler import PromptSampler
 from rlvr.eval.evaluate import evaluate
 from rlvr.eval.plots import plot_run
 from rlvr.models import build_tiny_model, load_model_and_tokenizer
@@ -54,7 +55,11 @@ def check_names(config: RunConfig, source: str = "config") -> None:
                 registry.get(name)
             except KeyError as err:
                 raise ConfigError(f"{source}: {field_name}: {err.args[0]}") from None
-    build_task(config, source)
+    task = build_task(config, source)
+    try:
+        PromptSampler(task, config, frozenset())
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from None
     if config.model.path is None and "sft" not in config.stages:
         raise ConfigError(f"{source}: stages: a freshly built tiny model needs the 'sft' stage "
                           "(or set model.path to a trained checkpoint)")
