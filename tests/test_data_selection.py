@@ -101,3 +101,28 @@ def test_curriculum_bounds_must_be_valid_task_settings(tmp_path, tiny_overrides,
     assert main(["train", "--output-dir", str(tmp_path / "r"), *tiny_overrides,
                  "data.curriculum={param: max_digits, minimum: 1, maximum: 3}"]) == 2
     assert "data.curriculum: max_digits=1" in capsys.readouterr().err
+
+
+def test_mix_task_weights_splits_and_per_task_metrics(tmp_path, tiny_overrides):
+    from rlvr.tasks import TASKS
+    from rlvr.typed_yaml import from_dict
+
+    mix_cls = TASKS.get("mix")
+    params = from_dict(mix_cls.Params, {"tasks": [{"name": "addition", "weight": 3},
+                                                  {"name": "sort", "weight": 1, "params": {"max_length": 3}}]})
+    mix = mix_cls(params)
+    drawn = mix.sample_problems(8, seed=0)
+    assert sorted(p.metadata["task"] for p in drawn).count("addition") == 6  # 8 * 3/4
+    problem = next(p for p in drawn if p.metadata["task"] == "sort")
+    demo = mix.demonstration(problem, __import__("random").Random(0))
+    assert mix.score(problem, demo).correct and problem.id.startswith("sort/")
+    excluded = mix.sample_problems(8, seed=1, exclude=frozenset(p.id for p in drawn))
+    assert not {p.id for p in excluded} & {p.id for p in drawn}
+
+    run_dir = tmp_path / "mix"
+    assert main(["train", "--output-dir", str(run_dir), *tiny_overrides, "task.name=mix",
+                 "task.params={tasks: [{name: addition, weight: 1}, {name: sort, weight: 1}]}", "rl.steps=1"]) == 0
+    rl = _rl_records(run_dir)
+    assert {"accuracy/addition", "accuracy/sort"} <= rl[0].keys()
+    final = RunDir(run_dir).load_state()["evals"]["final"]
+    assert {"greedy_accuracy/addition", "greedy_accuracy/sort"} <= final.keys()

@@ -77,6 +77,12 @@ def evaluate(
         "scoring_errors": sum(s.error is not None for s in scores),
         "greedy_length": sum(n for _, n in greedy) / len(problems),
     }
+    by_task: dict[str, list[bool]] = {}
+    for problem, score in zip(problems, scores):
+        if "task" in problem.metadata:
+            by_task.setdefault(problem.metadata["task"], []).append(score.correct)
+    for name, correct in sorted(by_task.items()):
+        result[f"greedy_accuracy/{name}"] = sum(correct) / len(correct)
     if samples > 0:
         generator = torch.Generator().manual_seed(seed)
         repeated = [p for p in prompts for _ in range(samples)]

@@ -17,8 +17,9 @@ class SandboxLimits:
     wall_time_s: float = 5.0
     """Wall-clock seconds; then SIGKILL of every process of the run (the whole pid namespace)."""
     cpu_time_s: float = 5.0
-    """CPU seconds of the main process (RLIMIT_CPU: SIGXCPU, SIGKILL one second later). The
-    kernel counts whole seconds, so the limit is rounded up."""
+    """CPU seconds of the main process: RLIMIT_CPU for `run_python` (SIGXCPU, SIGKILL one
+    second later; whole seconds, rounded up); per call for a session, where the supervisor
+    polls the interpreter's CPU time every 50 ms and kills it past the limit."""
     memory_mb: int = 512
     """Address space per process in MiB (RLIMIT_AS); with a memory cgroup, also the resident
     memory of the whole run, scratch files included, plus scratch_mb and 64 MiB of slack."""

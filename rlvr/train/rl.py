@@ -454,6 +454,12 @@ def step_metrics(step: int, trajectories: list[Trajectory], config: RunConfig) -
                               "truncated_frac": sum(t.finish_reason == "length" for t in trajectories) / n}
     for name in [*config.reward.components, *(["shaping"] if config.reward.shaping else [])]:
         record[f"reward/{name}"] = sum(t.reward_components.get(name, 0.0) for t in trajectories) / n
+    by_task: dict[str, list[bool]] = defaultdict(list)
+    for t in trajectories:
+        if "task" in t.problem.metadata:
+            by_task[t.problem.metadata["task"]].append(t.correct)
+    for name, correct in sorted(by_task.items()):
+        record[f"accuracy/{name}"] = sum(correct) / len(correct)
     groups: dict[int, set[float]] = defaultdict(set)
     for t in trajectories:
         groups[t.group].add(t.reward)
