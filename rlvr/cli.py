@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, help="samples per problem for pass@k (default: eval.samples)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.problems=500")
     sub.add_parser("list", help="print every registered task, reward, estimator, loss and engine")
+    p = sub.add_parser("limr", help="LIMR: select the problems whose learning curves align with the run's average")
+    p.add_argument("run_dir", help="a run over a fixed problem set for several epochs")
+    p.add_argument("--threshold", type=float, default=0.6, help="minimum LIM score kept (LIMR: 0.6)")
+    p.add_argument("--output", required=True, help="JSON file for the selected ids (use as data.include_ids)")
 
     args = parser.parse_args(argv)
     try:
@@ -33,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "limr":
+            return _limr(args)
         return _list()
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
@@ -105,6 +111,25 @@ def _eval(args: argparse.Namespace) -> int:
                           temperature=config.eval.temperature, max_new_tokens=config.rollout.max_new_tokens,
                           batch_size=config.eval.batch_size, seed=config.eval.seed)
     print(json.dumps({"model": str(target), **result}, indent=2))
+    return 0
+
+
+def _limr(args: argparse.Namespace) -> int:
+    from rlvr.data.limr import lim_scores, select
+    from rlvr.train.run_dir import RunDir
+
+    curves: dict[str, list[float]] = {}
+    for record in RunDir(args.run_dir).read("pass_rates.jsonl"):
+        for problem_id, rate in record["rates"].items():
+            curves.setdefault(problem_id, []).append(rate)
+    scores = lim_scores(curves)
+    if not scores:
+        raise ConfigError(f"{args.run_dir}: no per-prompt pass rates to score (pass_rates.jsonl is empty)")
+    chosen = select(scores, args.threshold)
+    Path(args.output).write_text(json.dumps(chosen, indent=1))
+    epochs = min(len(c) for c in curves.values())
+    print(f"LIMR: {len(chosen)} of {len(scores)} problems have LIM score >= {args.threshold} "
+          f"over {epochs} epochs; ids written to {args.output}")
     return 0
 
 

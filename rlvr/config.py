@@ -206,6 +206,7 @@ class DataConfig:
     prefilter: bool = _f(False, "skip prompts whose tracked pass rate (EMA across steps) is outside the pass_rate band before generating")
     tracker_decay: float = _f(0.5, "EMA decay of the per-prompt pass-rate tracker")
     fixed_problems: int = _f(0, "few-shot RLVR: train on this many fixed problems, repeated (1 = 'RL with one training example'); 0 draws fresh problems")
+    include_ids: str | None = _f(None, "JSON file with a list of problem ids (e.g. from `rlvr limr`): train only on those problems of a file-backed task")
     curriculum: CurriculumConfig = _sub(CurriculumConfig, "adaptive difficulty for generated tasks")
 
     def __post_init__(self) -> None:

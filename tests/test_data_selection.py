@@ -126,3 +126,44 @@ def test_mix_task_weights_splits_and_per_task_metrics(tmp_path, tiny_overrides):
     assert {"accuracy/addition", "accuracy/sort"} <= rl[0].keys()
     final = RunDir(run_dir).load_state()["evals"]["final"]
     assert {"greedy_accuracy/addition", "greedy_accuracy/sort"} <= final.keys()
+
+
+def test_lim_scores_by_hand():
+    from rlvr.data.limr import lim_scores, select
+
+    curves = {"a": [0.0, 0.5, 1.0], "b": [0.0, 0.0, 0.0], "c": [0.5, 0.5, 0.5]}
+    # r_avg = [1/6, 1/3, 1/2]; denominator = (5/6)^2 + (2/3)^2 + (1/2)^2 = 25/36 + 16/36 + 9/36 = 50/36
+    # a: (1/6)^2 + (1/6)^2 + (1/2)^2 = 11/36 -> 1 - 11/50 = 0.78
+    # b: (1/6)^2 + (1/3)^2 + (1/2)^2 = 14/36 -> 1 - 14/50 = 0.72
+    # c: (1/3)^2 + (1/6)^2 + 0        =  5/36 -> 1 -  5/50 = 0.90
+    scores = lim_scores(curves)
+    assert scores == pytest.approx({"a": 0.78, "b": 0.72, "c": 0.90})
+    assert select(scores, 0.75) == ["c", "a"]
+    assert lim_scores({"a": [1.0, 1.0], "b": [1.0]}) == {"a": 0.0, "b": 0.0}  # K = 1, all solved
+
+
+def test_limr_selection_from_a_run_then_training_on_it(tmp_path, tiny_overrides, capsys):
+    import json
+
+    data = tmp_path / "math.jsonl"
+    with open(data, "w") as fh:
+        for i in range(12):
+            fh.write(json.dumps({"id": f"q{i}", "question": f"{i}+1", "answer": str(i + 1),
+                                 "solution": f"\\\\boxed{{{i + 1}}}"}) + "\n")
+    params = f"{{path: '{data}', solution_field: solution, heldout_fraction: 0.2, prompt_template: '{{question}}'}}"
+    common = [*tiny_overrides, "task.name=math", f"task.params={params}", "eval.problems=2", "eval.samples=0"]
+    first = tmp_path / "epochs"
+    assert main(["train", "--output-dir", str(first), *common, "data.fixed_problems=4", "rl.steps=3"]) == 0
+    rates = RunDir(first).read("pass_rates.jsonl")
+    assert [r["step"] for r in rates] == [1, 2, 3] and all(len(r["rates"]) == 4 for r in rates)
+
+    ids_file = tmp_path / "limr.json"
+    assert main(["limr", str(first), "--threshold", "-10", "--output", str(ids_file)]) == 0
+    chosen = json.loads(ids_file.read_text())
+    assert sorted(chosen) == sorted(rates[0]["rates"]) and "4 of 4 problems" in capsys.readouterr().out
+
+    second = tmp_path / "limr"
+    assert main(["train", "--output-dir", str(second), *common, f"data.include_ids={ids_file}",
+                 "rl.steps=2", "logging.samples_per_step=16"]) == 0
+    trained = {s["problem_id"] for s in RunDir(second).read("samples.jsonl") if s["stage"] == "rl"}
+    assert trained <= set(chosen)

@@ -5,6 +5,8 @@ run, so a resumed run draws exactly the prompts an uninterrupted one would have.
 from __future__ import annotations
 
 import dataclasses
+import json
+from pathlib import Path
 from typing import Any
 
 from rlvr.config import RunConfig
@@ -21,6 +23,8 @@ class PromptSampler:
         self.fixed: list[Problem] = []
         if data.fixed_problems:
             self.fixed = task.sample_problems(data.fixed_problems, derive_seed(config.seed, "few-shot"), exclude)
+        if data.include_ids:
+            self.fixed = self._included(data.include_ids, exclude)
         self.curriculum: Curriculum | None = None
         cur = data.curriculum
         if cur.param is not None:
@@ -34,6 +38,22 @@ class PromptSampler:
                                      f"{config.task.name!r}: {err}") from None
             self.curriculum = Curriculum(getattr(task.params, cur.param), cur.minimum, cur.maximum,
                                          cur.target_low, cur.target_high, cur.window)
+
+    def _included(self, path: str, exclude: frozenset[str]) -> list[Problem]:
+        """The task's problems whose ids the file lists (training split only), in file order."""
+        try:
+            wanted = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"data.include_ids: cannot read a JSON list of ids from {path}: {err}") from None
+        if not hasattr(self.task, "problems"):
+            raise ValueError(f"data.include_ids needs a task backed by a fixed problem list (e.g. math), "
+                             f"not {self.config.task.name!r}")
+        by_id = {p.id: p for p in self.task.problems if p.id not in exclude}
+        missing = [i for i in wanted if i not in by_id]
+        if missing:
+            raise ValueError(f"data.include_ids: {len(missing)} ids of {path} are not training problems of the "
+                             f"task, e.g. {missing[0]!r}")
+        return [by_id[i] for i in wanted]
 
     def draw(self, count: int, step: int, round_: int) -> list[Problem]:
         """``count`` prompts for generation round ``round_`` of RL step ``step``."""

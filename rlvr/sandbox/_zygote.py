@@ -62,6 +62,8 @@ _STATUS = struct.Struct("=id")           # init -> supervisor: wait status, CPU 
 _SPARE_NICE = 10
 _CPU_POLL_S = 0.05
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_F_SETPIPE_SZ = 1031
+_DISCARD_PAUSE_S = 0.01  # past the output cap, read at most every 10 ms: the writer waits, idle
 _ROOT_ONLY_MODULES = ("_rlvr_sandbox_zygote", "_rlvr_sandbox_linux")
 _PREIMPORT = ("_sitebuiltins", "ast", "bisect", "collections", "copy", "dataclasses", "datetime", "decimal",
               "fractions", "functools", "heapq", "itertools", "json", "math", "operator",
@@ -606,6 +608,11 @@ class Supervisor:
         self.ctl = ctl_s
         for fd in (out_r, err_r, in_w):
             os.set_blocking(fd, False)
+        for fd in (out_r, err_r):  # bigger pipes: fewer wake-ups per megabyte
+            try:
+                fcntl.fcntl(fd, _F_SETPIPE_SZ, 1 << 20)
+            except OSError:
+                pass
 
     def _await_handoff(self) -> int | None:
         """A spare waits here for the zygote to give it a run's socket."""
@@ -720,6 +727,7 @@ class Supervisor:
         self.out = bytearray()
         self.err = bytearray()
         self.truncated = False
+        self.discard_until = 0.0
         self.exec_frames = []
         if self.cg is not None:
             self.oom_kills = self.cg.oom_kills()
@@ -739,6 +747,10 @@ class Supervisor:
             remaining = deadline - now
             if remaining <= 0:
                 return "timeout"
+            streams = [fd for fd in (self.out_r, self.err_r) if fd is not None]
+            if self.truncated and now < self.discard_until:
+                streams = []  # output past the cap: let the writer block instead of burning our CPU
+                remaining = min(remaining, self.discard_until - now)
             if watch_cpu and self.cell_cpu_start is not None:
                 if now >= next_cpu_check:
                     used = self._executor_cpu()
@@ -746,10 +758,7 @@ class Supervisor:
                         return "cpu"
                     next_cpu_check = now + _CPU_POLL_S
                 remaining = min(remaining, max(0.0, next_cpu_check - now))
-            rl = [fd for fd in (self.out_r, self.err_r) if fd is not None]
-            if self.ctl is not None:
-                rl.append(self.ctl)
-            rl += [self.child_fd, self.chan]
+            rl = streams + ([self.ctl] if self.ctl is not None else []) + [self.child_fd, self.chan]
             wl = [self.in_w] if self.in_w is not None else []
             readable, writable, _ = select.select(rl, wl, [], remaining)
             if not readable and not writable:
@@ -770,7 +779,7 @@ class Supervisor:
 
     def _read_stream(self, fd: int) -> None:
         try:
-            data = os.read(fd, 1 << 16)
+            data = os.read(fd, 1 << 20)
         except BlockingIOError:
             return
         if not data:
@@ -784,8 +793,9 @@ class Supervisor:
         room = self.limits["max_output_bytes"] - len(buf)
         if room > 0:
             buf += data[:room]
-        if len(data) > room:
-            self.truncated = True  # keep reading, and discarding, so the writer never blocks
+        if len(data) > room:  # keep reading and discarding, slowly, so the writer is not stuck
+            self.truncated = True
+            self.discard_until = time.monotonic() + _DISCARD_PAUSE_S
 
     def _drain(self, blocking: bool, timeout: float = 2.0) -> None:
         end = time.monotonic() + timeout

@@ -28,7 +28,8 @@ class SandboxLimits:
     max_processes: int = 32
     """Processes and threads of the run (RLIMIT_NPROC of the run's own uid, and pids.max)."""
     max_output_bytes: int = 65536
-    """Bytes kept of stdout and of stderr each; the rest is read and discarded (`truncated`)."""
+    """Bytes kept of stdout and of stderr each; the rest is read and discarded (`truncated`),
+    at most every 10 ms, so that a flood of output mostly waits instead of burning CPU."""
     network: bool = False
     """False: no network (an empty network namespace: no interface, not even loopback)."""
     scratch_mb: int = 64

@@ -30,7 +30,7 @@ from rlvr.algorithms import (
 )
 from rlvr.config import RunConfig
 from rlvr.data.sampler import PromptSampler
-from rlvr.data.selection import groups_to_keep
+from rlvr.data.selection import group_pass_rates, groups_to_keep
 from rlvr.rewards import compose_reward
 from rlvr.rewards.shaping import ShapingInputs, apply_shapers, build_shaper, overlong_filter_mask
 from rlvr.rollout.engine import RolloutEngine
@@ -333,10 +333,11 @@ def update_coefficients(learners: Learners, model: PreTrainedModel, metrics: dic
 
 def collect_rollouts(engine: RolloutEngine, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      task: Task, verifier: Verifier, learners: Learners, sampler: PromptSampler,
-                     config: RunConfig, step: int) -> tuple[list[Trajectory], dict[str, float]]:
+                     config: RunConfig, run: RunDir, step: int) -> tuple[list[Trajectory], dict[str, float]]:
     """Roll out, score and shape groups until ``prompts_per_step`` groups pass the data filter
     (DAPO dynamic sampling / online difficulty filtering) or ``data.max_rounds`` rounds are
-    spent; without a filter this is one round."""
+    spent; without a filter this is one round. Every group's pass rate goes to
+    ``pass_rates.jsonl`` (the input of LIMR selection)."""
     rl, data = config.rl, config.data
     rounds = data.max_rounds if data.filter != "none" else 1
     kept: list[Trajectory] = []
@@ -365,6 +366,9 @@ def collect_rollouts(engine: RolloutEngine, model: PreTrainedModel, tokenizer: P
         kept_groups += len(keep)
         if kept_groups >= rl.prompts_per_step:
             break
+    rates = group_pass_rates(all_groups, all_correct)
+    run.append("pass_rates.jsonl", {"stage": "rl", "step": step + 1,
+                                    "rates": {problems_by_group[g].id: r for g, r in rates.items()}})
     stats = {"filter_kept_frac": kept_groups / generated_groups, "rollout_rounds": float(round_ + 1),
              "samples_generated": float(generated_groups * rl.samples_per_prompt)}
     stats.update(sampler.observe(problems_by_group, all_groups, all_correct))
@@ -391,7 +395,7 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
         for step in range(start, rl.steps):
             t0 = time.perf_counter()
             trajectories, rollout_stats = collect_rollouts(engine, model, tokenizer, task, verifier, learners,
-                                                           sampler, config, step)
+                                                           sampler, config, run, step)
             learners.samples_generated += int(rollout_stats["samples_generated"])
             t_gen = time.perf_counter() - t0
             if not trajectories:  # every group filtered out: nothing to learn from this step

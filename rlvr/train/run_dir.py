@@ -6,6 +6,7 @@ Layout::
     state.json         where the run is: finished stages, latest checkpoint, evaluations
     metrics.jsonl      one record per SFT/RL step
     samples.jsonl      some completions with rewards per RL step
+    pass_rates.jsonl   every RL step's per-prompt pass rates (LIMR selection reads them)
     eval.jsonl         held-out evaluations (warm start, periodic, final)
     checkpoints/       HF-format model + tokenizer dirs; resumable ones add trainer_state.pt
     plots/             PNG curves
@@ -81,7 +82,7 @@ class RunDir:
     def drop_records_after(self, stage: str, step: int) -> None:
         """Forget log records a crashed run wrote past its last checkpoint, so the resumed
         run's records replace them instead of duplicating them."""
-        for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl"):
+        for name in ("metrics.jsonl", "samples.jsonl", "eval.jsonl", "pass_rates.jsonl"):
             records = self.read(name)
             kept = [r for r in records if not (r.get("stage") == stage and r.get("step", 0) > step)]
             if len(kept) != len(records):
