@@ -6,7 +6,7 @@ Each arm is an RL-only run (`stages=[rl]`) from the same warm-start checkpoint, 
 differ only in what their recipes change. Prints, per arm: final held-out greedy accuracy
 and pass@1, wall-clock seconds of RL, samples generated, mean response length, and the
 held-out accuracy at every evaluation against RL step, wall-clock and generated samples.
-Extra dotted overrides after `--` apply to every arm (e.g. `-- rl.steps=30`).
+`--set key=value` (repeatable) applies a dotted override to every arm (e.g. `--set rl.steps=30`).
 """
 
 from __future__ import annotations
@@ -55,9 +55,10 @@ def main() -> None:
     parser.add_argument("recipes", nargs="+", help="recipe YAML files, one per arm")
     parser.add_argument("--out", default="runs/compare", help="parent directory of the runs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="-- key=value ... applied to every arm")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="dotted override applied to every arm (repeatable)")
     args = parser.parse_args()
-    extra = [o for o in args.overrides if o != "--"]
+    extra = args.set
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     common = [f"seed={args.seed}", "logging.progress=false", *extra]
 

@@ -11,22 +11,23 @@ from rlvr.typed_yaml import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="rlvr", description="RL with verifiable rewards for reasoning LMs")
+    parser = argparse.ArgumentParser(prog="rlvr", description="RL with verifiable rewards for reasoning LMs",
+                                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("train", "run the recipe's stages (default: SFT warm start, then GRPO)"),
                             ("sft", "run only the supervised warm start")):
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, allow_abbrev=False, help=help_text)
         p.add_argument("--config", help="YAML recipe (default: the built-in default recipe)")
         p.add_argument("--output-dir", help="run directory to create (default: <output_dir>/<recipe>-<time>)")
         p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algorithm.clip_high=0.28 rl.steps=10")
-    p = sub.add_parser("eval", help="evaluate a checkpoint or run directory on the held-out split")
+    p = sub.add_parser("eval", allow_abbrev=False, help="evaluate a checkpoint or run directory on the held-out split")
     p.add_argument("model", help="HF checkpoint directory, or a run directory (its final checkpoint)")
     p.add_argument("--config", help="YAML recipe naming the task (default: the run's config or the default recipe)")
     p.add_argument("--n", type=int, help="samples per problem for pass@k (default: eval.samples)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.problems=500")
-    sub.add_parser("list", help="print every registered task, reward, estimator, loss and engine")
-    p = sub.add_parser("limr", help="LIMR: select the problems whose learning curves align with the run's average")
+    sub.add_parser("list", allow_abbrev=False, help="print every registered task, reward, estimator, loss and engine")
+    p = sub.add_parser("limr", allow_abbrev=False, help="LIMR: select the problems whose learning curves align with the run's average")
     p.add_argument("run_dir", help="a run over a fixed problem set for several epochs")
     p.add_argument("--threshold", type=float, default=0.6, help="minimum LIM score kept (LIMR: 0.6)")
     p.add_argument("--output", required=True, help="JSON file for the selected ids (use as data.include_ids)")

@@ -491,7 +491,7 @@ def _rlvr_main(_solution, _plans, _nonce):
     def _show(value):
         plain = _plain(value, 0)
         if plain is _NOT_PLAIN:
-            return "a " + _str.__str__(_type(value).__name__)
+            return "<" + _str.__str__(_type(value).__name__) + " object>"
         text = _repr(plain)
         return text if _len(text) <= 40 else text[:39] + "..."
 
