@@ -8,12 +8,13 @@
 
 Without Docker or a VM, the boundary is the Linux kernel: namespaces, a dropped uid,
 rlimits, cgroups and seccomp, set up by a persistent zygote (one per process, started on
-first use, see `server.py` and `_zygote.py`). A call never hangs the caller (it returns by
-``wall_time_s`` + 5 s whatever happens below) and the code cannot signal, read or write
-the caller. `sandbox_capabilities()` reports what this machine allows (probed once per
-zygote); each row below names its key.
+first use, see `server.py` and `_zygote.py`; Linux 5.3 or later). A call never hangs the
+caller: it returns by ``wall_time_s`` + 5 s whatever happens below (15 s more if the
+zygote itself is wedged, which is then restarted), and the code cannot signal, read or
+write the caller. `sandbox_capabilities()` reports what this machine allows (probed once
+per zygote); each row below names its key.
 
-Enforced when the caller is root on Linux (this project's machines; all keys True):
+Enforced when the caller is root (this project's machines; all keys True):
 
 * processes (``pid_namespace``): every run or session has its own pid namespace under an
   init that only reaps; killing that init at the wall-clock limit, or when the code's main
@@ -49,7 +50,8 @@ Enforced when the caller is root on Linux (this project's machines; all keys Tru
   session's interpreter outlives its calls, so its per-call CPU limit is enforced by the
   supervisor, which polls the interpreter's CPU time every 50 ms and kills it past the
   limit. The OOM killer prefers the sandbox (oom_score_adj 1000; supervisors -1000). Wall
-  clock: the supervisor kills the run at ``wall_time_s``.
+  clock: the supervisor kills the run at ``wall_time_s``. Output past ``max_output_bytes``
+  is drained only every 10 ms, so a flood of output mostly waits.
 
 Best effort, or not covered, even as root:
 
@@ -78,16 +80,15 @@ Fallbacks, each reported False by `sandbox_capabilities()`:
   or a subprocess get around it).
 * not root: the code runs as the caller's own uid, so it CAN signal the caller and read its
   files and /proc/<pid>/environ: only rlimits, a new session, no_new_privs, seccomp and a
-  clean environment apply. RLIMIT_NPROC then counts every process of that user, and a
-  session's per-call CPU limit cannot be raised after the first call. Use it for trusted
-  code only.
+  clean environment apply, and RLIMIT_NPROC counts every process of that user. Use it
+  for trusted code only.
 
-Cost (``benchmarks/bench_sandbox.py`` on this project's idle 2-core machine, medians):
-`run_python` 6.7 ms (p90 9.7) against 24 ms for ``subprocess.run([python, "-c", ...])``
-from the project's virtualenv and 8.2 ms with ``python -I -S``; `PythonSession.run` 0.5
-ms. The zygote keeps ``spares`` confined interpreters ready, so a call pays for its limits,
-its code and the teardown; the CPU behind a call (all processes, kernel included) is
-about 12.6 ms against 8.2 ms for ``python -I -S``. Starting the zygote takes ~75 ms once.
+Cost (``benchmarks/bench_sandbox.py`` on this project's 2-core machine, medians): `run_python`
+6.7 ms idle (p90 9.7), 9.6 ms with another job using both cores (p90 19), against 24 ms
+for ``subprocess.run([python, "-c", ...])`` from the project's virtualenv and 8.1 ms with
+``python -I -S``; `PythonSession.run` 0.3-0.5 ms. The zygote keeps ``spares`` confined
+interpreters ready, so a call pays for its limits, its code and the teardown; the CPU
+behind a call (every process involved) is about 12 ms. Starting the zygote takes ~80 ms.
 """
 
 from .limits import SandboxLimits, SandboxResult

@@ -21,13 +21,15 @@ passed (``score_mode: fraction``) or 1 only when all pass (``all``); ``correct``
 passed" in both modes.
 
 **Running.** Every run goes through ``rlvr.sandbox.run_python`` with ``timeout_s`` of wall
-clock and of CPU and ``memory_mb`` of memory. ``io`` tests take one run per case (in
-``all`` mode scoring stops at the first failing case, whose reward is 0 anyway, so
-``tests_passed`` then counts the passes before it). ``tests`` take a single run: a harness
-executes the solution, then each test in its own ``try``. Scoring a problem can take up to
-(cases x ``timeout_s``) for ``io`` tests, so keep ``verifier.timeout_s`` above that, or the
-verifier pool kills the worker and the score is 0 anyway. ``isolate = True``: the trainer
-scores in the verifier pool's workers, which call the sandbox themselves.
+clock (and a second more of CPU time, a backstop) and ``memory_mb`` of memory. ``io`` tests
+take one run per case; in ``all`` mode scoring stops at the first failing case (the reward
+is 0 anyway), so ``tests_passed`` then counts the passes before it. ``tests`` take a single
+run: a harness executes the solution as a module named ``solution`` (an ``if __name__ ==
+"__main__":`` block does not run), then each test in its own ``try``, and reports each test
+as it finishes, so the tests before a hang or a crash still count. Scoring an ``io``
+problem can take (cases x ``timeout_s``): keep ``verifier.timeout_s`` above that, or the
+verifier pool kills the worker and the score is 0. ``isolate = True``: the trainer scores in
+the verifier pool's workers, which call the sandbox themselves (``warm_up`` starts it).
 
 **Reward hacks the assert harness defeats** (each has a test in tests/test_code_task.py):
 
@@ -41,22 +43,25 @@ scores in the verifier pool's workers, which call the sandbox themselves.
   any exception in a test (whatever its class) is a failure;
 * returning an object that equals everything (``__eq__`` always true) or is always truthy:
   the harness evaluates each operand of a top-level ``assert`` comparison itself and
-  compares them only as plain built-in values (numbers, strings, bytes, None, and lists,
-  tuples, dicts and sets of them; subclasses are converted to their base type). A value
+  compares them only as plain built-in values (numbers, strings, bytes, None, ranges, and
+  lists, tuples, dicts and sets of them; subclasses are converted to their base type). A value
   compared with a plain value must be plain too, so a solution that returns a
-  ``Fraction`` or a ``Counter`` where the test writes ``0.5`` or a dict fails even where
+  ``Fraction`` where the test writes ``0.5`` (or a ``deque`` for a list) fails even where
   Python's ``==`` would say equal; two non-plain values (``Point(1, 2) == Point(1, 2)``)
   are compared with their own ``==``;
-* flooding standard output: the solution's file descriptors 1 and 2 go to /dev/null and the
-  harness reports on a private copy of the original stdout.
+* flooding standard output: the solution's standard output goes to /dev/null and the
+  harness reports on a private copy of the original one.
 
 **Limits.** The solution runs in the harness's own interpreter, so a solution written to
-attack *this* harness can still forge a pass: it can walk the stack (``sys._getframe``, a
-traceback's frames) to read the nonce and the report descriptor, or change a module the
-tests import (``math.isclose = ...``). Asserts nested inside loops or functions in a test,
-and comparisons below the top level of an assert (``assert abs(f(x) - 1) < 1e-9``), run
-as plain Python. ``io`` tests have none of these weaknesses: the parent compares the
-output of a separate process, which learns nothing of the expected output.
+attack *this* harness can still forge a pass: it can reach the nonce and the report
+descriptor through the stack (``sys._getframe``, a traceback's frames) or the garbage
+collector (``gc.get_objects``); a test pins that this still works
+(``test_known_limit_introspecting_the_harness_forges_passes``). It can also change a module
+the tests import (``math.isclose = ...``). Asserts nested in loops or functions inside a
+test, and comparisons below the top level of an assert (``assert abs(f(x) - 1) < 1e-9``),
+run as plain Python, so an always-equal object gets through those. ``io`` tests have none
+of these weaknesses: the parent compares the output of a separate process, which learns
+nothing of the expected output.
 """
 
 from __future__ import annotations
@@ -104,7 +109,7 @@ class CodeTask(FileTask):
         score_mode: Literal["fraction", "all"] = field(default="fraction", metadata={
             "help": "reward: fraction = share of tests passed (0..1), all = 1 only when every test passes"})
         timeout_s: float = field(default=2.0, metadata={
-            "help": "seconds of wall clock (and of CPU) for one program run: per io case, or for all asserts"})
+            "help": "seconds of wall clock for one program run: per io case, or for all the asserts together"})
         memory_mb: int = field(default=256, metadata={"help": "memory of one program run in MiB (>= 64)"})
         prompt_template: str = field(
             default="{prompt}\n\nWrite your complete solution in Python, in one ```python code block.",
@@ -139,9 +144,10 @@ class CodeTask(FileTask):
 
     @property
     def limits(self) -> SandboxLimits:
-        """The sandbox limits of one program run."""
+        """The sandbox limits of one program run. The CPU limit is a backstop a second above
+        the wall clock, so a busy loop is reported as the timeout it is."""
         p = self.params
-        return SandboxLimits(wall_time_s=p.timeout_s, cpu_time_s=p.timeout_s, memory_mb=p.memory_mb)
+        return SandboxLimits(wall_time_s=p.timeout_s, cpu_time_s=p.timeout_s + 1.0, memory_mb=p.memory_mb)
 
     # ------------------------------------------------------------------------- problems
 
@@ -202,7 +208,7 @@ class CodeTask(FileTask):
     def score(self, problem: Problem, completion: str) -> Score:
         program = self.extract_answer(completion)
         if program is None:
-            return Score(reward=0.0, correct=False, extracted=None, error="no Python code block in the completion")
+            return Score(reward=0.0, correct=False, extracted=None)  # no answer, as in every task: no error
         answer = problem.answer
         if "io" in answer:
             passed, total, error = self._score_io(program, answer["io"])
@@ -241,11 +247,10 @@ class CodeTask(FileTask):
         reports = _read_reports(result.stdout, nonce, len(tests))
         passed, first_error = 0, None
         for i, test in enumerate(tests):
-            ok, reason = reports.get(i, (False, None))
-            if ok:
+            if i in reports and reports[i][0]:
                 passed += 1
             elif first_error is None:
-                reason = reason or _missing_report(result)
+                reason = (reports[i][1] or "failed") if i in reports else _missing_report(result)
                 first_error = f"test {i + 1}/{len(tests)} `{_cut(_one_line(test), _SHOWN_CHARS)}`: {reason}"
         return passed, len(tests), first_error
 
@@ -418,7 +423,7 @@ def _rlvr_main(_solution, _plans, _nonce):
     _list, _tuple, _dict, _set, _frozenset, _issubclass = list, tuple, dict, set, frozenset, issubclass
     _range = range
     _exc_info, _write, _NoneType = _sys.exc_info, _os.write, type(None)
-    _SCALARS = (_int, _float, _complex, _bool, _str, _bytes, _NoneType)
+    _SCALARS = (_int, _float, _complex, _bool, _str, _bytes, _NoneType, range)  # immutable C types
     _OPS = {"==": _operator.eq, "!=": _operator.ne, "<": _operator.lt, "<=": _operator.le, ">": _operator.gt,
             ">=": _operator.ge, "is": _operator.is_, "is not": _operator.is_not,
             "in": lambda a, b: _operator.contains(b, a), "not in": lambda a, b: not _operator.contains(b, a)}
@@ -426,16 +431,16 @@ def _rlvr_main(_solution, _plans, _nonce):
     _NOT_PLAIN = object()
 
     # Report on a private copy of stdout; the solution's own output goes to /dev/null so it
-    # can neither crowd the reports out of the kept output nor be mistaken for them.
+    # can neither crowd the reports out of the kept output nor be mistaken for them. Its
+    # stderr stays: the parent shows the last line when the run dies.
     _report_fd = _os.dup(1)
     _null = _os.open(_os.devnull, _os.O_WRONLY)
     _sys.stdout.flush()
     _os.dup2(_null, 1)
-    _os.dup2(_null, 2)
 
     def _report(index, ok, reason):
         line = _nonce + " " + _str(index) + " " + ("1" if ok else "0") + " " + reason
-        _write(_report_fd, (_str.replace(line, "\n", " ")[:300] + "\n").encode())
+        _write(_report_fd, (_str.replace(line, "\n", " ")[:300] + "\n").encode("utf-8", "backslashreplace"))
 
     def _describe():
         try:
