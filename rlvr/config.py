@@ -189,7 +189,7 @@ class RLConfig:
 
 @dataclass
 class CurriculumConfig:
-    param: str | None = _f(None, "integer task parameter to adapt (e.g. max_digits); null disables the curriculum")
+    param: str | None = _f(None, "integer task parameter to adapt (e.g. max_digits, or difficulty.num_terms for a reasoning-gym curriculum attribute); null disables the curriculum")
     minimum: int = _f(1, "lowest value the parameter may take")
     maximum: int = _f(8, "highest value the parameter may take")
     target_low: float = _f(0.3, "lower the difficulty when the mean training pass rate falls below this")

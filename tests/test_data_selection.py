@@ -167,3 +167,23 @@ def test_limr_selection_from_a_run_then_training_on_it(tmp_path, tiny_overrides,
                  "rl.steps=2", "logging.samples_per_step=16"]) == 0
     trained = {s["problem_id"] for s in RunDir(second).read("samples.jsonl") if s["stage"] == "rl"}
     assert trained <= set(chosen)
+
+
+def test_curriculum_over_a_reasoning_gym_attribute(tmp_path, tiny_overrides):
+    pytest.importorskip("reasoning_gym")
+    from rlvr.config import load_config
+    from rlvr.data.sampler import PromptSampler
+    from rlvr.train.pipeline import build_task
+
+    config = load_config(None, ["task.name=reasoning_gym",
+                                "task.params={dataset: chain_sum, size: 50, difficulty: {num_terms: 0}}",
+                                "data.curriculum={param: difficulty.num_terms, minimum: 0, maximum: 2, "
+                                "target_low: 0.3, target_high: 0.8, window: 1}"])
+    sampler = PromptSampler(build_task(config), config, frozenset())
+    terms = lambda: {p.metadata["entry"]["metadata"]["num_terms"] for p in sampler.draw(10, 0, 0)}  # noqa: E731
+    easy = terms()
+    groups, correct = [0, 0], [True, True]  # pass rate 1.0 > target_high: one level harder
+    stats = sampler.observe({0: sampler.draw(1, 0, 0)[0]}, groups, correct)
+    assert stats == {"curriculum/difficulty.num_terms": 1.0}
+    assert sampler.task.params.difficulty == {"num_terms": 1}
+    assert max(terms()) > max(easy)  # level 1 allows more terms than level 0

@@ -141,7 +141,7 @@ def test_memory_hog_is_stopped_and_reported(server):
 
 def test_memory_spread_over_processes_hits_the_cgroup(server):
     need(server, "memory_cgroup")
-    code = ("import os\n"
+    code = ("import os, time\n"
             "kids = []\n"
             "for _ in range(4):\n"
             "    pid = os.fork()\n"
@@ -149,6 +149,7 @@ def test_memory_spread_over_processes_hits_the_cgroup(server):
             "        b = bytearray(180 * 2**20)\n"
             "        for i in range(0, len(b), 4096):\n"
             "            b[i] = 1\n"
+            "        time.sleep(2)  # hold it until the others have theirs\n"
             "        os._exit(0)\n"
             "    kids.append(pid)\n"
             "print(sorted(os.waitstatus_to_exitcode(os.waitpid(k, 0)[1]) for k in kids))")

@@ -28,16 +28,15 @@ class PromptSampler:
         self.curriculum: Curriculum | None = None
         cur = data.curriculum
         if cur.param is not None:
-            if not hasattr(task.params, cur.param):
-                raise ValueError(f"data.curriculum.param: task {config.task.name!r} has no parameter {cur.param!r}")
+            start = _get_param(task.params, cur.param, config.task.name)
             for value in (cur.minimum, cur.maximum):  # both ends must be valid task settings
                 try:
-                    dataclasses.replace(task.params, **{cur.param: value})
+                    type(task)(_with_param(task.params, cur.param, value))
                 except ValueError as err:
                     raise ValueError(f"data.curriculum: {cur.param}={value} is not a valid setting of task "
                                      f"{config.task.name!r}: {err}") from None
-            self.curriculum = Curriculum(getattr(task.params, cur.param), cur.minimum, cur.maximum,
-                                         cur.target_low, cur.target_high, cur.window)
+            self.curriculum = Curriculum(start, cur.minimum, cur.maximum, cur.target_low, cur.target_high,
+                                         cur.window)
 
     def _included(self, path: str, exclude: frozenset[str]) -> list[Problem]:
         """The task's problems whose ids the file lists (training split only), in file order."""
@@ -75,11 +74,17 @@ class PromptSampler:
         stats: dict[str, float] = {}
         if self.curriculum is not None:
             value = self.curriculum.observe(sum(correct) / max(1, len(correct)))
-            param = self.config.data.curriculum.param
-            if value != getattr(self.task.params, param):
-                self.task.params = dataclasses.replace(self.task.params, **{param: value})
-            stats[f"curriculum/{param}"] = float(value)
+            self._set_difficulty(value)
+            stats[f"curriculum/{self.config.data.curriculum.param}"] = float(value)
         return stats
+
+    def _set_difficulty(self, value: int) -> None:
+        """Rebuild the task at a new difficulty (a new instance, so tasks that precompute
+        from their params, like reasoning-gym datasets, regenerate); the trainer's own task
+        object, which scores and evaluates, is left as it is."""
+        param = self.config.data.curriculum.param
+        if value != _get_param(self.task.params, param, self.config.task.name):
+            self.task = type(self.task)(_with_param(self.task.params, param, value))
 
     def state_dict(self) -> dict[str, Any]:
         return {"tracker": self.tracker.state_dict(),
@@ -89,5 +94,30 @@ class PromptSampler:
         self.tracker.load_state_dict(state["tracker"])
         if self.curriculum is not None:
             self.curriculum.load_state_dict(state["curriculum"])
-            param = self.config.data.curriculum.param
-            self.task.params = dataclasses.replace(self.task.params, **{param: self.curriculum.value})
+            self._set_difficulty(self.curriculum.value)
+
+
+def _get_param(params: Any, path: str, task_name: str) -> int:
+    """An integer task parameter by name, or inside a mapping parameter as ``field.key``
+    (reasoning-gym's ``difficulty.<curriculum attribute>``, which must be set: it is the
+    starting level)."""
+    field_name, _, key = path.partition(".")
+    if not hasattr(params, field_name):
+        raise ValueError(f"data.curriculum.param: task {task_name!r} has no parameter {field_name!r}")
+    value = getattr(params, field_name)
+    if key:
+        if not isinstance(value, dict):
+            raise ValueError(f"data.curriculum.param: {field_name!r} of task {task_name!r} is not a mapping")
+        if key not in value:
+            raise ValueError(f"data.curriculum.param: set task.params.{field_name}.{key} to the starting level")
+        value = value[key]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"data.curriculum.param: {path!r} of task {task_name!r} is not an integer")
+    return value
+
+
+def _with_param(params: Any, path: str, value: int) -> Any:
+    field_name, _, key = path.partition(".")
+    if key:
+        return dataclasses.replace(params, **{field_name: {**getattr(params, field_name), key: value}})
+    return dataclasses.replace(params, **{field_name: value})

@@ -8,7 +8,7 @@
 
 Without Docker or a VM, the boundary is the Linux kernel: namespaces, a dropped uid,
 rlimits, cgroups and seccomp, set up by a persistent zygote (one per process, started on
-first use, see `server.py` and `_zygote.py`; Linux 5.3 or later). A call never hangs the
+first use, see `server.py`, `_zygote.py` and `_executor.py`; Linux 5.3 or later). A call never hangs the
 caller: it returns by ``wall_time_s`` + 5 s whatever happens below (15 s more if the
 zygote itself is wedged, which is then restarted), and the code cannot signal, read or
 write the caller. `sandbox_capabilities()` reports what this machine allows (probed once
@@ -69,7 +69,8 @@ Best effort, or not covered, even as root:
 
 Fallbacks, each reported False by `sandbox_capabilities()`:
 
-* no pid namespace: leftovers are killed by process group, by cgroup if any, and by uid
+* no pid namespace: what the code leaves behind is killed as descendants of the
+  supervisor (a child subreaper, so orphans stay below it), by cgroup if any, and by uid
   (``kill(-1)`` from a helper running as the run's uid, until /proc shows none).
 * no mount namespace: the scratch directory is a host directory (0700, owned by the run's
   uid), the code can read what the uid may read and write world-writable directories
@@ -79,9 +80,9 @@ Fallbacks, each reported False by `sandbox_capabilities()`:
 * no network namespace: an audit hook refuses IP sockets and DNS; not a boundary (ctypes
   or a subprocess get around it).
 * not root: the code runs as the caller's own uid, so it CAN signal the caller and read its
-  files and /proc/<pid>/environ: only rlimits, a new session, no_new_privs, seccomp and a
-  clean environment apply, and RLIMIT_NPROC counts every process of that user. Use it
-  for trusted code only.
+  files and /proc/<pid>/environ: only rlimits, a new session, no_new_privs, seccomp, a
+  clean environment and the killing of leftover descendants apply, and RLIMIT_NPROC
+  counts every process of that user. Use it for trusted code only.
 
 Cost (``benchmarks/bench_sandbox.py`` on this project's 2-core machine, medians): `run_python`
 6.7 ms idle (p90 9.7), 9.6 ms with another job using both cores (p90 19), against 24 ms

@@ -23,7 +23,7 @@ import weakref
 from dataclasses import asdict
 from typing import Iterable, Mapping
 
-from ._zygote import FrameReader, _safe_relpath, encode_frame, recv_frame
+from ._protocol import FrameReader, _safe_relpath, encode_frame, recv_frame
 from .limits import SandboxLimits, SandboxResult
 
 UID_BASE = 0x70000000
@@ -45,8 +45,9 @@ def load(name, path):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
-load("_rlvr_sandbox_linux", config["linux_py"])
-load("_rlvr_sandbox_zygote", config["zygote_py"]).zygote_main(config)
+for name in ("linux", "protocol", "executor"):
+    load("_rlvr_sandbox_" + name, config["dir"] + "/_" + name + ".py")
+load("_rlvr_sandbox_zygote", config["dir"] + "/_zygote.py").zygote_main(config)
 """
 
 
@@ -68,7 +69,8 @@ class SandboxServer:
                  uid_slots: int = UID_SLOTS):
         unknown = set(disable) - _DISABLE_CHOICES
         if unknown:
-            raise ValueError(f"SandboxServer(disable=...): unknown {sorted(unknown)}; choose from {sorted(_DISABLE_CHOICES)}")
+            raise ValueError(f"SandboxServer(disable=...): unknown {sorted(unknown)}; "
+                             f"choose from {sorted(_DISABLE_CHOICES)}")
         self.disable = tuple(sorted(set(disable)))
         self.spares = spares
         self.uid_base, self.uid_slots = uid_base, uid_slots
@@ -99,8 +101,7 @@ class SandboxServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         site_dirs = list(dict.fromkeys(sysconfig.get_paths()[k] for k in ("purelib", "platlib")))
         config = {
-            "ctrl_fd": theirs.fileno(), "linux_py": os.path.join(_HERE, "_linux.py"),
-            "zygote_py": os.path.join(_HERE, "_zygote.py"), "disable": list(self.disable),
+            "ctrl_fd": theirs.fileno(), "dir": _HERE, "disable": list(self.disable),
             "uid_base": self.uid_base, "uid_slots": self.uid_slots, "lock_dir": _lock_dir(),
             "runtime_dir": "/tmp" if os.path.isdir("/tmp") else os.path.realpath(_tempdir()),
             "site_dirs": [d for d in site_dirs if os.path.isdir(d)], "spares": self.spares,
@@ -204,7 +205,8 @@ class SandboxServer:
         timed_out = False
         try:
             reply = recv_frame(chan, reader, time.monotonic() + limits.wall_time_s + _GRACE_S)
-            error = None if isinstance(reply, dict) and reply.get("t") == "result" else "the supervisor closed the connection"
+            ok = isinstance(reply, dict) and reply.get("t") == "result"
+            error = None if ok else "the supervisor closed the connection"
         except TimeoutError:
             reply, timed_out = None, True
             error = (f"timeout after {limits.wall_time_s:g} s; the supervisor did not answer within "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from typing import Mapping
 
-from ._zygote import FrameReader
+from ._protocol import FrameReader
 from .limits import SandboxLimits, SandboxResult
 from .server import SandboxServer, default_server
 
