@@ -22,6 +22,7 @@ import hashlib
 import json
 import random
 from abc import abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
@@ -30,11 +31,37 @@ from rlvr.tasks.base import Problem, Task
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
+@dataclass
+class FileParams:
+    """Parameters every file-backed task shares; a task's ``Params`` extends this."""
+
+    path: str = field(default="", metadata={
+        "help": "local .jsonl/.json/.parquet file, a datasets save_to_disk directory, or a "
+                "dataset name already in the local Hugging Face cache (never downloaded)"})
+    split: str = field(default="train", metadata={
+        "help": "split to read from a datasets directory or dataset name (ignored for files)"})
+    id_field: str = field(default="id", metadata={
+        "help": "record field holding a stable problem id; records without it get a hash of the question"})
+    chat: bool = field(default=True, metadata={
+        "help": "render the prompt as one user chat message (true) or as plain text (false)"})
+    heldout_fraction: float = field(default=0.1, metadata={
+        "help": "fraction of problems held out for evaluation, chosen by a hash of the id (0..1)"})
+    max_problems: int | None = field(default=None, metadata={
+        "help": "read at most this many problems (the first in file order); null: all"})
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("path is required: a data file, a save_to_disk directory or a cached dataset name")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ValueError("heldout_fraction must lie in [0, 1)")
+        if self.max_problems is not None and self.max_problems < 1:
+            raise ValueError("max_problems must be >= 1 (or null for all)")
+
+
 class FileTask(Task):
     """A task whose problems are the records of ``params.path``, split by a hash of the id.
 
-    Subclasses define ``to_problem(record, where)``; their ``Params`` must have ``path``,
-    ``split``, ``heldout_fraction`` and ``max_problems`` (see ``MathTask.Params``).
+    Subclasses define ``to_problem(record, where)``; their ``Params`` extend ``FileParams``.
     """
 
     def __init__(self, params: Any = None) -> None:

@@ -75,7 +75,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from rlvr.sandbox import SandboxLimits, SandboxResult, run_python
-from rlvr.tasks._records import FileTask, require_field, text_id
+from rlvr.tasks._records import FileParams, FileTask, require_field, text_id
 from rlvr.tasks.base import TASKS, Problem, Score
 
 ERROR_CHARS = 200  # longest Score.error
@@ -90,12 +90,7 @@ class CodeTask(FileTask):
     isolate: ClassVar[bool] = True
 
     @dataclass
-    class Params:
-        path: str = field(default="", metadata={
-            "help": "local .jsonl/.json/.parquet file, a datasets save_to_disk directory, or a "
-                    "dataset name already in the local Hugging Face cache (never downloaded)"})
-        split: str = field(default="train", metadata={
-            "help": "split to read from a datasets directory or dataset name (ignored for files)"})
+    class Params(FileParams):
         prompt_field: str = field(default="prompt", metadata={"help": "record field holding the problem statement"})
         tests_field: str = field(default="tests", metadata={
             "help": "record field holding a list of assert statements (strings) run against the solution"})
@@ -104,8 +99,6 @@ class CodeTask(FileTask):
         solution_field: str | None = field(default="solution", metadata={
             "help": "record field holding a reference solution (optional per record), the SFT demonstration; "
                     "null: ignore it"})
-        id_field: str = field(default="id", metadata={
-            "help": "record field holding a stable problem id; records without it get a hash of the prompt"})
         score_mode: Literal["fraction", "all"] = field(default="fraction", metadata={
             "help": "reward: fraction = share of tests passed (0..1), all = 1 only when every test passes"})
         timeout_s: float = field(default=2.0, metadata={
@@ -114,20 +107,9 @@ class CodeTask(FileTask):
         prompt_template: str = field(
             default="{prompt}\n\nWrite your complete solution in Python, in one ```python code block.",
             metadata={"help": "str.format template of the prompt with {prompt}; write literal braces doubled"})
-        chat: bool = field(default=True, metadata={
-            "help": "render the prompt as one user chat message (true) or as plain text (false)"})
-        heldout_fraction: float = field(default=0.1, metadata={
-            "help": "fraction of problems held out for evaluation, chosen by a hash of the id (0..1)"})
-        max_problems: int | None = field(default=None, metadata={
-            "help": "read at most this many problems (the first in file order); null: all"})
 
         def __post_init__(self) -> None:
-            if not self.path:
-                raise ValueError("path is required: a data file, a save_to_disk directory or a cached dataset name")
-            if not 0.0 <= self.heldout_fraction < 1.0:
-                raise ValueError("heldout_fraction must lie in [0, 1)")
-            if self.max_problems is not None and self.max_problems < 1:
-                raise ValueError("max_problems must be >= 1 (or null for all)")
+            super().__post_init__()
             if not self.timeout_s > 0:
                 raise ValueError("timeout_s must be > 0 seconds")
             if self.memory_mb < 64:

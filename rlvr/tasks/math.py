@@ -41,7 +41,7 @@ from fractions import Fraction
 from typing import Any, ClassVar, Iterator, Literal
 
 from rlvr.tasks import _records
-from rlvr.tasks._records import FileTask, is_heldout, require_field, text_id
+from rlvr.tasks._records import FileParams, FileTask, is_heldout, require_field, text_id
 from rlvr.tasks.base import TASKS, Problem, Score
 
 __all__ = ["MathTask", "answers_match", "boxed_contents", "extract_final_answer", "is_heldout", "load_problems",
@@ -56,41 +56,23 @@ class MathTask(FileTask):
     isolate: ClassVar[bool] = True
 
     @dataclass
-    class Params:
-        path: str = field(default="", metadata={
-            "help": "local .jsonl/.json/.parquet file, a datasets save_to_disk directory, or a "
-                    "dataset name already in the local Hugging Face cache (never downloaded)"})
-        split: str = field(default="train", metadata={
-            "help": "split to read from a datasets directory or dataset name (ignored for files)"})
+    class Params(FileParams):
         question_field: str = field(default="question", metadata={"help": "record field holding the question"})
         answer_field: str = field(default="answer", metadata={
             "help": "record field holding the reference answer (see answer_format)"})
         solution_field: str | None = field(default=None, metadata={
             "help": "record field holding a worked solution, used as the SFT demonstration; null: no SFT"})
-        id_field: str = field(default="id", metadata={
-            "help": "record field holding a stable problem id; records without it get a hash of the question"})
         answer_format: Literal["auto", "boxed", "gsm8k"] = field(default="auto", metadata={
             "help": "how to read the reference: gsm8k = text after '####' (commas removed), boxed = last "
                     "\\boxed{...}, auto = gsm8k if '####' is present, else boxed if \\boxed is, else the whole field"})
         prompt_template: str = field(default="{question}\nPut your final answer within \\boxed{{}}.", metadata={
             "help": "str.format template of the prompt with {question}; write literal braces doubled"})
-        chat: bool = field(default=True, metadata={
-            "help": "render the prompt as one user chat message (true) or as plain text (false)"})
-        heldout_fraction: float = field(default=0.1, metadata={
-            "help": "fraction of problems held out for evaluation, chosen by a hash of the id (0..1)"})
-        max_problems: int | None = field(default=None, metadata={
-            "help": "read at most this many problems (the first in file order); null: all"})
         verify_timeout_s: float = field(default=3.0, metadata={
             "help": "seconds math-verify may spend on one completion before it counts as wrong "
                     "(SIGALRM, main thread only; 0 disables); keep it below the verifier pool's timeout"})
 
         def __post_init__(self) -> None:
-            if not self.path:
-                raise ValueError("path is required: a data file, a save_to_disk directory or a cached dataset name")
-            if not 0.0 <= self.heldout_fraction < 1.0:
-                raise ValueError("heldout_fraction must lie in [0, 1)")
-            if self.max_problems is not None and self.max_problems < 1:
-                raise ValueError("max_problems must be >= 1 (or null for all)")
+            super().__post_init__()
             if self.verify_timeout_s < 0:
                 raise ValueError("verify_timeout_s must be >= 0 seconds")
             if "{question}" not in self.prompt_template:
