@@ -29,7 +29,7 @@ def run(args: list[str]) -> None:
 
 def arm_table(run_dir: Path) -> dict:
     rd = RunDir(run_dir)
-    rl = [m for m in rd.read("metrics.jsonl") if m["stage"] == "rl" and "step_time" in m]
+    rl = [m for m in rd.read("metrics.jsonl") if m["stage"] == "rl" and "reward_mean" in m]
     state = rd.load_state()
     evals = sorted(state["evals"].values(), key=lambda e: e["step"])
     clock, samples, by_step = 0.0, 0, {}

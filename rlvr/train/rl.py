@@ -375,6 +375,30 @@ def collect_rollouts(engine: RolloutEngine, model: PreTrainedModel, tokenizer: P
     return kept, stats
 
 
+def learn_from(trajectories: list[Trajectory], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+               task: Task, engine: RolloutEngine, verifier: Verifier, learners: Learners, config: RunConfig,
+               step: int, t0: float, t_gen: float) -> dict[str, Any]:
+    """Advantages, the policy (and critic) update and the coefficient controllers for one
+    step's kept trajectories; returns the step's metrics record."""
+    batch, batch_stats = prepare_batch(
+        trajectories, model, learners, tokenizer, config,
+        baseline=lambda problems: greedy_baseline(engine, model, tokenizer, problems, task, verifier, config))
+    t_prep = time.perf_counter() - t0 - t_gen
+    shuffle = torch.Generator().manual_seed(derive_seed(config.seed, "rl-shuffle", step))
+    updates_per_step = config.rl.epochs * config.rl.mini_batches
+    update = policy_update(model, learners, batch, config, shuffle, step * updates_per_step,
+                           train_policy=step >= config.algorithm.critic.warmup_steps)
+    elapsed = time.perf_counter() - t0
+    record = step_metrics(step + 1, trajectories, config)
+    record.update(batch_stats)
+    record.update(update)
+    update_coefficients(learners, model, record, config, step + 1, len(trajectories))
+    record.update(step_time=elapsed, time_generation=t_gen, time_scoring=t_prep,
+                  time_update=elapsed - t_gen - t_prep,
+                  tokens_per_s=sum(len(t.response_ids) for t in trajectories) / elapsed)
+    return record
+
+
 def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, engine: RolloutEngine,
              verifier: Verifier, config: RunConfig, run: RunDir, state: dict[str, Any], exclude: frozenset[str],
              evaluate_fn: Callable[[str, int], Any] | None = None) -> None:
@@ -389,7 +413,6 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
         restore_rng_states(trainer_state["rng"])
         start = trainer_state["step"]
         run.drop_records_after("rl", start)
-    updates_per_step = rl.epochs * rl.mini_batches
 
     with StageProgress("RL", rl.steps, start, config.logging.progress) as progress:
         for step in range(start, rl.steps):
@@ -398,37 +421,20 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
                                                            sampler, config, run, step)
             learners.samples_generated += int(rollout_stats["samples_generated"])
             t_gen = time.perf_counter() - t0
-            if not trajectories:  # every group filtered out: nothing to learn from this step
-                run.append("metrics.jsonl", {"stage": "rl", "step": step + 1, **rollout_stats,
-                                             "samples_generated_total": learners.samples_generated})
-                continue
-            batch, batch_stats = prepare_batch(
-                trajectories, model, learners, tokenizer, config,
-                baseline=lambda problems: greedy_baseline(engine, model, tokenizer, problems, task, verifier, config))
-            t_prep = time.perf_counter() - t0 - t_gen
-
-            shuffle = torch.Generator().manual_seed(derive_seed(config.seed, "rl-shuffle", step))
-            update = policy_update(model, learners, batch, config, shuffle, step * updates_per_step,
-                                   train_policy=step >= config.algorithm.critic.warmup_steps)
-            elapsed = time.perf_counter() - t0
-
-            record = step_metrics(step + 1, trajectories, config)
-            record.update(rollout_stats)
-            record["samples_generated_total"] = learners.samples_generated
-            record.update(batch_stats)
-            record.update(update)
-            update_coefficients(learners, model, record, config, step + 1, len(trajectories))
-            record.update(step_time=elapsed, time_generation=t_gen, time_scoring=t_prep,
-                          time_update=elapsed - t_gen - t_prep,
-                          tokens_per_s=sum(len(t.response_ids) for t in trajectories) / elapsed)
+            if trajectories:
+                record = learn_from(trajectories, model, tokenizer, task, engine, verifier, learners, config, step,
+                                    t0, t_gen)
+                run.append("samples.jsonl", [
+                    {"stage": "rl", "step": step + 1, **t.record()}
+                    for t in trajectories[:: max(1, len(trajectories) // max(1, config.logging.samples_per_step))]
+                    [: config.logging.samples_per_step]
+                ])
+            else:  # every group was filtered out: nothing to learn from this step
+                record = {"stage": "rl", "step": step + 1, "step_time": time.perf_counter() - t0}
+            record.update(rollout_stats, samples_generated_total=learners.samples_generated)
             run.append("metrics.jsonl", record)
-            run.append("samples.jsonl", [
-                {"stage": "rl", "step": step + 1, **t.record()}
-                for t in trajectories[:: max(1, len(trajectories) // max(1, config.logging.samples_per_step))]
-                [: config.logging.samples_per_step]
-            ])
-            progress.update(step + 1, reward=record["reward_mean"], acc=record["accuracy"],
-                            tok_s=record["tokens_per_s"])
+            shown = {"reward": "reward_mean", "acc": "accuracy", "tok_s": "tokens_per_s"}
+            progress.update(step + 1, **{label: record[key] for label, key in shown.items() if key in record})
 
             if evaluate_fn is not None and config.eval.every and (step + 1) % config.eval.every == 0 and step + 1 < rl.steps:
                 evaluate_fn(f"rl-step-{step + 1}", step + 1)
