@@ -31,6 +31,8 @@ def test_short_run_writes_every_artefact(tmp_path, tiny_overrides, capsys):
     for key in ("warmstart_accuracy", "final_accuracy", "wall_seconds", "final_checkpoint"):
         assert key in summary
     assert 0.0 <= summary["warmstart_accuracy"] <= 1.0 and summary["wall_seconds"] > 0
+    low, high = summary["final_accuracy_ci95"]
+    assert low <= summary["final_accuracy"] <= high
 
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if m["stage"] == "sft"] == [1, 2, 3, 4]

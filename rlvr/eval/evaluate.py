@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlvr.eval.passk import mean_pass_at_k
+from rlvr.eval.bootstrap import bootstrap_mean_ci
+from rlvr.eval.passk import pass_at_k_array
 from rlvr.rollout.engine import RolloutEngine
 from rlvr.rollout.trajectory import render_prompt
 from rlvr.tasks.base import Problem, Task
@@ -63,7 +64,8 @@ def evaluate(
 
     Keys: ``greedy_accuracy``, ``greedy_length``; with ``samples`` = n > 0 also
     ``pass@1`` (mean fraction correct over n samples) and ``pass@k`` for k = 2, 4, ... <= n,
-    using the unbiased estimator, plus ``sampled_length``.
+    using the unbiased estimator, plus ``sampled_length``. Each accuracy has a ``<key>_ci95``
+    (low, high) bootstrap interval over problems, reproducible for a fixed ``seed``.
     """
     was_training = model.training
     model.eval()
@@ -74,6 +76,7 @@ def evaluate(
     result: dict[str, Any] = {
         "problems": len(problems),
         "greedy_accuracy": sum(s.correct for s in scores) / len(problems),
+        "greedy_accuracy_ci95": bootstrap_mean_ci([float(s.correct) for s in scores], seed=seed),
         "scoring_errors": sum(s.error is not None for s in scores),
         "greedy_length": sum(n for _, n in greedy) / len(problems),
     }
@@ -92,8 +95,10 @@ def evaluate(
         repeated_problems = [p for p in problems for _ in range(samples)]
         for i, score in enumerate(verifier.score_many(repeated_problems, [text for text, _ in sampled])):
             correct[i // samples] += score.correct
-        for k, value in mean_pass_at_k(correct, samples, powers_of_two_up_to(samples)).items():
-            result[f"pass@{k}"] = value
+        for k in powers_of_two_up_to(samples):
+            per_problem = pass_at_k_array(samples, correct, k)
+            result[f"pass@{k}"] = float(per_problem.mean())
+            result[f"pass@{k}_ci95"] = bootstrap_mean_ci(per_problem, seed=seed)
         result["samples"] = samples
         result["sampled_length"] = sum(n for _, n in sampled) / len(sampled)
     model.train(was_training)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+PASS_AT_K = re.compile(r"pass@\d+")
 
 RL_CURVES = [
     ("reward_mean", "reward (mean over samples)"),
@@ -64,7 +67,10 @@ def plot_run(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], out_dir
         for key, style in (("greedy_accuracy", "o-"), ("pass@1", "s--")):
             if all(key in e for e in evals):
                 ax.plot(steps, [100 * e[key] for e in evals], style, label=key)
-        ks = sorted({k for e in evals for k in e if k.startswith("pass@") and k != "pass@1"},
+                if all(f"{key}_ci95" in e for e in evals):  # bootstrap interval over problems
+                    ax.fill_between(steps, [100 * e[f"{key}_ci95"][0] for e in evals],
+                                    [100 * e[f"{key}_ci95"][1] for e in evals], alpha=0.15)
+        ks = sorted({k for e in evals for k in e if PASS_AT_K.fullmatch(k) and k != "pass@1"},
                     key=lambda k: int(k[5:]))
         if ks:
             ax.plot(steps, [100 * e.get(ks[-1], float("nan")) for e in evals], "^:", label=ks[-1])

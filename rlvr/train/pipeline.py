@@ -17,7 +17,7 @@ from rlvr.algorithms import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY
 from rlvr.config import RunConfig
 from rlvr.data.sampler import PromptSampler
 from rlvr.eval.evaluate import evaluate
-from rlvr.eval.plots import plot_run
+from rlvr.eval.plots import PASS_AT_K, plot_run
 from rlvr.models import build_tiny_model, load_model_and_tokenizer
 from rlvr.models.tokenizer import build_char_tokenizer
 from rlvr.rewards import REWARDS
@@ -155,7 +155,8 @@ def write_summary(run: RunDir, state: dict[str, Any]) -> dict[str, Any]:
         "final_checkpoint": str((run.path / final_checkpoint).resolve()) if final_checkpoint else None,
         "run_dir": str(run.path),
     }
-    for key in sorted(k for k in final if k.startswith("pass@")):
+    summary["final_accuracy_ci95"] = final.get("greedy_accuracy_ci95")
+    for key in sorted(k for k in final if PASS_AT_K.fullmatch(k)):
         summary[f"warmstart_{key}"] = warm.get(key)
         summary[f"final_{key}"] = final.get(key)
     (run.path / "summary.json").write_text(json.dumps(summary, indent=2))
