@@ -32,6 +32,10 @@ import struct
 import sys
 import time
 import traceback
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 if __package__:
     from . import _linux
@@ -843,23 +847,17 @@ class Supervisor:
             self._kill_cgroup()
 
     def _kill_descendants(self) -> None:
-        end = time.monotonic() + 2
-        while time.monotonic() < end:
-            victims = _descendants(os.getpid())
-            if not victims:
-                return
-            for p in victims:
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            self._reap_orphans()
-            time.sleep(0.002)
+        self._kill_until_gone(lambda: _descendants(os.getpid()))
 
     def _kill_cgroup(self) -> None:
+        self._kill_until_gone(self.cg.pids)
+
+    def _kill_until_gone(self, victims: Callable[[], Iterable[int]]) -> None:
+        """SIGKILL whatever ``victims()`` lists until it lists nothing (at most 2 s): a
+        forking process may add new ones between two passes."""
         end = time.monotonic() + 2
         while time.monotonic() < end:
-            pids = self.cg.pids()
+            pids = list(victims())
             if not pids:
                 return
             for p in pids:
