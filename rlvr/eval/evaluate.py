@@ -38,6 +38,15 @@ def _complete(
     return out
 
 
+def accuracy_by_task(problems: list[Problem], correct: list[bool]) -> dict[str, float]:
+    """Accuracy per component task, for problems of a mix (``metadata["task"]``); {} otherwise."""
+    by_task: dict[str, list[bool]] = {}
+    for problem, ok in zip(problems, correct):
+        if "task" in problem.metadata:
+            by_task.setdefault(problem.metadata["task"], []).append(ok)
+    return {name: sum(oks) / len(oks) for name, oks in sorted(by_task.items())}
+
+
 def powers_of_two_up_to(n: int) -> list[int]:
     ks, k = [], 1
     while k <= n:
@@ -80,12 +89,8 @@ def evaluate(
         "scoring_errors": sum(s.error is not None for s in scores),
         "greedy_length": sum(n for _, n in greedy) / len(problems),
     }
-    by_task: dict[str, list[bool]] = {}
-    for problem, score in zip(problems, scores):
-        if "task" in problem.metadata:
-            by_task.setdefault(problem.metadata["task"], []).append(score.correct)
-    for name, correct in sorted(by_task.items()):
-        result[f"greedy_accuracy/{name}"] = sum(correct) / len(correct)
+    for name, accuracy in accuracy_by_task(problems, [s.correct for s in scores]).items():
+        result[f"greedy_accuracy/{name}"] = accuracy
     if samples > 0:
         generator = torch.Generator().manual_seed(seed)
         repeated = [p for p in prompts for _ in range(samples)]

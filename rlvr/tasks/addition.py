@@ -15,16 +15,14 @@ leaves RL with a verifier real headroom: the reward says which habit is right.
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
 
-from rlvr.tasks.base import TASKS, Problem, Score, Task
-
-_ANSWER = re.compile(r"=>\s*(-?\d+)")
+from rlvr.tasks._integer import IntegerAnswerTask
+from rlvr.tasks.base import TASKS, Problem
 
 
 @TASKS.register("addition")
-class AdditionTask(Task):
+class AdditionTask(IntegerAnswerTask):
     name = "addition"
 
     @dataclass
@@ -61,15 +59,6 @@ class AdditionTask(Task):
     def demonstration(self, problem: Problem, rng: random.Random) -> str:
         a, b = problem.metadata["a"], problem.metadata["b"]
         return scratchpad(a, b, rng, self.params.teacher_carry_error)
-
-    def extract_answer(self, completion: str) -> str | None:
-        found = _ANSWER.findall(completion)
-        return found[-1] if found else None
-
-    def score(self, problem: Problem, completion: str) -> Score:
-        extracted = self.extract_answer(completion)
-        correct = extracted is not None and int(extracted) == int(problem.answer)
-        return Score(reward=float(correct), correct=correct, extracted=extracted)
 
 
 def count_carries(a: int, b: int) -> int:

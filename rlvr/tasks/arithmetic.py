@@ -14,17 +14,16 @@ the number of operands; scoring is an exact integer comparison.
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass, field
 
-from rlvr.tasks.base import TASKS, Problem, Score, Task
+from rlvr.tasks._integer import IntegerAnswerTask
+from rlvr.tasks.base import TASKS, Problem
 
-_ANSWER = re.compile(r"=>\s*(-?\d+)")
 _OPERATIONS = ("+", "-", "*")
 
 
 @TASKS.register("arithmetic")
-class ArithmeticTask(Task):
+class ArithmeticTask(IntegerAnswerTask):
     name = "arithmetic"
 
     @dataclass
@@ -69,15 +68,6 @@ class ArithmeticTask(Task):
 
     def demonstration(self, problem: Problem, rng: random.Random) -> str:
         return scratchpad(problem.metadata["operands"], problem.metadata["ops"])
-
-    def extract_answer(self, completion: str) -> str | None:
-        found = _ANSWER.findall(completion)
-        return found[-1] if found else None
-
-    def score(self, problem: Problem, completion: str) -> Score:
-        extracted = self.extract_answer(completion)
-        correct = extracted is not None and int(extracted) == int(problem.answer)
-        return Score(reward=float(correct), correct=correct, extracted=extracted)
 
 
 def render(operands: list[int], ops: list[str]) -> str:

@@ -31,6 +31,7 @@ from rlvr.algorithms import (
 from rlvr.config import RunConfig
 from rlvr.data.sampler import PromptSampler
 from rlvr.data.selection import group_pass_rates, groups_to_keep
+from rlvr.eval.evaluate import accuracy_by_task
 from rlvr.rewards import compose_reward
 from rlvr.rewards.shaping import ShapingInputs, apply_shapers, build_shaper, overlong_filter_mask
 from rlvr.rollout.engine import RolloutEngine
@@ -464,12 +465,8 @@ def step_metrics(step: int, trajectories: list[Trajectory], config: RunConfig) -
                               "truncated_frac": sum(t.finish_reason == "length" for t in trajectories) / n}
     for name in [*config.reward.components, *(["shaping"] if config.reward.shaping else [])]:
         record[f"reward/{name}"] = sum(t.reward_components.get(name, 0.0) for t in trajectories) / n
-    by_task: dict[str, list[bool]] = defaultdict(list)
-    for t in trajectories:
-        if "task" in t.problem.metadata:
-            by_task[t.problem.metadata["task"]].append(t.correct)
-    for name, correct in sorted(by_task.items()):
-        record[f"accuracy/{name}"] = sum(correct) / len(correct)
+    per_task = accuracy_by_task([t.problem for t in trajectories], [t.correct for t in trajectories])
+    record.update({f"accuracy/{name}": accuracy for name, accuracy in per_task.items()})
     groups: dict[int, set[float]] = defaultdict(set)
     for t in trajectories:
         groups[t.group].add(t.reward)
