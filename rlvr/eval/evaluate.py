@@ -14,28 +14,20 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rlvr.eval.bootstrap import bootstrap_mean_ci
 from rlvr.eval.passk import pass_at_k_array
 from rlvr.rollout.engine import RolloutEngine
-from rlvr.rollout.trajectory import render_prompt
+from rlvr.rollout.sampling import sample_trajectories
 from rlvr.tasks.base import Problem, Task
 from rlvr.verify.pool import InlineVerifier, VerifierPool
 
 
 def _complete(
     engine: RolloutEngine, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-    prompts: list[list[int]], *, temperature: float, max_new_tokens: int, batch_size: int,
+    problems: list[Problem], *, temperature: float, max_new_tokens: int, batch_size: int,
     generator: torch.Generator | None,
 ) -> list[tuple[str, int]]:
-    """(completion text, response length in tokens) for each prompt, in order."""
-    out: list[tuple[str, int]] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        gens = engine.generate(
-            model, chunk, max_new_tokens=max_new_tokens, temperature=temperature, top_p=1.0,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-            generator=generator,
-        )
-        for g in gens:
-            out.append((tokenizer.decode(g.response_ids, skip_special_tokens=True), len(g.response_ids)))
-    return out
+    """(completion text, response length in tokens) for each problem, in order."""
+    trajectories = sample_trajectories(engine, model, tokenizer, problems, max_new_tokens=max_new_tokens,
+                                       temperature=temperature, generator=generator, batch_size=batch_size)
+    return [(tokenizer.decode(t.response_ids, skip_special_tokens=True), len(t.response_ids)) for t in trajectories]
 
 
 def accuracy_by_task(problems: list[Problem], correct: list[bool]) -> dict[str, float]:
@@ -78,8 +70,7 @@ def evaluate(
     """
     was_training = model.training
     model.eval()
-    prompts = [render_prompt(tokenizer, p) for p in problems]
-    greedy = _complete(engine, model, tokenizer, prompts, temperature=0.0,
+    greedy = _complete(engine, model, tokenizer, problems, temperature=0.0,
                        max_new_tokens=max_new_tokens, batch_size=batch_size, generator=None)
     scores = verifier.score_many(problems, [text for text, _ in greedy])
     result: dict[str, Any] = {
@@ -93,11 +84,10 @@ def evaluate(
         result[f"greedy_accuracy/{name}"] = accuracy
     if samples > 0:
         generator = torch.Generator().manual_seed(seed)
-        repeated = [p for p in prompts for _ in range(samples)]
-        sampled = _complete(engine, model, tokenizer, repeated, temperature=temperature,
+        repeated_problems = [p for p in problems for _ in range(samples)]
+        sampled = _complete(engine, model, tokenizer, repeated_problems, temperature=temperature,
                             max_new_tokens=max_new_tokens, batch_size=batch_size, generator=generator)
         correct = [0] * len(problems)
-        repeated_problems = [p for p in problems for _ in range(samples)]
         for i, score in enumerate(verifier.score_many(repeated_problems, [text for text, _ in sampled])):
             correct[i // samples] += score.correct
         for k in powers_of_two_up_to(samples):

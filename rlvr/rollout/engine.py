@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from transformers import PreTrainedModel
@@ -18,7 +19,8 @@ class Generation:
     ``response_ids`` excludes the prompt and includes the EOS token when one was produced;
     ``logprobs[i]`` is log pi(response_ids[i] | prefix) under the behaviour policy at the
     sampling temperature (before top-p truncation, matching how the trainer recomputes it);
-    ``finish_reason`` is "eos" or "length"; ``entropies[i]`` is the entropy (nats) of the
+    ``finish_reason`` is "eos", "stop" (a stop sequence closed; it is included) or "length";
+    ``entropies[i]`` is the entropy (nats) of the
     temperature-scaled distribution token i was drawn from (token selection uses it).
     """
 
@@ -43,8 +45,12 @@ class RolloutEngine(ABC):
         eos_token_id: int,
         pad_token_id: int,
         generator: torch.Generator | None = None,
+        stop_sequences: Sequence[Sequence[int]] = (),
     ) -> list[Generation]:
-        """Sample one response per prompt; ``temperature == 0`` means greedy decoding."""
+        """Sample one response per prompt; ``temperature == 0`` means greedy decoding.
+
+        A row also finishes when its response ends with one of ``stop_sequences`` (token ids;
+        multi-turn loops pause there to run a tool call)."""
 
 
 ROLLOUT_ENGINES: Registry[type[RolloutEngine]] = Registry("rollout engine")

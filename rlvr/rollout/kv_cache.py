@@ -9,6 +9,8 @@ dropped from the batch: at tiny-model sizes the per-step overhead dominates anyw
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
@@ -43,9 +45,11 @@ class KVCacheEngine(RolloutEngine):
         eos_token_id: int,
         pad_token_id: int,
         generator: torch.Generator | None = None,
+        stop_sequences: Sequence[Sequence[int]] = (),
     ) -> list[Generation]:
         if not prompts:
             return []
+        stops = [torch.tensor(list(seq), dtype=torch.long) for seq in stop_sequences if len(seq)]
         device = next(model.parameters()).device
         batch = len(prompts)
         width = max(len(p) for p in prompts)
@@ -89,6 +93,9 @@ class KVCacheEngine(RolloutEngine):
             entropy = -(logp_all.exp() * logp_all).sum(-1, keepdim=True)
             entropies = torch.cat([entropies, entropy], dim=1)
             finished_now = (~done) & (next_tok == eos_token_id)
+            for seq in stops:
+                if tokens.shape[1] >= len(seq):
+                    finished_now |= (~done) & (tokens[:, -len(seq):] == seq.to(device)).all(-1)
             lengths = torch.where(finished_now, torch.full_like(lengths, step + 1), lengths)
             done = done | finished_now
             if bool(done.all()):
@@ -101,12 +108,18 @@ class KVCacheEngine(RolloutEngine):
         tokens_list, logprobs_list, entropies_list = tokens.tolist(), logprobs.tolist(), entropies.tolist()
         for row in range(batch):
             n = int(lengths[row])
-            ended = n <= len(tokens_list[row]) and tokens_list[row][n - 1] == eos_token_id
+            response = tokens_list[row][:n]
+            if response and response[-1] == eos_token_id:
+                reason = "eos"
+            elif any(len(seq) <= n and response[n - len(seq):] == seq.tolist() for seq in stops):
+                reason = "stop"
+            else:
+                reason = "length"
             generations.append(
                 Generation(
-                    response_ids=tokens_list[row][:n],
+                    response_ids=response,
                     logprobs=logprobs_list[row][:n],
-                    finish_reason="eos" if ended else "length",
+                    finish_reason=reason,
                     entropies=entropies_list[row][:n],
                 )
             )

@@ -35,7 +35,8 @@ from rlvr.eval.evaluate import accuracy_by_task
 from rlvr.rewards import compose_reward
 from rlvr.rewards.shaping import ShapingInputs, apply_shapers, build_shaper, overlong_filter_mask
 from rlvr.rollout.engine import RolloutEngine
-from rlvr.rollout.trajectory import Trajectory, render_prompt
+from rlvr.rollout.sampling import sample_trajectories
+from rlvr.rollout.trajectory import Trajectory
 from rlvr.seeding import derive_seed
 from rlvr.tasks.base import Problem, Task
 from rlvr.train.batch import TokenBatch, make_token_batch, token_logprobs
@@ -112,35 +113,20 @@ def rollout_groups(engine: RolloutEngine, model: PreTrainedModel, tokenizer: Pre
                    problems: list[Problem], config: RunConfig, generator: torch.Generator) -> list[Trajectory]:
     """``samples_per_prompt`` responses for each problem; group i holds problem i's samples."""
     group_size = config.rl.samples_per_prompt
-    prompts = [render_prompt(tokenizer, p) for p in problems]
-    model.eval()
-    gens = engine.generate(
-        model, [p for p in prompts for _ in range(group_size)],
+    return sample_trajectories(
+        engine, model, tokenizer, [p for p in problems for _ in range(group_size)],
+        groups=[i for i in range(len(problems)) for _ in range(group_size)],
         max_new_tokens=config.rollout.max_new_tokens, temperature=config.rollout.temperature,
-        top_p=config.rollout.top_p, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, generator=generator,
-    )
-    model.train()
-    return [
-        Trajectory(problem=problems[i // group_size], group=i // group_size, prompt_ids=prompts[i // group_size],
-                   response_ids=g.response_ids, logprobs=g.logprobs, loss_mask=[1] * len(g.response_ids),
-                   finish_reason=g.finish_reason, entropies=g.entropies)
-        for i, g in enumerate(gens)
-    ]
+        top_p=config.rollout.top_p, generator=generator)
 
 
 def greedy_baseline(engine: RolloutEngine, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                     problems: list[Problem], task: Task, verifier: Verifier, config: RunConfig) -> torch.Tensor:
     """Reward of each problem's greedy response (ReMax's baseline), one value per problem."""
-    prompts = [render_prompt(tokenizer, p) for p in problems]
-    model.eval()
-    gens = engine.generate(model, prompts, max_new_tokens=config.rollout.max_new_tokens, temperature=0.0,
-                           top_p=1.0, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    model.train()
-    texts = [tokenizer.decode(g.response_ids, skip_special_tokens=True) for g in gens]
-    rewards = [compose_reward(config.reward.components, task, problem, text, score, config.reward.params)[0]
-               for problem, text, score in zip(problems, texts, verifier.score_many(problems, texts))]
-    return torch.tensor(rewards, dtype=torch.float32)
+    trajectories = sample_trajectories(engine, model, tokenizer, problems,
+                                       max_new_tokens=config.rollout.max_new_tokens, temperature=0.0)
+    score_trajectories(trajectories, task, verifier, tokenizer, config)
+    return torch.tensor([t.reward for t in trajectories], dtype=torch.float32)
 
 
 def score_trajectories(trajectories: list[Trajectory], task: Task, verifier: Verifier,
