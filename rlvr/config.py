@@ -89,11 +89,27 @@ class SFTConfig:
 
 
 @dataclass
+class EnvironmentConfig:
+    name: str | None = _f(None, "multi-turn environment: python (tool calls), try_again (feedback turns), module:Class, or null for single-turn")
+    params: dict[str, Any] = _f({}, "environment-specific parameters, checked against its Params dataclass")
+    max_turns: int = _f(4, "policy turns per episode at most (rollout.max_new_tokens bounds the whole response)")
+    observation_tokens: int = _f(64, "tokens of one observation kept at most; the rest is cut")
+    filter_void_turns: bool = _f(False, "SimpleTIR: a trajectory with a turn that has neither a tool call nor an answer gets no gradient")
+
+    def __post_init__(self) -> None:
+        if self.max_turns < 1:
+            raise ValueError("max_turns must be >= 1")
+        if self.observation_tokens < 1:
+            raise ValueError("observation_tokens must be >= 1")
+
+
+@dataclass
 class RolloutConfig:
     engine: str = _f("kv_cache", "registered rollout engine name (see `rlvr list`)")
     max_new_tokens: int = _f(40, "longest response in tokens; longer ones are truncated (finish_reason=length)")
     temperature: float = _f(1.0, "sampling temperature; log-probs for the loss use the same temperature")
     top_p: float = _f(1.0, "nucleus sampling mass in (0, 1]")
+    environment: EnvironmentConfig = _sub(EnvironmentConfig, "multi-turn episodes (tool use, feedback turns); off by default")
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -224,6 +240,14 @@ class EvalConfig:
     temperature: float = _f(1.0, "sampling temperature for pass@k")
     every: int = _f(20, "also evaluate every this many RL steps; 0 only before and after RL")
     batch_size: int = _f(256, "sequences generated together during evaluation")
+    ks: list[int] = _f([], "k values reported for pass@k and maj@k (each <= samples); [] = 1, 2, 4, ... up to samples")
+
+    def __post_init__(self) -> None:
+        if self.samples < 0:
+            raise ValueError("eval.samples must be >= 0")
+        bad = [k for k in self.ks if not 1 <= k <= self.samples]
+        if bad:
+            raise ValueError(f"eval.ks: {bad} outside [1, eval.samples = {self.samples}]")
 
 
 @dataclass
@@ -236,6 +260,8 @@ class CheckpointConfig:
 class LoggingConfig:
     samples_per_step: int = _f(4, "completions written to samples.jsonl per step")
     progress: bool = _f(True, "show a live progress bar")
+    backends: list[Literal["tensorboard", "wandb", "mlflow"]] = _f([], "extra metric sinks besides the run directory's JSONL files (optional extras, pip install rlvr[tensorboard|wandb|mlflow]); they write under the run directory and need no network")
+    project: str = _f("rlvr", "wandb project / mlflow experiment name the backends file runs under")
 
 
 @dataclass

@@ -73,6 +73,8 @@ class ShapingInputs:
         generator: seeded per step by the trainer; the only source of randomness.
         format_ok: Tensor[N] bool or None; the task found a well-formed final answer
             (needed by ``format_only`` only).
+        tool_calls: Tensor[N] integer or None; tool calls of each multi-turn episode
+            (needed by ``otc`` only).
     """
 
     rewards: Tensor
@@ -83,6 +85,7 @@ class ShapingInputs:
     max_new_tokens: int
     generator: torch.Generator
     format_ok: Optional[Tensor] = None
+    tool_calls: Optional[Tensor] = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.rewards, Tensor) or self.rewards.dim() != 1:
@@ -94,6 +97,8 @@ class ShapingInputs:
                   ("truncated", self.truncated, "bool"), ("group_ids", self.group_ids, "int")]
         if self.format_ok is not None:
             fields.append(("format_ok", self.format_ok, "bool"))
+        if self.tool_calls is not None:
+            fields.append(("tool_calls", self.tool_calls, "int"))
         for name, t, kind in fields:
             if not isinstance(t, Tensor) or t.shape != (n,):
                 raise ValueError(f"ShapingInputs.{name} must be a tensor of shape [{n}] (like rewards), "
@@ -172,6 +177,19 @@ def overlong_filter_mask(truncated: Tensor) -> Tensor:
     if truncated.dtype != torch.bool:
         raise TypeError(f"truncated must be a bool tensor, got {truncated.dtype}")
     return (~truncated).to(torch.get_default_dtype())
+
+
+def void_turn_filter_mask(void_turns: Tensor) -> Tensor:
+    """SimpleTIR void-turn filtering (Xue et al. 2025, "SimpleTIR: End-to-End Reinforcement
+    Learning for Multi-Turn Tool-Integrated Reasoning"): a trajectory with any turn that
+    produced neither a complete code block nor a final answer is masked out of the loss
+    (it still counts in its group's advantage baseline).
+
+        w_i = 0 if void_turns_i > 0 else 1
+
+    Returns float Tensor[N] of weights (multiply into the token mask).
+    """
+    return (void_turns == 0).float()
 
 
 # --------------------------------------------------------------------------- length penalties

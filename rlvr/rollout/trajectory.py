@@ -17,6 +17,13 @@ class Trajectory:
     ``loss_mask[i]`` is 1 when ``response_ids[i]`` was produced by the policy and should be
     trained on (0 for tool output or padding in multi-turn rollouts); ``logprobs`` are the
     behaviour policy's per-token log-probs; ``group`` ties the samples of one prompt.
+
+    Multi-turn episodes also carry ``answer_text`` (what the verifier scores: the policy's
+    turns, never the observations), ``segments`` (the transcript as policy / observation
+    pieces), the counts of ``turns``, ``tool_calls``, ``tool_errors`` and ``void_turns``
+    (turns with neither a tool call nor an answer), ``env_reward`` (the environment's
+    per-turn rewards, summed) and ``violation`` (why the episode broke the environment's
+    rules, e.g. a tool call where tools are forbidden).
     """
 
     problem: Problem
@@ -33,6 +40,14 @@ class Trajectory:
     correct: bool = False
     extracted: str | None = None
     error: str | None = None
+    answer_text: str | None = None
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    turns: int = 1
+    tool_calls: int = 0
+    tool_errors: int = 0
+    void_turns: int = 0
+    env_reward: float = 0.0
+    violation: str | None = None
 
     def record(self) -> dict[str, Any]:
         """A JSON-able summary for samples.jsonl."""
@@ -48,6 +63,8 @@ class Trajectory:
             "finish_reason": self.finish_reason,
             "response_tokens": len(self.response_ids),
             "error": self.error,
+            **({"turns": self.turns, "tool_calls": self.tool_calls, "tool_errors": self.tool_errors,
+                "segments": self.segments, "violation": self.violation} if self.segments else {}),
         }
 
 

@@ -22,7 +22,7 @@ from rlvr.models import build_tiny_model, load_model_and_tokenizer
 from rlvr.models.tokenizer import build_char_tokenizer
 from rlvr.rewards import REWARDS
 from rlvr.rewards.shaping import REWARD_SHAPERS
-from rlvr.rollout import ROLLOUT_ENGINES
+from rlvr.rollout import ROLLOUT_ENGINES, build_environment
 from rlvr.tasks import TASKS, Task
 from rlvr.train.rl import train_rl
 from rlvr.train.rl import Verifier
@@ -60,6 +60,10 @@ def check_names(config: RunConfig, source: str = "config") -> None:
         PromptSampler(task, config, frozenset())
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from None
+    try:
+        build_environment(config.rollout.environment, task, lambda problems, texts: [], source)
+    except KeyError as err:
+        raise ConfigError(f"{source}: rollout.environment.name: {err.args[0]}") from None
     if config.model.path is None and "sft" not in config.stages:
         raise ConfigError(f"{source}: stages: a freshly built tiny model needs the 'sft' stage "
                           "(or set model.path to a trained checkpoint)")
@@ -96,9 +100,11 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
     heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
     exclude = frozenset(p.id for p in heldout)
     model, tokenizer = _starting_model(config, run, state)
+    environment = build_environment(config.rollout.environment, task, verifier.score_many)
 
     def run_eval(phase: str, step: int = 0) -> dict[str, Any]:
         result = evaluate(model, tokenizer, task, heldout, engine, verifier=verifier, samples=config.eval.samples,
+                          environment=environment,
                           temperature=config.eval.temperature, max_new_tokens=config.rollout.max_new_tokens,
                           batch_size=config.eval.batch_size, seed=config.eval.seed)
         record = {"stage": "eval", "phase": phase, "step": step, **result}
@@ -108,12 +114,12 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
         return record
 
     if "sft" in config.stages and "sft" not in state["completed_stages"]:
-        train_sft(model, tokenizer, task, config, run, state, exclude)
+        train_sft(model, tokenizer, task, config, run, state, exclude, environment)
     if "warmstart" not in state["evals"]:
         run_eval("warmstart")
     if "rl" in config.stages and "rl" not in state["completed_stages"]:
         train_rl(model, tokenizer, task, engine, verifier, config, run, state, exclude,
-                 evaluate_fn=lambda phase, step: run_eval(phase, step))
+                 evaluate_fn=lambda phase, step: run_eval(phase, step), environment=environment)
     if "rl" in config.stages and "final" not in state["evals"]:
         run_eval("final", config.rl.steps)
 

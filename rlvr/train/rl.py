@@ -33,8 +33,9 @@ from rlvr.data.sampler import PromptSampler
 from rlvr.data.selection import group_pass_rates, groups_to_keep
 from rlvr.eval.evaluate import accuracy_by_task
 from rlvr.rewards import compose_reward
-from rlvr.rewards.shaping import ShapingInputs, apply_shapers, build_shaper, overlong_filter_mask
+from rlvr.rewards.shaping import ShapingInputs, apply_shapers, build_shaper, overlong_filter_mask, void_turn_filter_mask
 from rlvr.rollout.engine import RolloutEngine
+from rlvr.rollout.environment import EnvironmentFactory
 from rlvr.rollout.sampling import sample_trajectories
 from rlvr.rollout.trajectory import Trajectory
 from rlvr.seeding import derive_seed
@@ -110,20 +111,23 @@ def make_learners(model: PreTrainedModel, config: RunConfig, sampler: PromptSamp
 
 
 def rollout_groups(engine: RolloutEngine, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                   problems: list[Problem], config: RunConfig, generator: torch.Generator) -> list[Trajectory]:
-    """``samples_per_prompt`` responses for each problem; group i holds problem i's samples."""
+                   problems: list[Problem], config: RunConfig, generator: torch.Generator,
+                   environment: EnvironmentFactory | None = None) -> list[Trajectory]:
+    """``samples_per_prompt`` responses (episodes, with an environment) for each problem;
+    group i holds problem i's samples."""
     group_size = config.rl.samples_per_prompt
     return sample_trajectories(
         engine, model, tokenizer, [p for p in problems for _ in range(group_size)],
         groups=[i for i in range(len(problems)) for _ in range(group_size)],
         max_new_tokens=config.rollout.max_new_tokens, temperature=config.rollout.temperature,
-        top_p=config.rollout.top_p, generator=generator)
+        top_p=config.rollout.top_p, generator=generator, environment=environment)
 
 
 def greedy_baseline(engine: RolloutEngine, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                    problems: list[Problem], task: Task, verifier: Verifier, config: RunConfig) -> torch.Tensor:
+                    problems: list[Problem], task: Task, verifier: Verifier, config: RunConfig,
+                    environment: EnvironmentFactory | None = None) -> torch.Tensor:
     """Reward of each problem's greedy response (ReMax's baseline), one value per problem."""
-    trajectories = sample_trajectories(engine, model, tokenizer, problems,
+    trajectories = sample_trajectories(engine, model, tokenizer, problems, environment=environment,
                                        max_new_tokens=config.rollout.max_new_tokens, temperature=0.0)
     score_trajectories(trajectories, task, verifier, tokenizer, config)
     return torch.tensor([t.reward for t in trajectories], dtype=torch.float32)
@@ -132,14 +136,21 @@ def greedy_baseline(engine: RolloutEngine, model: PreTrainedModel, tokenizer: Pr
 def score_trajectories(trajectories: list[Trajectory], task: Task, verifier: Verifier,
                        tokenizer: PreTrainedTokenizerBase, config: RunConfig) -> None:
     """Decode, verify (in the verifier pool when the task needs isolation) and reward every
-    trajectory in place; a verifier failure is a zero score with its error recorded."""
-    texts = [tokenizer.decode(t.response_ids, skip_special_tokens=True) for t in trajectories]
-    scores = verifier.score_many([t.problem for t in trajectories], texts)
-    for traj, text, score in zip(trajectories, texts, scores):
-        traj.text = text
+    trajectory in place; a verifier failure is a zero score with its error recorded.
+
+    A multi-turn episode is judged on its ``answer_text`` (the policy's turns, never the
+    tool output); one that broke its environment's rules (``violation``) gets reward 0."""
+    for traj in trajectories:
+        traj.text = tokenizer.decode(traj.response_ids, skip_special_tokens=True)
+    answers = [t.text if t.answer_text is None else t.answer_text for t in trajectories]
+    scores = verifier.score_many([t.problem for t in trajectories], answers)
+    for traj, answer, score in zip(trajectories, answers, scores):
         traj.correct, traj.extracted, traj.error = score.correct, score.extracted, score.error
-        traj.reward, traj.reward_components = compose_reward(config.reward.components, task, traj.problem,
-                                                             text, score, config.reward.params)
+        traj.reward, traj.reward_components = compose_reward(
+            config.reward.components, task, traj.problem, answer, score, config.reward.params,
+            episode=traj if traj.answer_text is not None else None)
+        if traj.violation is not None:
+            traj.reward = 0.0
 
 
 def shape_rewards(trajectories: list[Trajectory], shapers: list[tuple[Any, dict[str, Any]]], config: RunConfig,
@@ -156,6 +167,7 @@ def shape_rewards(trajectories: list[Trajectory], shapers: list[tuple[Any, dict[
         max_new_tokens=config.rollout.max_new_tokens,
         generator=torch.Generator().manual_seed(derive_seed(config.seed, "rl-shaping", step)),
         format_ok=torch.tensor([t.extracted is not None for t in trajectories]),
+        tool_calls=torch.tensor([t.tool_calls for t in trajectories]),
     )
     for traj, reward in zip(trajectories, apply_shapers(inputs, shapers).tolist()):
         traj.reward_components["shaping"] = reward - traj.reward
@@ -176,6 +188,9 @@ def prepare_batch(trajectories: list[Trajectory], model: PreTrainedModel, learne
     )
     if config.rl.mask_truncated:
         keep = overlong_filter_mask(torch.tensor([t.finish_reason == "length" for t in trajectories]))
+        batch.target_mask = batch.target_mask * keep[:, None]
+    if config.rollout.environment.filter_void_turns:
+        keep = void_turn_filter_mask(torch.tensor([t.void_turns for t in trajectories]))
         batch.target_mask = batch.target_mask * keep[:, None]
     mask, stats = batch.target_mask, {}
     rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float32)
@@ -320,7 +335,8 @@ def update_coefficients(learners: Learners, model: PreTrainedModel, metrics: dic
 
 def collect_rollouts(engine: RolloutEngine, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      task: Task, verifier: Verifier, learners: Learners, sampler: PromptSampler,
-                     config: RunConfig, run: RunDir, step: int) -> tuple[list[Trajectory], dict[str, float]]:
+                     config: RunConfig, run: RunDir, step: int,
+                     environment: EnvironmentFactory | None = None) -> tuple[list[Trajectory], dict[str, float]]:
     """Roll out, score and shape groups until ``prompts_per_step`` groups pass the data filter
     (DAPO dynamic sampling / online difficulty filtering) or ``data.max_rounds`` rounds are
     spent; without a filter this is one round. Every group's pass rate goes to
@@ -336,7 +352,7 @@ def collect_rollouts(engine: RolloutEngine, model: PreTrainedModel, tokenizer: P
         problems = sampler.draw(rl.prompts_per_step - kept_groups, step, round_)
         sampler_rng = torch.Generator().manual_seed(derive_seed(config.seed, "rl-samples", step,
                                                                 *([round_] if round_ else [])))
-        trajectories = rollout_groups(engine, model, tokenizer, problems, config, sampler_rng)
+        trajectories = rollout_groups(engine, model, tokenizer, problems, config, sampler_rng, environment)
         for traj in trajectories:
             traj.group += generated_groups
             problems_by_group[traj.group] = traj.problem
@@ -364,12 +380,13 @@ def collect_rollouts(engine: RolloutEngine, model: PreTrainedModel, tokenizer: P
 
 def learn_from(trajectories: list[Trajectory], model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                task: Task, engine: RolloutEngine, verifier: Verifier, learners: Learners, config: RunConfig,
-               step: int, t0: float, t_gen: float) -> dict[str, Any]:
+               step: int, t0: float, t_gen: float, environment: EnvironmentFactory | None = None) -> dict[str, Any]:
     """Advantages, the policy (and critic) update and the coefficient controllers for one
     step's kept trajectories; returns the step's metrics record."""
     batch, batch_stats = prepare_batch(
         trajectories, model, learners, tokenizer, config,
-        baseline=lambda problems: greedy_baseline(engine, model, tokenizer, problems, task, verifier, config))
+        baseline=lambda problems: greedy_baseline(engine, model, tokenizer, problems, task, verifier, config,
+                                                  environment))
     t_prep = time.perf_counter() - t0 - t_gen
     shuffle = torch.Generator().manual_seed(derive_seed(config.seed, "rl-shuffle", step))
     updates_per_step = config.rl.epochs * config.rl.mini_batches
@@ -388,8 +405,10 @@ def learn_from(trajectories: list[Trajectory], model: PreTrainedModel, tokenizer
 
 def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, engine: RolloutEngine,
              verifier: Verifier, config: RunConfig, run: RunDir, state: dict[str, Any], exclude: frozenset[str],
-             evaluate_fn: Callable[[str, int], Any] | None = None) -> None:
-    """Run (or continue) the RL stage; leaves ``checkpoints/final`` and updates ``state``."""
+             evaluate_fn: Callable[[str, int], Any] | None = None,
+             environment: EnvironmentFactory | None = None) -> None:
+    """Run (or continue) the RL stage; leaves ``checkpoints/final`` and updates ``state``.
+    With an ``environment`` every sample is a multi-turn episode."""
     rl = config.rl
     sampler = PromptSampler(task, config, exclude)
     learners = make_learners(model, config, sampler)
@@ -405,12 +424,12 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
         for step in range(start, rl.steps):
             t0 = time.perf_counter()
             trajectories, rollout_stats = collect_rollouts(engine, model, tokenizer, task, verifier, learners,
-                                                           sampler, config, run, step)
+                                                           sampler, config, run, step, environment)
             learners.samples_generated += int(rollout_stats["samples_generated"])
             t_gen = time.perf_counter() - t0
             if trajectories:
                 record = learn_from(trajectories, model, tokenizer, task, engine, verifier, learners, config, step,
-                                    t0, t_gen)
+                                    t0, t_gen, environment)
                 run.append("samples.jsonl", [
                     {"stage": "rl", "step": step + 1, **t.record()}
                     for t in trajectories[:: max(1, len(trajectories) // max(1, config.logging.samples_per_step))]
@@ -457,4 +476,22 @@ def step_metrics(step: int, trajectories: list[Trajectory], config: RunConfig) -
     for t in trajectories:
         groups[t.group].add(t.reward)
     record["zero_variance_groups"] = sum(len(r) == 1 for r in groups.values()) / len(groups)
+    if config.rollout.environment.name is not None:
+        record.update(episode_metrics(trajectories))
     return record
+
+
+def episode_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
+    """Multi-turn statistics: turns, tool calls (and the fraction of episodes with any),
+    tool errors per call, void turns, rule violations, and the share of response tokens
+    that are observations (masked from the loss)."""
+    n = len(trajectories)
+    calls = sum(t.tool_calls for t in trajectories)
+    tokens = sum(len(t.loss_mask) for t in trajectories)
+    return {"turns": sum(t.turns for t in trajectories) / n,
+            "tool_calls": calls / n,
+            "tool_use_frac": sum(t.tool_calls > 0 for t in trajectories) / n,
+            "tool_error_rate": sum(t.tool_errors for t in trajectories) / max(calls, 1),
+            "void_turn_frac": sum(t.void_turns > 0 for t in trajectories) / n,
+            "violation_frac": sum(t.violation is not None for t in trajectories) / n,
+            "observation_token_frac": sum(len(t.loss_mask) - sum(t.loss_mask) for t in trajectories) / max(tokens, 1)}

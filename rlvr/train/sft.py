@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.config import RunConfig
+from rlvr.rollout.environment import EnvironmentFactory
 from rlvr.rollout.trajectory import render_prompt
 from rlvr.seeding import derive_seed
 from rlvr.tasks.base import Task
@@ -25,20 +26,33 @@ from rlvr.train.run_dir import RunDir, load_trainer_state, restore_rng_states, r
 
 
 def sft_batch(task: Task, tokenizer: PreTrainedTokenizerBase, config: RunConfig, step: int,
-              exclude: frozenset[str]):
-    """Step ``step``'s batch of demonstrations as a TokenBatch (prompt tokens masked out)."""
+              exclude: frozenset[str], environment: EnvironmentFactory | None = None):
+    """Step ``step``'s batch of demonstrations as a TokenBatch (prompt tokens masked out).
+
+    With a multi-turn environment a demonstration is split into policy and observation
+    segments (tool output really produced by running the demonstration's code); each
+    segment is tokenized on its own, as the rollout loop does, and observations are masked."""
     problems = task.sample_problems(config.sft.batch_size, derive_seed(config.seed, "sft-problems", step), exclude)
     demo_rng = random.Random(derive_seed(config.seed, "sft-demos", step))
     prompts = [render_prompt(tokenizer, p) for p in problems]
-    responses = [
-        tokenizer(task.demonstration(p, demo_rng), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        for p in problems
-    ]
-    return make_token_batch(prompts, responses, tokenizer.pad_token_id)
+    responses, masks = [], []
+    for problem in problems:
+        text = task.demonstration(problem, demo_rng)
+        segments = ([(text, True)] if environment is None
+                    else environment.cls.demonstration_segments(environment.params, problem, text))
+        ids, mask = [], []
+        for segment, is_policy in segments:
+            part = tokenizer(segment, add_special_tokens=False)["input_ids"]
+            ids += part
+            mask += [int(is_policy)] * len(part)
+        responses.append(ids + [tokenizer.eos_token_id])
+        masks.append(mask + [1])
+    return make_token_batch(prompts, responses, tokenizer.pad_token_id, response_masks=masks)
 
 
 def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, config: RunConfig,
-              run: RunDir, state: dict[str, Any], exclude: frozenset[str]) -> None:
+              run: RunDir, state: dict[str, Any], exclude: frozenset[str],
+              environment: EnvironmentFactory | None = None) -> None:
     """Run (or continue) the SFT stage; leaves ``checkpoints/sft-final`` and updates ``state``."""
     cfg = config.sft
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
@@ -55,7 +69,7 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: 
             t0 = time.perf_counter()
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, "cosine")
             set_lr(optimizer, lr)
-            batch = sft_batch(task, tokenizer, config, step, exclude)
+            batch = sft_batch(task, tokenizer, config, step, exclude, environment)
             logp, _ = token_logprobs(model, batch)
             tokens = batch.target_mask.sum()
             loss = -(logp * batch.target_mask).sum() / tokens

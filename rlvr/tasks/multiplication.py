@@ -1,0 +1,55 @@
+"""Multiplication of numbers too long to multiply in a tiny model's head: the task where a
+Python tool genuinely helps (the tool-integrated recipe's task).
+
+    prompt:   347*829
+    response: <code>print(347*829)</code><output>287663
+              </output>=> 287663
+
+The answer is the integer after the last ``=>``. Demonstrations for the warm start come
+from a teacher that calls the tool with probability ``tool_demo_rate`` (the interpreter's
+real output is inserted by the ``python`` environment) and otherwise writes the product
+straight away, as a text-only reasoner must; a model imitating it answers "in its head"
+most of the time and is then almost always wrong, which leaves RL the job of learning
+*when* to use the tool.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from rlvr.tasks._integer import IntegerAnswerTask
+from rlvr.tasks.base import TASKS, Problem
+
+
+@TASKS.register("multiplication")
+class MultiplicationTask(IntegerAnswerTask):
+    name = "multiplication"
+
+    @dataclass
+    class Params:
+        min_digits: int = field(default=3, metadata={"help": "fewest digits of an operand"})
+        max_digits: int = field(default=3, metadata={"help": "most digits of an operand"})
+        tool_demo_rate: float = field(
+            default=1.0, metadata={"help": "fraction of demonstrations that compute the product with a <code> tool call (0..1)"})
+
+        def __post_init__(self) -> None:
+            if not 1 <= self.min_digits <= self.max_digits:
+                raise ValueError("need 1 <= min_digits <= max_digits")
+            if not 0.0 <= self.tool_demo_rate <= 1.0:
+                raise ValueError("tool_demo_rate must lie in [0, 1]")
+
+    def generate(self, rng: random.Random) -> Problem:
+        operands = []
+        for _ in range(2):
+            digits = rng.randint(self.params.min_digits, self.params.max_digits)
+            operands.append(rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1))
+        a, b = operands
+        return Problem(id=f"{a}*{b}", prompt=[{"role": "user", "content": f"{a}*{b}"}], answer=str(a * b),
+                       metadata={"a": a, "b": b})
+
+    def demonstration(self, problem: Problem, rng: random.Random) -> str:
+        a, b = problem.metadata["a"], problem.metadata["b"]
+        if rng.random() < self.params.tool_demo_rate:
+            return f"<code>print({a}*{b})</code>=> {a * b}"
+        return f"=> {a * b}"
