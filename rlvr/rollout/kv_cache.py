@@ -2,9 +2,11 @@
 
 Prompts are left-padded so every row's next token sits in the last column; position ids
 come from the attention mask so padding never shifts a row's positions (the trainer,
-which right-pads, then sees the same positions). Rows that emitted EOS keep being fed
-padding until every row is done; their extra tokens are discarded (rows are not yet
-dropped from the batch: at tiny-model sizes the per-step overhead dominates anyway).
+which right-pads, then sees the same positions). Outputs are preallocated; rows that
+finished (EOS or a stop sequence) are dropped from the batch and the cache once they are a
+quarter of it, so long-tail samples do not keep paying for the finished ones. The forward
+passes come from ``rlvr.rollout.steppers`` (a direct Llama-layout decoder, or the model's
+own forward for other architectures).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
 
 from rlvr.rollout.engine import ROLLOUT_ENGINES, Generation, RolloutEngine
+from rlvr.rollout.steppers import make_stepper
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -27,6 +30,15 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     mass_before = probs.cumsum(-1) - probs
     sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of ``probs`` [B, V] (rows need not be normalised), by inverting the
+    cumulative distribution at a uniform draw: the same distribution as ``torch.multinomial``
+    at a fraction of its cost on CPU. A zero-probability entry is never drawn."""
+    cdf = probs.cumsum(-1)
+    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 @ROLLOUT_ENGINES.register("kv_cache")
@@ -51,67 +63,72 @@ class KVCacheEngine(RolloutEngine):
             return []
         stops = [torch.tensor(list(seq), dtype=torch.long) for seq in stop_sequences if len(seq)]
         device = next(model.parameters()).device
+        stops = [seq.to(device) for seq in stops]
         batch = len(prompts)
         width = max(len(p) for p in prompts)
         input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long, device=device)
-        attention = torch.zeros((batch, width), dtype=torch.long, device=device)
+        valid = torch.zeros((batch, width + max_new_tokens), dtype=torch.bool, device=device)
         for row, prompt in enumerate(prompts):
             if not prompt:
                 raise ValueError(f"prompt {row} is empty")
             input_ids[row, width - len(prompt):] = torch.tensor(prompt, device=device)
-            attention[row, width - len(prompt):] = 1
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+            valid[row, width - len(prompt):width] = True
+        positions = (valid[:, :width].long().cumsum(-1) - 1).clamp(min=0)
 
-        cache = DynamicCache()
-        tokens = torch.empty((batch, 0), dtype=torch.long, device=device)
-        logprobs = torch.empty((batch, 0), dtype=torch.float32, device=device)
-        entropies = torch.empty((batch, 0), dtype=torch.float32, device=device)
-        done = torch.zeros(batch, dtype=torch.bool, device=device)
+        tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+        logprobs = torch.zeros((batch, max_new_tokens), dtype=torch.float32, device=device)
+        entropies = torch.zeros((batch, max_new_tokens), dtype=torch.float32, device=device)
         lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
-        step_ids, step_positions = input_ids, positions
+        rows = torch.arange(batch, device=device)  # original row of each row still in the batch
+        live = torch.ones(batch, dtype=torch.bool, device=device)  # not finished yet
+        stepper = make_stepper(model, batch, width + max_new_tokens)
+        logits = stepper.prefill(input_ids, positions, valid[:, :width])
+        next_positions = positions[:, -1] + 1
         for step in range(max_new_tokens):
-            out = model(
-                input_ids=step_ids,
-                attention_mask=attention,
-                position_ids=step_positions,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            cache = out.past_key_values
-            logits = out.logits[:, -1, :].float()
+            logits = logits.float()
             if temperature > 0:
-                scaled = logits / temperature
-                logp_all = torch.log_softmax(scaled, dim=-1)
-                probs = top_p_filter(scaled, top_p).softmax(-1)
-                next_tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                logp_all = torch.log_softmax(logits / temperature, dim=-1)
+                probs = logp_all.exp()
+                sample_from = probs if top_p >= 1.0 else top_p_filter(logits / temperature, top_p).softmax(-1)
+                next_tok = sample_categorical(sample_from, generator)
             else:
                 logp_all = torch.log_softmax(logits, dim=-1)
+                probs = logp_all.exp()
                 next_tok = logits.argmax(-1)
-            next_tok = torch.where(done, torch.full_like(next_tok, pad_token_id), next_tok)
-            tokens = torch.cat([tokens, next_tok[:, None]], dim=1)
-            logprobs = torch.cat([logprobs, logp_all.gather(-1, next_tok[:, None])], dim=1)
-            entropy = -(logp_all.exp() * logp_all).sum(-1, keepdim=True)
-            entropies = torch.cat([entropies, entropy], dim=1)
-            finished_now = (~done) & (next_tok == eos_token_id)
+            next_tok = torch.where(live, next_tok, pad_token_id)
+            tokens[rows, step] = next_tok
+            logprobs[rows, step] = logp_all.gather(-1, next_tok[:, None]).squeeze(-1)
+            entropies[rows, step] = -(probs * logp_all).sum(-1)
+            finished_now = live & (next_tok == eos_token_id)
             for seq in stops:
-                if tokens.shape[1] >= len(seq):
-                    finished_now |= (~done) & (tokens[:, -len(seq):] == seq.to(device)).all(-1)
-            lengths = torch.where(finished_now, torch.full_like(lengths, step + 1), lengths)
-            done = done | finished_now
-            if bool(done.all()):
+                if step + 1 >= len(seq):
+                    finished_now |= live & (tokens[rows, step + 1 - len(seq):step + 1] == seq).all(-1)
+            if bool(finished_now.any()):
+                lengths[rows[finished_now]] = step + 1
+                live = live & ~finished_now
+                n_live = int(live.sum())
+                if n_live == 0:
+                    break
+                if 4 * (len(rows) - n_live) >= len(rows):  # drop the finished rows
+                    keep = live.nonzero().squeeze(-1)
+                    stepper.keep(keep)
+                    rows, live, valid = rows[keep], live[keep], valid[keep]
+                    next_tok, next_positions = next_tok[keep], next_positions[keep]
+            if step + 1 == max_new_tokens:
                 break
-            attention = torch.cat([attention, attention.new_ones((batch, 1))], dim=1)
-            step_positions = step_positions[:, -1:] + 1
-            step_ids = next_tok[:, None]
+            valid[:, width + step] = True
+            logits = stepper.decode(next_tok, next_positions, valid[:, :width + step + 1])
+            next_positions = next_positions + 1
 
         generations = []
+        stop_lists = [seq.tolist() for seq in stops]
         tokens_list, logprobs_list, entropies_list = tokens.tolist(), logprobs.tolist(), entropies.tolist()
         for row in range(batch):
             n = int(lengths[row])
             response = tokens_list[row][:n]
             if response and response[-1] == eos_token_id:
                 reason = "eos"
-            elif any(len(seq) <= n and response[n - len(seq):] == seq.tolist() for seq in stops):
+            elif any(len(seq) <= n and response[n - len(seq):] == seq for seq in stop_lists):
                 reason = "stop"
             else:
                 reason = "length"
