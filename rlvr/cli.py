@@ -1,9 +1,10 @@
-"""`rlvr` command line: train, sft, eval, list."""
+"""`rlvr` command line: train, sft, eval, report, list, limr."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,23 +22,50 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--output-dir", help="run directory to create (default: <output_dir>/<recipe>-<time>)")
         p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algorithm.clip_high=0.28 rl.steps=10")
-    p = sub.add_parser("eval", allow_abbrev=False, help="evaluate a checkpoint or run directory on the held-out split")
-    p.add_argument("model", help="HF checkpoint directory, or a run directory (its final checkpoint)")
-    p.add_argument("--config", help="YAML recipe naming the task (default: the run's config or the default recipe)")
-    p.add_argument("--n", type=int, help="samples per problem for pass@k (default: eval.samples)")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.problems=500")
+    p = sub.add_parser("eval", allow_abbrev=False,
+                       help="evaluate one or more checkpoints / run directories on the held-out split, side by side")
+    p.add_argument("targets", nargs="+", metavar="MODEL_OR_RUN",
+                   help="HF checkpoint directories or run directories (their final checkpoint); "
+                        "arguments with '=' are dotted config overrides, e.g. eval.problems=500")
+    p.add_argument("--config", help="YAML recipe naming the task (default: the first run's config, else the default recipe)")
+    p.add_argument("--task", help="registered task name (or module:Class) to evaluate on, with its default params")
+    p.add_argument("--n", type=int, help="samples per problem for pass@k and maj@k (default: eval.samples)")
+    p.add_argument("--k", help="comma-separated k values, each <= n (default: eval.ks, else 1,2,4,... <= n)")
+    p.add_argument("--strategy", choices=["majority", "best_of_n"],
+                   help="test-time scaling: also report accuracy vs samples when picking one answer by this strategy")
+    p.add_argument("--selector", default=None,
+                   help="best_of_n selector: verifier (oracle = pass@k), mean_logprob, shortest, or module:function")
+    p.add_argument("--labels", help="comma-separated names for the models in tables and plots")
+    p.add_argument("--output-dir", help="where results.json, table.md and the plots go "
+                                        "(default: <run>/eval for a run's model, else ./rlvr-eval)")
+    p.add_argument("--cache-dir", help="sample cache (default: <output-dir>/cache); a later call with larger n "
+                                       "generates only the missing samples")
+    p.add_argument("--no-cache", action="store_true", help="keep samples in memory only")
+    p.add_argument("--json", action="store_true", help="print results as JSON instead of tables")
+    p = sub.add_parser("report", allow_abbrev=False,
+                       help="write RUN_DIR/report.html: config, training curves, evaluations, transcripts")
+    p.add_argument("run_dir", help="a run directory")
+    p.add_argument("--output", help="HTML file to write (default: RUN_DIR/report.html)")
+    p.add_argument("--transcripts", type=int, default=6, help="transcripts shown from each of early, middle and late training")
     sub.add_parser("list", allow_abbrev=False, help="print every registered task, reward, estimator, loss and engine")
     p = sub.add_parser("limr", allow_abbrev=False, help="LIMR: select the problems whose learning curves align with the run's average")
     p.add_argument("run_dir", help="a run over a fixed problem set for several epochs")
     p.add_argument("--threshold", type=float, default=0.6, help="minimum LIM score kept (LIMR: 0.6)")
     p.add_argument("--output", required=True, help="JSON file for the selected ids (use as data.include_ids)")
 
-    args = parser.parse_args(argv)
+    # `rlvr eval A B --n 64 eval.problems=500`: positionals may follow options (targets and overrides)
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.command != "eval" or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.targets += extra
     try:
         if args.command in ("train", "sft"):
             return _train(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "report":
+            return _report(args)
         if args.command == "limr":
             return _limr(args)
         return _list()
@@ -86,32 +114,108 @@ def _print_summary(summary: dict, after_rl: bool) -> None:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import torch
+    from transformers.utils import logging as hf_logging
+
     from rlvr.config import load_config
-    from rlvr.eval.evaluate import evaluate
+    from rlvr.eval.compare import (log, paired_deltas, per_problem_record, resolve_target, unique_labels,
+                                   write_outputs, format_tables)
+    from rlvr.eval.evaluate import check_ks, open_cache, powers_of_two_up_to, summarize
+    from rlvr.eval.sample_cache import SamplingSettings, collect_samples
+    from rlvr.eval.selectors import SELECTORS
     from rlvr.models import load_model_and_tokenizer
     from rlvr.rollout import ROLLOUT_ENGINES
     from rlvr.train.pipeline import build_task, make_task_verifier
-    from rlvr.train.run_dir import RunDir
 
-    target = Path(args.model)
-    config_path = args.config
-    if (target / "state.json").is_file():
-        state = RunDir(target).load_state()
-        checkpoint = state.get("final_checkpoint") or state.get("sft_final")
-        if checkpoint is None:
-            raise ConfigError(f"{target}: the run has no finished checkpoint yet")
-        config_path = config_path or str(target / "config.yaml")
-        target = target / checkpoint
-    config = load_config(config_path, args.overrides)
-    model, tokenizer = load_model_and_tokenizer(target)
-    task = build_task(config, config_path or "default recipe")
+    overrides = [a for a in args.targets if "=" in a and not Path(a).exists()]
+    targets = unique_labels([resolve_target(a) for a in args.targets if a not in overrides],
+                            args.labels.split(",") if args.labels else None)
+    if not targets:
+        raise ConfigError("name at least one checkpoint or run directory to evaluate")
+    runs = [t.run_dir for t in targets if t.run_dir is not None]
+    config_path = args.config or (str(runs[0] / "config.yaml") if runs else None)
+    if args.task:
+        overrides = [f"task.name={args.task}", "task.params={}", *overrides]
+    config = load_config(config_path, overrides)
+    source = config_path or "default recipe"
+    n = config.eval.samples if args.n is None else args.n
+    if n < 0:
+        raise ConfigError(f"--n must be >= 0, got {n}")
+    try:
+        ks = [int(k) for k in args.k.split(",")] if args.k else (list(config.eval.ks) or powers_of_two_up_to(n))
+        ks = check_ks(ks, n) if n else []
+    except ValueError as err:
+        raise ConfigError(f"--k: {err}") from None
+    if args.strategy and n == 0:
+        raise ConfigError("--strategy needs sampled answers: set --n >= 1")
+    if args.selector and args.strategy != "best_of_n":
+        raise ConfigError("--selector applies to --strategy best_of_n")
+    if args.selector:
+        try:
+            SELECTORS.get(args.selector)
+        except KeyError as err:
+            raise ConfigError(f"--selector: {err.args[0]}") from None
+    output_dir = Path(args.output_dir) if args.output_dir else (runs[0] / "eval" if runs else Path("rlvr-eval"))
+    cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else output_dir / "cache"
+
+    task = build_task(config, source)
     heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
-    with make_task_verifier(task, config) as verifier:
-        result = evaluate(model, tokenizer, task, heldout, ROLLOUT_ENGINES.get(config.rollout.engine)(),
-                          verifier=verifier, samples=config.eval.samples if args.n is None else args.n,
-                          temperature=config.eval.temperature, max_new_tokens=config.rollout.max_new_tokens,
-                          batch_size=config.eval.batch_size, seed=config.eval.seed)
-    print(json.dumps({"model": str(target), **result}, indent=2))
+    engine = ROLLOUT_ENGINES.get(config.rollout.engine)()
+    settings = SamplingSettings(temperature=config.eval.temperature, max_new_tokens=config.rollout.max_new_tokens,
+                                batch_size=config.eval.batch_size, seed=config.eval.seed, top_p=config.rollout.top_p)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    hf_logging.disable_progress_bar()  # per-checkpoint 'Loading weights' bars drown the eval's own lines
+    models = []
+    try:
+        with make_task_verifier(task, config) as verifier:
+            environment = _eval_environment(config, task, verifier, source)
+            for target in targets:
+                model, tokenizer = load_model_and_tokenizer(target.checkpoint)
+                cache = open_cache(cache_dir, model, tokenizer, task, settings, environment)
+                log(f"{target.label}: {len(heldout)} problems x (1 greedy + {n} sampled) from {target.checkpoint}"
+                    + (f", cache {cache.directory}" if cache.directory else ""))
+                per_problem, generated = collect_samples(model, tokenizer, heldout, engine, verifier, settings,
+                                                         samples=n, cache=cache, environment=environment)
+                log(f"{target.label}: generated {generated} sequences, "
+                    f"{len(heldout) * (1 + n) - generated} reused from the cache")
+                metrics = summarize(per_problem, ks=ks or None, seed=config.eval.seed, strategy=args.strategy,
+                                    selector=args.selector)
+                models.append({"label": target.label, "model": str(target.checkpoint), "metrics": metrics,
+                               "per_problem": [per_problem_record(p) for p in per_problem]})
+    finally:
+        torch.set_num_threads(threads_before)
+    results = {"task": {"name": config.task.name, "params": config.task.params}, "problems": len(heldout),
+               "samples": n, "ks": ks, "temperature": config.eval.temperature,
+               "max_new_tokens": config.rollout.max_new_tokens, "seed": config.eval.seed,
+               "strategy": args.strategy, "selector": args.selector, "models": models,
+               "deltas": paired_deltas(models, ks, config.eval.seed) if len(models) > 1 and ks else {}}
+    written = write_outputs(results, output_dir)
+    if args.json:
+        print(json.dumps([{"label": m["label"], "model": m["model"], **m["metrics"]} for m in models], indent=2))
+    else:
+        print(format_tables(results))
+        print("\nwritten: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _eval_environment(config, task, verifier, source):
+    """The multi-turn environment of the config, or None for single-turn tasks."""
+    from rlvr import rollout
+
+    build = getattr(rollout, "build_environment", None)
+    environment = getattr(config.rollout, "environment", None)
+    if build is None or environment is None:
+        return None
+    return build(environment, task, verifier.score_many, source)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from rlvr.eval.report import write_report
+
+    path = write_report(Path(args.run_dir), Path(args.output) if args.output else None,
+                        transcripts_per_phase=args.transcripts)
+    print(f"report: {path} (open it in a browser)")
     return 0
 
 

@@ -1,33 +1,29 @@
-"""Held-out evaluation: greedy accuracy, sampled pass@1 and unbiased pass@k.
+"""Held-out evaluation: greedy accuracy, unbiased pass@k, maj@k, mean@n, lengths, tool calls,
+each with a bootstrap 95% interval over problems.
 
-The same function serves the warm-start, periodic and final evaluations of a training run
-and `rlvr eval`, so every number in a run directory comes from one code path.
+The same functions serve the warm-start, periodic and final evaluations of a training run
+and `rlvr eval`: ``evaluate`` = ``collect_samples`` (generation and scoring, in
+``sample_cache``) + ``summarize`` (the numbers), so every number in a run directory and in
+an eval report comes from one code path.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
-import torch
+import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlvr.eval.bootstrap import bootstrap_mean_ci
+from rlvr.eval.bootstrap import bootstrap_mean_ci, bootstrap_ratio_ci
+from rlvr.eval.majority import maj_at_k
 from rlvr.eval.passk import pass_at_k_array
+from rlvr.eval.sample_cache import (ProblemSamples, SampleCache, SamplingSettings, collect_samples,
+                                    environment_description, model_fingerprint, task_description)
+from rlvr.eval.selectors import SELECTORS, best_of_k
 from rlvr.rollout.engine import RolloutEngine
-from rlvr.rollout.sampling import sample_trajectories
 from rlvr.tasks.base import Problem, Task
 from rlvr.verify.pool import InlineVerifier, VerifierPool
-
-
-def _complete(
-    engine: RolloutEngine, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-    problems: list[Problem], *, temperature: float, max_new_tokens: int, batch_size: int,
-    generator: torch.Generator | None,
-) -> list[tuple[str, int]]:
-    """(completion text, response length in tokens) for each problem, in order."""
-    trajectories = sample_trajectories(engine, model, tokenizer, problems, max_new_tokens=max_new_tokens,
-                                       temperature=temperature, generator=generator, batch_size=batch_size)
-    return [(tokenizer.decode(t.response_ids, skip_special_tokens=True), len(t.response_ids)) for t in trajectories]
 
 
 def accuracy_by_task(problems: list[Problem], correct: list[bool]) -> dict[str, float]:
@@ -47,6 +43,26 @@ def powers_of_two_up_to(n: int) -> list[int]:
     return ks
 
 
+def check_ks(ks: Sequence[int], samples: int) -> list[int]:
+    """Sorted distinct ks, each in [1, samples]; ValueError naming the bad one otherwise."""
+    for k in ks:
+        if not 1 <= k <= samples:
+            raise ValueError(f"k={k} needs 1 <= k <= n = {samples} samples per problem; raise n or drop k={k}")
+    return sorted(set(int(k) for k in ks))
+
+
+def open_cache(cache_dir: str | Path | None, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+               task: Task, settings: SamplingSettings, environment: Any = None) -> SampleCache:
+    """The on-disk sample cache of this model, task and sampling setup (memory-only without a dir)."""
+    if cache_dir is None:
+        return SampleCache()
+    key = {"model": model_fingerprint(model, tokenizer), "task": task_description(task),
+           "temperature": settings.temperature, "top_p": settings.top_p,
+           "max_new_tokens": settings.max_new_tokens, "seed": settings.seed,
+           "environment": environment_description(environment)}
+    return SampleCache(cache_dir, key)
+
+
 def evaluate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -60,41 +76,111 @@ def evaluate(
     max_new_tokens: int,
     batch_size: int,
     seed: int,
+    ks: Sequence[int] | None = None,
+    top_p: float = 1.0,
+    cache_dir: str | Path | None = None,
+    environment: Any = None,
 ) -> dict[str, Any]:
-    """Evaluate on ``problems``; returns flat metrics (fractions in [0, 1]).
+    """Evaluate on ``problems``; returns flat metrics (fractions in [0, 1]), see ``summarize``.
 
-    Keys: ``greedy_accuracy``, ``greedy_length``; with ``samples`` = n > 0 also
-    ``pass@1`` (mean fraction correct over n samples) and ``pass@k`` for k = 2, 4, ... <= n,
-    using the unbiased estimator, plus ``sampled_length``. Each accuracy has a ``<key>_ci95``
-    (low, high) bootstrap interval over problems, reproducible for a fixed ``seed``.
+    ``samples`` = n answers are sampled per problem at ``temperature`` (0 evaluates greedy
+    only); ``ks`` defaults to 1, 2, 4, ... <= n. With ``cache_dir`` the scored samples are
+    kept on disk and reused by the next call with the same model and settings.
     """
-    was_training = model.training
-    model.eval()
-    greedy = _complete(engine, model, tokenizer, problems, temperature=0.0,
-                       max_new_tokens=max_new_tokens, batch_size=batch_size, generator=None)
-    scores = verifier.score_many(problems, [text for text, _ in greedy])
-    result: dict[str, Any] = {
-        "problems": len(problems),
-        "greedy_accuracy": sum(s.correct for s in scores) / len(problems),
-        "greedy_accuracy_ci95": bootstrap_mean_ci([float(s.correct) for s in scores], seed=seed),
-        "scoring_errors": sum(s.error is not None for s in scores),
-        "greedy_length": sum(n for _, n in greedy) / len(problems),
-    }
-    for name, accuracy in accuracy_by_task(problems, [s.correct for s in scores]).items():
-        result[f"greedy_accuracy/{name}"] = accuracy
-    if samples > 0:
-        generator = torch.Generator().manual_seed(seed)
-        repeated_problems = [p for p in problems for _ in range(samples)]
-        sampled = _complete(engine, model, tokenizer, repeated_problems, temperature=temperature,
-                            max_new_tokens=max_new_tokens, batch_size=batch_size, generator=generator)
-        correct = [0] * len(problems)
-        for i, score in enumerate(verifier.score_many(repeated_problems, [text for text, _ in sampled])):
-            correct[i // samples] += score.correct
-        for k in powers_of_two_up_to(samples):
-            per_problem = pass_at_k_array(samples, correct, k)
-            result[f"pass@{k}"] = float(per_problem.mean())
-            result[f"pass@{k}_ci95"] = bootstrap_mean_ci(per_problem, seed=seed)
-        result["samples"] = samples
-        result["sampled_length"] = sum(n for _, n in sampled) / len(sampled)
-    model.train(was_training)
+    settings = SamplingSettings(temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                seed=seed, top_p=top_p)
+    cache = open_cache(cache_dir, model, tokenizer, task, settings, environment)
+    per_problem, _ = collect_samples(model, tokenizer, problems, engine, verifier, settings, samples=samples,
+                                     cache=cache, environment=environment)
+    return summarize(per_problem, ks=ks, seed=seed)
+
+
+def _with_ci(result: dict[str, Any], key: str, values: Sequence[float] | np.ndarray, seed: int) -> None:
+    values = np.asarray(values, dtype=np.float64)
+    result[key] = float(values.mean())
+    result[f"{key}_ci95"] = bootstrap_mean_ci(values, seed=seed)
+
+
+def summarize(per_problem: list[ProblemSamples], *, ks: Sequence[int] | None = None, seed: int = 0,
+              strategy: str | None = None, selector: str | None = None) -> dict[str, Any]:
+    """The numbers of an evaluation; intervals are percentile-bootstrap 95% over problems
+    (resampled with ``seed``, the same resamples for every metric).
+
+    Keys (each accuracy also has ``<key>_ci95`` = (low, high)):
+      ``problems``, ``greedy_accuracy``, ``greedy_length`` (tokens), ``scoring_errors``,
+      ``greedy_accuracy/<task>`` for mixes; with n > 0 sampled answers per problem:
+      ``samples`` (n), ``pass@k`` (unbiased, Chen et al. 2021) and ``maj@k`` (majority vote,
+      ``rlvr.eval.majority``) for each k, ``mean@n`` (mean accuracy of the n samples, equal to
+      pass@1), ``mean_reward``, ``sampled_length`` (tokens), ``tokens_per_correct`` (sampled
+      policy tokens per correct sample, a ratio of sums), ``truncated_frac`` and ``tool_calls``
+      (per sample) when any sample called a tool.
+      With ``strategy`` (test-time scaling): ``scaling`` = {"strategy", "selector", "k",
+      "accuracy", "ci95"}, the accuracy of picking one of k samples for each k.
+    """
+    if not per_problem:
+        raise ValueError("evaluation needs at least one problem")
+    result: dict[str, Any] = {"problems": len(per_problem)}
+    greedy = [p.greedy for p in per_problem if p.greedy is not None]
+    if greedy:
+        if len(greedy) != len(per_problem):
+            raise ValueError("greedy answers missing for some problems")
+        _with_ci(result, "greedy_accuracy", [float(g["correct"]) for g in greedy], seed)
+        result["scoring_errors"] = sum(g["error"] is not None for g in greedy)
+        result["greedy_length"] = float(np.mean([g["tokens"] for g in greedy]))
+        for name, accuracy in accuracy_by_task([p.problem for p in per_problem],
+                                               [bool(g["correct"]) for g in greedy]).items():
+            result[f"greedy_accuracy/{name}"] = accuracy
+    n = min(len(p.sampled) for p in per_problem)
+    if n == 0:
+        return result
+    ks = powers_of_two_up_to(n) if ks is None else check_ks(ks, n)
+    correct = np.array([[s["correct"] for s in p.sampled[:n]] for p in per_problem], dtype=bool)
+    counts = correct.sum(axis=1)
+    result["samples"] = n
+    for k in ks:
+        _with_ci(result, f"pass@{k}", pass_at_k_array(n, counts, k), seed)
+    for k in ks:
+        _with_ci(result, f"maj@{k}", [maj_at_k([s["extracted"] for s in p.sampled[:n]], row, k)
+                                      for p, row in zip(per_problem, correct)], seed)
+    _with_ci(result, "mean@n", counts / n, seed)
+    _with_ci(result, "mean_reward", [np.mean([s["reward"] for s in p.sampled[:n]]) for p in per_problem], seed)
+    tokens = np.array([[s["tokens"] for s in p.sampled[:n]] for p in per_problem], dtype=np.float64)
+    _with_ci(result, "sampled_length", tokens.mean(axis=1), seed)
+    if counts.sum() > 0:
+        result["tokens_per_correct"] = float(tokens.sum() / counts.sum())
+        result["tokens_per_correct_ci95"] = bootstrap_ratio_ci(tokens.sum(axis=1), counts, seed=seed)
+    result["truncated_frac"] = float(np.mean([[s["finish_reason"] == "length" for s in p.sampled[:n]]
+                                              for p in per_problem]))
+    result["scoring_errors"] = result.get("scoring_errors", 0) + sum(
+        s["error"] is not None for p in per_problem for s in p.sampled[:n])
+    tool_calls = np.array([[s.get("tool_calls", 0) for s in p.sampled[:n]] for p in per_problem], dtype=np.float64)
+    if tool_calls.any():
+        _with_ci(result, "tool_calls", tool_calls.mean(axis=1), seed)
+    if strategy is not None:
+        result["scaling"] = scaling_curve(per_problem, n, ks, strategy, selector, result, seed)
     return result
+
+
+def scaling_curve(per_problem: list[ProblemSamples], n: int, ks: Sequence[int], strategy: str,
+                  selector: str | None, result: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Accuracy of test-time scaling with k samples, for each k (see ``rlvr.eval.selectors``)."""
+    if strategy == "majority":
+        accuracy = [result[f"maj@{k}"] for k in ks]
+        ci95 = [result[f"maj@{k}_ci95"] for k in ks]
+        selector = None
+    elif strategy == "best_of_n":
+        selector = selector or "verifier"
+        if selector == "verifier":  # oracle selection = pass@k; the unbiased estimator has less variance
+            accuracy = [result[f"pass@{k}"] for k in ks]
+            ci95 = [result[f"pass@{k}_ci95"] for k in ks]
+        else:
+            score = SELECTORS.get(selector)
+            accuracy, ci95 = [], []
+            scores = [[float(score(p.problem, s)) for s in p.sampled[:n]] for p in per_problem]
+            for k in ks:
+                per = [best_of_k(sc, [s["correct"] for s in p.sampled[:n]], k) for sc, p in zip(scores, per_problem)]
+                accuracy.append(float(np.mean(per)))
+                ci95.append(bootstrap_mean_ci(per, seed=seed))
+    else:
+        raise ValueError(f"unknown strategy {strategy!r}; choose majority or best_of_n")
+    return {"strategy": strategy, "selector": selector, "k": list(ks), "accuracy": accuracy, "ci95": ci95}

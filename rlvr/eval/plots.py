@@ -85,3 +85,68 @@ def plot_run(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], out_dir
         fig.savefig(written[-1], dpi=100)
         plt.close(fig)
     return written
+
+
+def _curve(ax, ks: list[int], values: list[float], cis: list[tuple[float, float]] | None, label: str,
+           style: str = "o-", color: str | None = None) -> None:
+    line, = ax.plot(ks, [100 * v for v in values], style, label=label, color=color, lw=1.5, ms=4)
+    if cis:
+        ax.fill_between(ks, [100 * lo for lo, _ in cis], [100 * hi for _, hi in cis], alpha=0.15,
+                        color=line.get_color())
+
+
+def _k_axis(ax, ks: list[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks)
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.set_xlabel("k (samples per problem, log scale)")
+    ax.grid(alpha=0.3)
+
+
+def plot_passk_curves(models: list[dict[str, Any]], path: Path) -> Path:
+    """pass@k (left) and maj@k (right, when evaluated) against k on a log2 axis, one line per model, with
+    shaded bootstrap 95% intervals. ``models``: [{"label", "metrics"}] as from ``summarize``."""
+    panels = [(prefix, title) for prefix, title in (("pass@", "pass@k (unbiased)"), ("maj@", "maj@k (majority vote)"))
+              if any(f"{prefix}1" in model["metrics"] for model in models)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for (prefix, title), ax in zip(panels, axes[0]):
+        all_ks: set[int] = set()
+        for model in models:
+            m = model["metrics"]
+            ks = sorted(int(key[len(prefix):]) for key in m if re.fullmatch(re.escape(prefix) + r"\d+", key))
+            if not ks:
+                continue
+            all_ks.update(ks)
+            _curve(ax, ks, [m[f"{prefix}{k}"] for k in ks], [m.get(f"{prefix}{k}_ci95") for k in ks]
+                   if all(f"{prefix}{k}_ci95" in m for k in ks) else None, model["label"])
+        if all_ks:
+            _k_axis(ax, sorted(all_ks))
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(title)
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_scaling(models: list[dict[str, Any]], path: Path) -> Path:
+    """Test-time scaling: accuracy of the chosen strategy against the number of samples."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    title = ""
+    for model in models:
+        scaling = model["metrics"]["scaling"]
+        title = scaling["strategy"] + (f" (selector: {scaling['selector']})" if scaling["selector"] else "")
+        _curve(ax, scaling["k"], scaling["accuracy"], [tuple(c) for c in scaling["ci95"]], model["label"])
+        _k_axis(ax, scaling["k"])
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"test-time scaling: {title}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
