@@ -124,7 +124,7 @@ def _eval(args: argparse.Namespace) -> int:
     from rlvr.eval.sample_cache import SamplingSettings, collect_samples
     from rlvr.eval.selectors import SELECTORS
     from rlvr.models import load_model_and_tokenizer
-    from rlvr.rollout import ROLLOUT_ENGINES
+    from rlvr.rollout import ROLLOUT_ENGINES, build_environment
     from rlvr.train.pipeline import build_task, make_task_verifier
 
     overrides = [a for a in args.targets if "=" in a and not Path(a).exists()]
@@ -169,7 +169,7 @@ def _eval(args: argparse.Namespace) -> int:
     models = []
     try:
         with make_task_verifier(task, config) as verifier:
-            environment = _eval_environment(config, task, verifier, source)
+            environment = build_environment(config.rollout.environment, task, verifier.score_many, source)
             for target in targets:
                 model, tokenizer = load_model_and_tokenizer(target.checkpoint)
                 cache = open_cache(cache_dir, model, tokenizer, task, settings, environment)
@@ -197,17 +197,6 @@ def _eval(args: argparse.Namespace) -> int:
         print(format_tables(results))
         print("\nwritten: " + ", ".join(str(p) for p in written))
     return 0
-
-
-def _eval_environment(config, task, verifier, source):
-    """The multi-turn environment of the config, or None for single-turn tasks."""
-    from rlvr import rollout
-
-    build = getattr(rollout, "build_environment", None)
-    environment = getattr(config.rollout, "environment", None)
-    if build is None or environment is None:
-        return None
-    return build(environment, task, verifier.score_many, source)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -50,6 +50,10 @@ def test_short_run_writes_every_artefact(tmp_path, tiny_overrides, capsys):
     assert torch.isfinite(final(ids).logits).all()
     plots = sorted(p.name for p in (run_dir / "plots").glob("*.png"))
     assert plots == ["heldout_accuracy.png", "rl_curves.png", "sft_loss.png"]
+    assert main(["report", str(run_dir)]) == 0  # the report of a real run: curves, evals, transcripts
+    page = (run_dir / "report.html").read_text()
+    assert all(f'<section id="{s}">' in page for s in ("config", "training", "evaluation", "transcripts"))
+    assert "Late training" in page and "<b>prompt</b>" in page
     # Resumable intermediate checkpoints are pruned to keep_last; SFT ones are removed at the end.
     assert not list((run_dir / "checkpoints").glob("sft-step-*"))
     assert config_roundtrip(run_dir)
@@ -139,8 +143,8 @@ def test_sft_then_eval_then_rl_from_checkpoint_path(tmp_path, tiny_overrides, ca
     assert "(after SFT)," in capsys.readouterr().out
 
     # `rlvr eval` on the run directory reproduces the run's own warm-start evaluation.
-    assert main(["eval", str(sft_dir)]) == 0
-    evaluated = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(sft_dir), "--json"]) == 0
+    (evaluated,) = json.loads(capsys.readouterr().out)
     recorded = RunDir(sft_dir).load_state()["evals"]["warmstart"]
     for key in ("greedy_accuracy", "pass@1", "pass@4", "greedy_length"):
         assert evaluated[key] == recorded[key], key

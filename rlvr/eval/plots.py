@@ -103,7 +103,24 @@ def _k_axis(ax, ks: list[int]) -> None:
     ax.grid(alpha=0.3)
 
 
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_passk_curves(models: list[dict[str, Any]], path: Path) -> Path:
+    """Write ``passk_figure(models)`` to ``path``."""
+    return _save(passk_figure(models), path)
+
+
+def plot_scaling(models: list[dict[str, Any]], path: Path) -> Path:
+    """Write ``scaling_figure(models)`` to ``path``."""
+    return _save(scaling_figure(models), path)
+
+
+def passk_figure(models: list[dict[str, Any]]) -> Any:
     """pass@k (left) and maj@k (right, when evaluated) against k on a log2 axis, one line per model, with
     shaded bootstrap 95% intervals. ``models``: [{"label", "metrics"}] as from ``summarize``."""
     panels = [(prefix, title) for prefix, title in (("pass@", "pass@k (unbiased)"), ("maj@", "maj@k (majority vote)"))
@@ -126,13 +143,10 @@ def plot_passk_curves(models: list[dict[str, Any]], path: Path) -> Path:
         ax.set_title(title)
         ax.legend(loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def plot_scaling(models: list[dict[str, Any]], path: Path) -> Path:
+def scaling_figure(models: list[dict[str, Any]]) -> Any:
     """Test-time scaling: accuracy of the chosen strategy against the number of samples."""
     fig, ax = plt.subplots(figsize=(6, 4.2))
     title = ""
@@ -146,7 +160,4 @@ def plot_scaling(models: list[dict[str, Any]], path: Path) -> Path:
     ax.set_title(f"test-time scaling: {title}")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig

@@ -25,7 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from rlvr.eval.compare import format_tables  # noqa: E402
-from rlvr.eval.plots import plot_passk_curves, plot_scaling  # noqa: E402
+from rlvr.eval.plots import passk_figure, scaling_figure  # noqa: E402
 
 SECTIONS = [("summary", "Summary"), ("config", "Configuration"), ("training", "Training curves"),
             ("evaluation", "Held-out evaluation"), ("transcripts", "Transcripts")]
@@ -65,14 +65,11 @@ summary { cursor: pointer; font-family: ui-monospace, monospace; font-size: 0.9e
 
 
 def _png(fig: Any) -> str:
+    """The figure as an <img> with the PNG inline (base64 data URI)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
-    return _img_tag(buffer.getvalue())
-
-
-def _img_tag(data: bytes, alt: str = "plot") -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
 def _esc(value: Any) -> str:
@@ -171,7 +168,7 @@ def _pass_keys(record: dict[str, Any], prefix: str) -> list[int]:
     return sorted(int(k[len(prefix):]) for k in record if re.fullmatch(re.escape(prefix) + r"\d+", k))
 
 
-def evaluation_section(evals: list[dict[str, Any]], results: dict[str, Any] | None, plots_dir: Path) -> str:
+def evaluation_section(evals: list[dict[str, Any]], results: dict[str, Any] | None) -> str:
     parts = []
     if evals:
         ks = sorted({k for e in evals for k in _pass_keys(e, "pass@")})
@@ -192,8 +189,7 @@ def evaluation_section(evals: list[dict[str, Any]], results: dict[str, Any] | No
         ends = [e for e in evals if e.get("phase") in ("warmstart", "final")] or [evals[0], evals[-1]]
         if any("pass@1" in e for e in ends):
             models = [{"label": str(e.get("phase")), "metrics": e} for e in ends]
-            parts.append(_img_tag(plot_passk_curves(models, plots_dir / "report_passk.png").read_bytes(),
-                                  "pass@k warm start vs final"))
+            parts.append(_png(passk_figure(models)))
     else:
         parts.append('<p class="note">No evaluations in eval.jsonl.</p>')
     if results:
@@ -202,11 +198,9 @@ def evaluation_section(evals: list[dict[str, Any]], results: dict[str, Any] | No
                      f"n = {results['samples']} samples each</h3>")
         parts.append("<pre>" + _esc(format_tables(results)) + "</pre>")
         if any("pass@1" in m["metrics"] for m in models):
-            parts.append(_img_tag(plot_passk_curves(models, plots_dir / "report_eval_passk.png").read_bytes(),
-                                  "pass@k curves"))
+            parts.append(_png(passk_figure(models)))
         if all("scaling" in m["metrics"] for m in models):
-            parts.append(_img_tag(plot_scaling(models, plots_dir / "report_eval_scaling.png").read_bytes(),
-                                  "test-time scaling"))
+            parts.append(_png(scaling_figure(models)))
     else:
         parts.append('<p class="muted">No <code>eval/results.json</code>: run <code>rlvr eval RUN_DIR/checkpoints/'
                      'sft-final RUN_DIR --n 64</code> to add a large-n comparison here.</p>')
@@ -281,13 +275,12 @@ def build_report(run_dir: Path, transcripts_per_phase: int = 6) -> str:
     config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else "(missing)"
     results_path = run_dir / "eval" / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else None
-    plots_dir = run_dir / "plots"
     bodies = {
         "summary": summary_section(run_dir, summary, state),
         "config": f"<details><summary>config.yaml (resolved, with every field's help)</summary>"
                   f"<pre>{_esc(config_text)}</pre></details>",
         "training": training_section(_read_jsonl(run_dir / "metrics.jsonl")),
-        "evaluation": evaluation_section(_read_jsonl(run_dir / "eval.jsonl"), results, plots_dir),
+        "evaluation": evaluation_section(_read_jsonl(run_dir / "eval.jsonl"), results),
         "transcripts": transcripts_section(_read_jsonl(run_dir / "samples.jsonl"), transcripts_per_phase),
     }
     nav = " ".join(f'<a href="#{key}">{_esc(title)}</a>' for key, title in SECTIONS)

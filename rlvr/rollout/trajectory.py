@@ -53,6 +53,7 @@ class Trajectory:
         """A JSON-able summary for samples.jsonl."""
         return {
             "problem_id": self.problem.id,
+            "prompt": self.problem.prompt,
             "group": self.group,
             "completion": self.text,
             "answer": self.problem.answer,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from rlvr.rewards import REWARDS
 from rlvr.rewards.shaping import REWARD_SHAPERS
 from rlvr.rollout import ROLLOUT_ENGINES, build_environment
 from rlvr.tasks import TASKS, Task
+from rlvr.train.loggers import Mirror, check_backends
 from rlvr.train.rl import train_rl
 from rlvr.train.rl import Verifier
 from rlvr.train.run_dir import RunDir
@@ -64,6 +65,7 @@ def check_names(config: RunConfig, source: str = "config") -> None:
         build_environment(config.rollout.environment, task, lambda problems, texts: [], source)
     except KeyError as err:
         raise ConfigError(f"{source}: rollout.environment.name: {err.args[0]}") from None
+    check_backends(config.logging.backends, source)
     if config.model.path is None and "sft" not in config.stages:
         raise ConfigError(f"{source}: stages: a freshly built tiny model needs the 'sft' stage "
                           "(or set model.path to a trained checkpoint)")
@@ -73,10 +75,14 @@ def run_pipeline(config: RunConfig, run: RunDir) -> dict[str, Any]:
     """Run every stage of ``config`` not yet completed in ``run``; returns the summary."""
     threads_before = torch.get_num_threads()
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
+    mirror = Mirror(config.logging.backends, run.path, asdict(config), config.logging.project)
+    run.on_append = mirror
     try:
         return _run_stages(config, run)
     finally:
         torch.set_num_threads(threads_before)
+        run.on_append = None
+        mirror.close()
 
 
 def _run_stages(config: RunConfig, run: RunDir) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -40,6 +40,8 @@ class RunDir:
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
         self.plots = self.path / "plots"
+        # called with (file name, records) after every append: the logging.backends mirror
+        self.on_append: Callable[[str, list[dict[str, Any]]], None] | None = None
 
     @classmethod
     def create(cls, config: RunConfig, path: str | Path) -> "RunDir":
@@ -72,6 +74,8 @@ class RunDir:
         with open(self.path / name, "a") as fh:
             for record in records:
                 fh.write(json.dumps(record) + "\n")
+        if self.on_append is not None:
+            self.on_append(name, records)
 
     def read(self, name: str) -> list[dict[str, Any]]:
         path = self.path / name
