@@ -110,7 +110,7 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
 
     def run_eval(phase: str, step: int = 0) -> dict[str, Any]:
         result = evaluate(model, tokenizer, task, heldout, engine, verifier=verifier, samples=config.eval.samples,
-                          environment=environment,
+                          environment=environment, ks=config.eval.ks or None,
                           temperature=config.eval.temperature, max_new_tokens=config.rollout.max_new_tokens,
                           batch_size=config.eval.batch_size, seed=config.eval.seed)
         record = {"stage": "eval", "phase": phase, "step": step, **result}
