@@ -1,0 +1,173 @@
+"""Every speed-up keeps the numbers: the direct Llama-layout decoder against the model's own
+forward, row dropping against full batches, the sampler's behaviour log-probs against the
+trainer's recomputation (so the first PPO epoch need not recompute them), and length-sorted
+micro-batches against one micro-batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from rlvr.config import load_config
+from rlvr.models import build_char_tokenizer, build_tiny_model
+from rlvr.rollout import kv_cache
+from rlvr.rollout.kv_cache import KVCacheEngine, sample_categorical
+from rlvr.rollout.steppers import HFStepper, LlamaStepper, make_stepper
+from rlvr.rollout.trajectory import Trajectory
+from rlvr.tasks.base import Problem
+from rlvr.train.batch import make_token_batch, token_logprobs
+from rlvr.train.rl import make_learners, policy_update, prepare_batch
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return build_char_tokenizer()
+
+
+def _model(tok, arch="llama", seed=1, kv_heads=None):
+    model = build_tiny_model(tok, architecture=arch, hidden_size=32, num_layers=2, num_heads=4,
+                             intermediate_size=64, max_position_embeddings=64, seed=seed).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # large random weights: varied, confident outputs
+            scale, offset = (0.3, 0.0) if p.dim() == 2 else (0.1, 1.0 if "norm" in name else 0.0)
+            p.copy_(torch.randn(p.shape, generator=g) * scale + offset)
+        model.model.embed_tokens.weight[tok.eos_token_id] *= 3.0
+    return model
+
+
+PROMPTS = [[10, 11, 12], [13], [14, 15, 16, 17, 18, 19], [20, 21], [22, 23, 24, 25]]
+
+
+def _left_pad(prompts, pad):
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), pad)
+    valid = torch.zeros((len(prompts), width), dtype=torch.bool)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(p)
+        valid[row, width - len(p):] = True
+    return ids, valid, (valid.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # qwen2: biased q/k/v projections
+def test_llama_stepper_logits_match_model_forward(tok, arch):
+    model = _model(tok, arch)
+    assert LlamaStepper.supports(model)
+    ids, valid, positions = _left_pad(PROMPTS, tok.pad_token_id)
+    steps = torch.randint(7, 60, (len(PROMPTS), 4), generator=torch.Generator().manual_seed(0))
+    fast, plain = LlamaStepper(model, len(PROMPTS), ids.shape[1] + 4), HFStepper(model)
+    with torch.inference_mode():
+        assert_close(fast.prefill(ids, positions, valid), plain.prefill(ids, positions, valid), rtol=0, atol=1e-5)
+        rows = torch.arange(len(PROMPTS))
+        pos = positions[:, -1] + 1
+        for t in range(steps.shape[1]):
+            if t == 2:  # drop rows 1 and 3 from both caches mid-decode
+                keep = torch.tensor([0, 2, 4])
+                fast.keep(keep)
+                plain.keep(keep)
+                rows, valid, pos = rows[keep], valid[keep], pos[keep]
+            valid = torch.cat([valid, torch.ones(len(rows), 1, dtype=torch.bool)], dim=1)
+            a = fast.decode(steps[rows, t], pos, valid)
+            b = plain.decode(steps[rows, t], pos, valid)
+            assert_close(a, b, rtol=0, atol=1e-5)
+            pos = pos + 1
+    # the full forward over each whole sequence gives the same last-position logits
+    for i, row in enumerate(rows.tolist()):
+        seq = torch.tensor([PROMPTS[row] + steps[row].tolist()])
+        with torch.no_grad():
+            ref = model(input_ids=seq).logits[0, -1]
+        assert_close(a[i], ref, rtol=0, atol=1e-5)
+
+
+def test_unsupported_architecture_falls_back_to_the_model_forward(tok):
+    model = _model(tok)
+    model.config.hidden_act = "gelu"
+    assert isinstance(make_stepper(model, 2, 8), HFStepper)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_engine_fast_path_equals_plain_path(tok, monkeypatch, temperature):
+    """Same tokens, finish reasons, log-probs and entropies through the direct decoder with
+    row dropping as through the model's own forward (rows finish at different steps; one
+    closes a stop sequence)."""
+    model = _model(tok)
+    kwargs = dict(max_new_tokens=14, temperature=temperature, top_p=1.0, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id, stop_sequences=[[30, 31], [40]])
+    prompts = PROMPTS * 3
+    fast = KVCacheEngine().generate(model, prompts, generator=torch.Generator().manual_seed(5), **kwargs)
+    monkeypatch.setattr(kv_cache, "make_stepper", lambda m, b, c: HFStepper(m))
+    plain = KVCacheEngine().generate(model, prompts, generator=torch.Generator().manual_seed(5), **kwargs)
+    assert len({len(g.response_ids) for g in fast}) > 2, "rows should finish at different steps"
+    for a, b in zip(fast, plain):
+        assert a.response_ids == b.response_ids
+        assert a.finish_reason == b.finish_reason
+        assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), rtol=0, atol=1e-5)
+        assert_close(torch.tensor(a.entropies), torch.tensor(b.entropies), rtol=0, atol=1e-5)
+
+
+def test_sample_categorical_matches_the_distribution():
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 2.0, 2.0]])  # unnormalised rows are fine
+    draws = sample_categorical(probs.repeat(20000, 1), torch.Generator().manual_seed(0)).view(20000, 2)
+    first = torch.bincount(draws[:, 0], minlength=4) / 20000
+    second = torch.bincount(draws[:, 1], minlength=4) / 20000
+    assert_close(first, torch.tensor([0.1, 0.0, 0.6, 0.3]), rtol=0, atol=0.015)
+    assert_close(second, torch.tensor([0.0, 0.0, 0.5, 0.5]), rtol=0, atol=0.015)
+    assert int(first[1] * 20000) == 0 and int(second[:2].sum() * 20000) == 0  # zero mass is never drawn
+
+
+def _rollout(tok, model, n=12, temperature=1.0):
+    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
+    gens = KVCacheEngine().generate(model, prompts, max_new_tokens=10, temperature=temperature, top_p=1.0,
+                                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                    generator=torch.Generator().manual_seed(3))
+    problem = Problem(id="p", prompt="x", answer="y")
+    return [Trajectory(problem=problem, group=i // 4, prompt_ids=p, response_ids=g.response_ids, logprobs=g.logprobs,
+                       loss_mask=[1] * len(g.response_ids), finish_reason=g.finish_reason, entropies=g.entropies,
+                       reward=float(i % 3 == 0))
+            for i, (p, g) in enumerate(zip(prompts, gens))]
+
+
+def test_behaviour_logprobs_give_the_recomputed_loss(tok):
+    """The first PPO epoch uses the sampler's log-probs as old log-probs instead of a second
+    forward pass: the trainer's recomputation and the PPO loss agree."""
+    model = _model(tok)
+    trajectories = _rollout(tok, model, temperature=0.8)
+    config = load_config(None, ["rollout.temperature=0.8"])
+    batch, _ = prepare_batch(trajectories, model, make_learners(model, config), tok, config, baseline=None)
+    mask = batch.target_mask
+    with torch.no_grad():
+        recomputed, _ = token_logprobs(model, batch, 0.8)
+    assert_close(batch.old_logprobs * mask, recomputed * mask, rtol=0, atol=1e-5)
+    from rlvr.algorithms import POLICY_LOSSES, aggregate_loss
+
+    loss = POLICY_LOSSES.get("ppo")
+    adv = batch.extras["advantages"]
+    a, _ = loss(recomputed, batch.old_logprobs, adv, mask, clip_low=0.2, clip_high=0.2, clip_c=None)
+    b, _ = loss(recomputed, recomputed, adv, mask, clip_low=0.2, clip_high=0.2, clip_c=None)
+    assert_close(aggregate_loss(a, mask, "token_mean", num_tokens=mask.sum()),
+                 aggregate_loss(b, mask, "token_mean", num_tokens=mask.sum()), rtol=0, atol=1e-6)
+
+
+def test_length_sorted_micro_batches_equal_one_micro_batch(tok):
+    """Splitting each mini-batch into length-sorted, trimmed micro-batches gives the same
+    loss, statistics and (clipped) gradient as one untrimmed micro-batch."""
+    results = []
+    for micro in (3, 12):
+        trajectories = _rollout(tok, _model(tok))  # varied lengths
+        assert len({len(t.response_ids) for t in trajectories}) > 2
+        # a normally initialised policy is trained on them (the large-weight sampler is ill-conditioned)
+        model = build_tiny_model(tok, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, seed=1)
+        config = load_config(None, ["rl.mini_batches=1", f"rl.micro_batch_size={micro}", "rl.lr=0.01"])
+        learners = make_learners(model, config)
+        batch, _ = prepare_batch(trajectories, model, learners, tok, config, baseline=None)
+        with torch.no_grad():
+            batch.old_logprobs = token_logprobs(model, batch)[0] * batch.target_mask
+        metrics = policy_update(model, learners, batch, config, torch.Generator().manual_seed(0), 0)
+        results.append((metrics, [p.detach().clone() for p in model.parameters()]))
+    (m_small, g_small), (m_one, g_one) = results
+    for key in ("loss", "grad_norm", "entropy", "clip_frac"):
+        if key in m_one:
+            assert m_small[key] == pytest.approx(m_one[key], rel=1e-5, abs=1e-6), key
+    a, b = torch.cat([g.flatten() for g in g_small]), torch.cat([g.flatten() for g in g_one])
+    assert float((a - b).norm() / b.norm()) < 1e-5  # summation order is all that differs
