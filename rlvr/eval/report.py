@@ -168,11 +168,36 @@ def _pass_keys(record: dict[str, Any], prefix: str) -> list[int]:
     return sorted(int(k[len(prefix):]) for k in record if re.fullmatch(re.escape(prefix) + r"\d+", k))
 
 
+def _heldout_figure(evals: list[dict[str, Any]]) -> Any:
+    """Greedy accuracy, pass@1 and the largest pass@k against the RL step, with 95% bands."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    steps = [e.get("step", 0) for e in evals]
+    ks = sorted({k for e in evals for k in _pass_keys(e, "pass@")})
+    styles = {"greedy_accuracy": "o-", "pass@1": "s--"}
+    if ks and ks[-1] > 1:
+        styles[f"pass@{ks[-1]}"] = "^:"
+    for key, style in styles.items():
+        if not all(key in e for e in evals):
+            continue
+        line, = ax.plot(steps, [100 * e[key] for e in evals], style, label=key.replace("_accuracy", ""), ms=4)
+        if all(f"{key}_ci95" in e for e in evals):
+            ax.fill_between(steps, [100 * e[f"{key}_ci95"][0] for e in evals],
+                            [100 * e[f"{key}_ci95"][1] for e in evals], alpha=0.15, color=line.get_color())
+    ax.set_xlabel("RL step (0 = warm start)")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def evaluation_section(evals: list[dict[str, Any]], results: dict[str, Any] | None) -> str:
     parts = []
     if evals:
-        ks = sorted({k for e in evals for k in _pass_keys(e, "pass@")})
-        header = ["phase", "RL step", "greedy %", *[f"pass@{k} %" for k in ks], "length"]
+        columns = ["greedy_accuracy", *[f"{prefix}{k}" for prefix in ("pass@", "maj@")
+                                        for k in sorted({k for e in evals for k in _pass_keys(e, prefix)})]]
+        header = ["phase", "RL step", *[c.replace("_accuracy", "") + " %" for c in columns], "length (tok)"]
         rows = []
         for e in evals:
             def cell(key: str) -> str:
@@ -181,11 +206,13 @@ def evaluation_section(evals: list[dict[str, Any]], results: dict[str, Any] | No
                 ci = e.get(f"{key}_ci95")
                 return f"{100 * e[key]:.1f}" + (f' <span class="muted">[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]</span>'
                                                  if ci else "")
-            rows.append([_esc(e.get("phase", "")), _esc(e.get("step", "")), cell("greedy_accuracy"),
-                         *[cell(f"pass@{k}") for k in ks], _fmt(e.get("sampled_length", e.get("greedy_length")))])
+            rows.append([_esc(e.get("phase", "")), _esc(e.get("step", "")), *[cell(c) for c in columns],
+                         _fmt(e.get("sampled_length", e.get("greedy_length")))])
         parts.append("<h3>During training (<code>eval.jsonl</code>)</h3>"
                      '<p class="muted">Held-out problems; brackets: bootstrap 95% interval over problems.</p>'
                      + _table(header, rows))
+        if len(evals) > 1:
+            parts.append(_png(_heldout_figure(evals)))
         ends = [e for e in evals if e.get("phase") in ("warmstart", "final")] or [evals[0], evals[-1]]
         if any("pass@1" in e for e in ends):
             models = [{"label": str(e.get("phase")), "metrics": e} for e in ends]

@@ -149,12 +149,14 @@ class SampleCache:
 
 
 def sample_record(trajectory: Trajectory, text: str, score: Score) -> dict[str, Any]:
-    """What evaluation keeps of one sample (JSON-able)."""
+    """What evaluation keeps of one sample (JSON-able). ``tokens`` counts policy tokens only
+    (not tool output); an episode that broke its environment's rules gets reward 0, as in training."""
     policy = [lp for lp, m in zip(trajectory.logprobs, trajectory.loss_mask) if m]
-    return {"text": text, "extracted": score.extracted, "correct": bool(score.correct), "reward": float(score.reward),
+    return {"text": text, "extracted": score.extracted, "correct": bool(score.correct),
+            "reward": 0.0 if trajectory.violation is not None else float(score.reward),
             "tokens": len(policy), "finish_reason": trajectory.finish_reason,
             "mean_logprob": sum(policy) / len(policy) if policy else 0.0,
-            "tool_calls": int(getattr(trajectory, "tool_calls", 0) or 0), "error": score.error}
+            "tool_calls": trajectory.tool_calls, "error": score.error}
 
 
 @dataclass
@@ -195,7 +197,8 @@ def collect_samples(
         trajectories = sample_trajectories(engine, model, tokenizer, chunk, max_new_tokens=settings.max_new_tokens,
                                            temperature=temperature, top_p=settings.top_p, generator=generator,
                                            batch_size=settings.batch_size, environment=environment)
-        texts = [getattr(t, "answer_text", None) or tokenizer.decode(t.response_ids, skip_special_tokens=True)
+        # a multi-turn episode is judged on its answer_text (the policy's turns), as in training
+        texts = [tokenizer.decode(t.response_ids, skip_special_tokens=True) if t.answer_text is None else t.answer_text
                  for t in trajectories]
         scores = verifier.score_many(chunk, texts)
         generated += len(chunk)
