@@ -184,6 +184,7 @@ class AlgorithmConfig:
 @dataclass
 class RLConfig:
     steps: int = _f(60, "RL steps; each samples a fresh batch of prompts")
+    max_seconds: float = _f(0.0, "also stop RL once its steps have taken this many wall-clock seconds in all (evaluations excluded); 0 = no limit")
     prompts_per_step: int = _f(32, "distinct prompts per RL step")
     samples_per_prompt: int = _f(8, "responses sampled per prompt (the group size G)")
     epochs: int = _f(1, "passes over each rollout batch")

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.rollout.engine import RolloutEngine
 from rlvr.rollout.environment import Environment, EnvironmentFactory, StepResult
-from rlvr.rollout.trajectory import Trajectory, render_prompt
+from rlvr.rollout.trajectory import Trajectory, render_prompts
 from rlvr.tasks.base import Problem
 
 _STEP_THREADS = 8  # environments wait on interpreters (sockets), so threads overlap them
@@ -91,12 +91,10 @@ def run_episodes(engine: RolloutEngine, model: PreTrainedModel, tokenizer: PreTr
                  generator: torch.Generator | None) -> list[Trajectory]:
     """One episode per problem; ``max_new_tokens`` bounds each whole response (policy and
     observation tokens), ``factory.max_turns`` the policy turns."""
-    rendered: dict[int, list[int]] = {}
     episodes = []
-    for problem, group in zip(problems, groups):
+    for problem, group, prompt in zip(problems, groups, render_prompts(tokenizer, problems)):
         env = factory()
         env.reset(problem)
-        prompt = rendered.setdefault(id(problem), render_prompt(tokenizer, problem))
         episodes.append(_Episode(problem, group, prompt, env))
     stop_strings = factory.cls.stop_strings(factory.params)
     stops = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in stop_strings]

@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.rollout.engine import RolloutEngine
-from rlvr.rollout.trajectory import Trajectory, render_prompt
+from rlvr.rollout.trajectory import Trajectory, render_prompts
 from rlvr.tasks.base import Problem
 
 if TYPE_CHECKING:
@@ -71,8 +71,7 @@ def sample_trajectories(
 def _single_turn(engine: RolloutEngine, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  problems: list[Problem], groups: list[int], *, max_new_tokens: int, temperature: float,
                  top_p: float, generator: torch.Generator | None) -> list[Trajectory]:
-    rendered: dict[int, list[int]] = {}  # a group's samples (one Problem object) share one rendering
-    prompts = [rendered.setdefault(id(p), render_prompt(tokenizer, p)) for p in problems]
+    prompts = render_prompts(tokenizer, problems)
     gens = engine.generate(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                            generator=generator)

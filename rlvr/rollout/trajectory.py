@@ -81,3 +81,13 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, problem: Problem) -> list[
         )
     text = tokenizer.apply_chat_template(problem.prompt, add_generation_prompt=True, tokenize=False)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def render_prompts(tokenizer: PreTrainedTokenizerBase, problems: list[Problem]) -> list[list[int]]:
+    """`render_prompt` for each entry; a problem repeated for a group (the same object) is
+    rendered once."""
+    rendered: dict[int, list[int]] = {}
+    for problem in problems:
+        if id(problem) not in rendered:
+            rendered[id(problem)] = render_prompt(tokenizer, problem)
+    return [rendered[id(problem)] for problem in problems]

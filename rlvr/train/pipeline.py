@@ -127,7 +127,7 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
         train_rl(model, tokenizer, task, engine, verifier, config, run, state, exclude,
                  evaluate_fn=lambda phase, step: run_eval(phase, step), environment=environment)
     if "rl" in config.stages and "final" not in state["evals"]:
-        run_eval("final", config.rl.steps)
+        run_eval("final", state.get("rl_last_step", config.rl.steps))
 
     state["wall_seconds"] = state.get("wall_seconds", 0.0) + time.perf_counter() - t0
     run.save_state(state)

@@ -63,6 +63,7 @@ class Learners:
     shapers: list[tuple[Any, dict[str, Any]]]  # (shaper, params) in config order; some keep state
     sampler: PromptSampler | None
     samples_generated: int = 0
+    seconds: float = 0.0  # wall-clock time of the RL steps so far (rl.max_seconds)
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "kl_coef": self.kl_coef,
@@ -70,7 +71,7 @@ class Learners:
                                  "shapers": [s.state_dict() if hasattr(s, "state_dict") else None
                                              for s, _ in self.shapers],
                                  "sampler": self.sampler.state_dict() if self.sampler else None,
-                                 "samples_generated": self.samples_generated}
+                                 "samples_generated": self.samples_generated, "seconds": self.seconds}
         if self.reference is not None:
             state["reference"] = self.reference.state_dict()
         if self.critic is not None:
@@ -84,6 +85,7 @@ class Learners:
         if self.sampler is not None:
             self.sampler.load_state_dict(state["sampler"])
         self.samples_generated = state["samples_generated"]
+        self.seconds = state.get("seconds", 0.0)
         for (shaper, _), shaper_state in zip(self.shapers, state["shapers"]):
             if shaper_state is not None:
                 shaper.load_state_dict(shaper_state)
@@ -449,11 +451,17 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
                 ])
             else:  # every group was filtered out: nothing to learn from this step
                 record = {"stage": "rl", "step": step + 1, "step_time": time.perf_counter() - t0}
-            record.update(rollout_stats, samples_generated_total=learners.samples_generated)
+            learners.seconds += time.perf_counter() - t0
+            out_of_time = 0 < rl.max_seconds <= learners.seconds
+            record.update(rollout_stats, samples_generated_total=learners.samples_generated,
+                          rl_seconds_total=learners.seconds)
             run.append("metrics.jsonl", record)
             shown = {"reward": "reward_mean", "acc": "accuracy", "tok_s": "tokens_per_s"}
             progress.update(step + 1, **{label: record[key] for label, key in shown.items() if key in record})
 
+            if out_of_time:
+                state["rl_last_step"] = step + 1
+                break
             if evaluate_fn is not None and config.eval.every and (step + 1) % config.eval.every == 0 and step + 1 < rl.steps:
                 evaluate_fn(f"rl-step-{step + 1}", step + 1)
             if (step + 1) % config.checkpoint.every == 0 and step + 1 < rl.steps:
