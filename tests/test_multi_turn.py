@@ -21,6 +21,7 @@ from rlvr.rollout.sampling import sample_trajectories
 from rlvr.tasks import TASKS
 from rlvr.train.batch import make_token_batch, token_logprobs
 from rlvr.train.rl import episode_metrics, score_trajectories
+from rlvr.train.run_dir import RunDir
 from rlvr.train.sft import sft_batch
 from rlvr.verify.pool import InlineVerifier
 
@@ -290,3 +291,36 @@ def test_sft_masks_real_tool_output(tiny):
         trained = tok.decode([t for t, m in zip(batch.targets[row].tolist(), batch.target_mask[row].tolist()) if m],
                              skip_special_tokens=True)
         assert trained == f"<code>print({a}*{b})</code>=> {a * b}"
+
+
+def test_tool_integrated_recipe_runs_end_to_end(tmp_path, tiny_overrides):
+    from pathlib import Path
+
+    from rlvr.cli import main
+
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "tool_integrated.yaml"
+    run_dir = tmp_path / "run"
+    assert main(["train", "--config", str(recipe), "--output-dir", str(run_dir), *tiny_overrides,
+                 "rollout.max_new_tokens=40", "task.params.tool_demo_rate=1.0"]) == 0
+    run = RunDir(run_dir)
+    rl = [m for m in run.read("metrics.jsonl") if m["stage"] == "rl"]
+    assert len(rl) == 4
+    for key in ("turns", "tool_calls", "tool_use_frac", "tool_error_rate", "void_turn_frac", "violation_frac",
+                "observation_token_frac"):
+        assert all(0.0 <= m[key] for m in rl), key
+    assert all(m["turns"] >= 1.0 for m in rl)
+
+
+def test_feedback_turns_score_through_the_process_pool_from_many_threads():
+    from rlvr.verify import make_verifier
+
+    tok = build_char_tokenizer()
+    task = TASKS.get("addition")()
+    problems = task.sample_problems(12, 7)
+    scripts = {_prompt(tok, p): [_ids(tok, f"=> {int(p.answer) + 1}") + [tok.eos_token_id],
+                                 _ids(tok, f"=> {p.answer}") + [tok.eos_token_id]] for p in problems}
+    with make_verifier(task, 2, 5.0, 512, True) as verifier:
+        factory = build_environment(EnvironmentConfig(name="try_again", max_turns=2), task, verifier.score_many)
+        trajs = sample_trajectories(ScriptedEngine(scripts), torch.nn.Linear(1, 1), tok, problems,
+                                    max_new_tokens=80, temperature=1.0, environment=factory)
+    assert [t.env_reward for t in trajs] == [0.5] * 12  # every second attempt right, each scored once

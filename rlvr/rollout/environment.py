@@ -18,6 +18,7 @@ A user's own environment needs no registration: name it as ``module:Class`` in
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -119,11 +120,19 @@ class EnvironmentFactory:
 
 def build_environment(config: Any, task: Task, score: Scorer, source: str = "config") -> EnvironmentFactory | None:
     """The factory for ``rollout.environment`` (an `EnvironmentConfig`), or None for
-    single-turn rollouts; ``params`` are checked against the environment's Params."""
+    single-turn rollouts; ``params`` are checked against the environment's Params. The
+    rollout loop steps environments from several threads and the verifier pool is not
+    thread-safe, so environments get ``score`` behind a lock."""
     if config.name is None:
         return None
     from rlvr.typed_yaml import from_dict
 
     cls = ENVIRONMENTS.get(config.name)
     params = from_dict(cls.Params, config.params, source=f"{source}: rollout.environment.params")
-    return EnvironmentFactory(cls, params, task, score, config.max_turns, config.observation_tokens)
+    lock = threading.Lock()
+
+    def locked_score(problems: list[Problem], completions: list[str]) -> list[Score]:
+        with lock:
+            return score(problems, completions)
+
+    return EnvironmentFactory(cls, params, task, locked_score, config.max_turns, config.observation_tokens)
