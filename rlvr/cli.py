@@ -231,13 +231,14 @@ def _list() -> int:
     from rlvr.algorithms import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
     from rlvr.rewards import REWARDS
     from rlvr.rewards.shaping import REWARD_SHAPERS
-    from rlvr.rollout import ROLLOUT_ENGINES
+    from rlvr.rollout import ENVIRONMENTS, ROLLOUT_ENGINES
     from rlvr.tasks import TASKS
 
     for title, registry in (("tasks", TASKS), ("rewards", REWARDS), ("reward shaping", REWARD_SHAPERS),
                             ("advantage estimators", ADVANTAGES),
                             ("policy losses", POLICY_LOSSES), ("loss aggregations", LOSS_AGGREGATIONS),
-                            ("kl estimators", KL_ESTIMATORS), ("rollout engines", ROLLOUT_ENGINES)):
+                            ("kl estimators", KL_ESTIMATORS), ("rollout engines", ROLLOUT_ENGINES),
+                            ("environments", ENVIRONMENTS)):
         print(f"{title}:")
         for name in registry.names():
             print(f"  {name}")
