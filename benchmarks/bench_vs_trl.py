@@ -193,16 +193,20 @@ def run_trl(args: argparse.Namespace, model_dir: Path) -> dict:
     tokens: list[float] = []
     original_generate = trainer._generate_and_score_completions
 
+    gen_times: list[float] = []
+
     def generate_and_record(inputs):
+        t0 = time.perf_counter()
         out = original_generate(inputs)
+        gen_times.append(time.perf_counter() - t0)
         rewards.append(trainer._metrics["train"]["reward"][-1])
         tokens.append(float(out["completion_mask"].sum()))
         return out
 
     trainer._generate_and_score_completions = generate_and_record
     trainer.train()
-    for record, reward, n in zip(records, rewards, tokens):
-        record.update(reward_mean=reward, completion_tokens=n)
+    for record, reward, n, t_gen in zip(records, rewards, tokens, gen_times):
+        record.update(reward_mean=reward, completion_tokens=n, time_generation=t_gen)
     return {"steps": records}
 
 
@@ -253,7 +257,8 @@ def main() -> None:
     rl = config.rl
     print(f"model {model_dir} | {rl.prompts_per_step} prompts x {rl.samples_per_prompt} samples, "
           f"max_new_tokens {config.rollout.max_new_tokens}, {rl.mini_batches} optimizer steps per batch, fp32, "
-          f"{args.threads} threads | {args.reps} reps x {args.steps} steps ({args.warmup} warm-up)")
+          f"{args.threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} (both sides) | "
+          f"{args.reps} reps x {args.steps} steps ({args.warmup} warm-up)")
     results: dict[str, list[dict]] = {"rlvr": [], "trl": []}
     loads = [load()]
     for rep in range(args.reps):
@@ -280,9 +285,12 @@ def main() -> None:
     split = {k: statistics.median(s.get(k, 0.0) for s in a["steps"])
              for k in ("time_generation", "time_logprob", "time_backward")}
     other = a["median"] - sum(split.values())
-    print("rlvr step split (medians): " + ", ".join(
-        f"{k.removeprefix('time_')} {v:.3f} s ({100 * v / a['median']:.0f}%)" for k, v in split.items())
-        + f", other {other:.3f} s ({100 * other / a['median']:.0f}%)")
+    print("rlvr step split (medians): generation+scoring {:.3f} s ({:.0f}%), log-prob forward {:.3f} s ({:.0f}%), "
+          "backward+optimizer {:.3f} s ({:.0f}%), other {:.3f} s ({:.0f}%)".format(
+              *[x for v in [*split.values(), other] for x in (v, 100 * v / a["median"])]))
+    trl_gen = statistics.median(s["time_generation"] for s in b["steps"])
+    print(f"TRL step split (medians): generation+scoring+old log-probs {trl_gen:.3f} s "
+          f"({100 * trl_gen / b['median']:.0f}%), update {b['median'] - trl_gen:.3f} s")
     print(f"load average during the runs: {' -> '.join(loads)}")
 
     if args.reward_steps:

@@ -16,7 +16,8 @@ from rlvr.train import sft as sft_module
 from rlvr.train.pipeline import new_run_dir, run_pipeline
 from rlvr.train.run_dir import RunDir
 
-TIMING_KEYS = {"step_time", "time_generation", "time_scoring", "time_update", "tokens_per_s"}
+TIMING_KEYS = {"step_time", "time_generation", "time_scoring", "time_update", "time_logprob", "time_backward",
+               "tokens_per_s", "rl_seconds_total"}
 
 
 def test_short_run_writes_every_artefact(tmp_path, tiny_overrides, capsys):
@@ -89,10 +90,10 @@ def test_resume_after_crash_continues_exactly(tmp_path, tiny_overrides, monkeypa
     if crash_stage == "sft":
         original = module.sft_batch
 
-        def failing(task, tokenizer, cfg, step, exclude):
+        def failing(task, tokenizer, cfg, step, *rest):
             if step == 3:
                 raise KeyboardInterrupt
-            return original(task, tokenizer, cfg, step, exclude)
+            return original(task, tokenizer, cfg, step, *rest)
 
         monkeypatch.setattr(module, "sft_batch", failing)
     else:
