@@ -107,7 +107,8 @@ def test_report_includes_rlvr_eval_results(run_dir):
     main(["report", str(run_dir), "--output", str(run_dir / "r.html")])
     page = (run_dir / "r.html").read_text()
     assert "<code>rlvr eval</code>: 2 model(s), 10 problems, n = 2 samples each" in page
-    assert "| sft-final" in page and page.count("data:image/png;base64,") >= 4
+    assert "<td>sft-final</td>" in page and "<h4>pass@k % (unbiased) [95% CI]</h4>" in page
+    assert page.count("data:image/png;base64,") >= 4
 
 
 def test_report_of_a_missing_run_fails_cleanly(tmp_path):

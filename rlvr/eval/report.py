@@ -51,7 +51,8 @@ header { border-bottom: 2px solid #ddd; margin-bottom: 8px; }
 h1 { margin: 20px 0 4px; } h2 { border-bottom: 1px solid #e3e3e3; padding-bottom: 4px; margin-top: 36px; }
 nav a { margin-right: 14px; } .muted { color: #666; font-size: 0.9em; } .note { color: #8a5a00; font-size: 0.9em; }
 table { border-collapse: collapse; margin: 8px 0 16px; font-size: 0.9em; }
-th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } th { background: #f4f4f6; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; white-space: nowrap; }
+th { background: #f4f4f6; } .scroll { overflow-x: auto; } h4 { margin: 14px 0 2px; font-weight: 600; }
 td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; border: 1px solid #eee; margin: 6px 0; }
 pre { background: #f7f7f9; padding: 8px 10px; overflow-x: auto; font-size: 0.85em; white-space: pre-wrap;
@@ -101,7 +102,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def _table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _keys_for(spec: list[str], records: list[dict[str, Any]]) -> list[str]:
@@ -223,7 +224,7 @@ def evaluation_section(evals: list[dict[str, Any]], results: dict[str, Any] | No
         models = results["models"]
         parts.append(f"<h3><code>rlvr eval</code>: {len(models)} model(s), {results['problems']} problems, "
                      f"n = {results['samples']} samples each</h3>")
-        parts.append("<pre>" + _esc(format_tables(results)) + "</pre>")
+        parts.append(_markdown_tables(format_tables(results)))
         if any("pass@1" in m["metrics"] for m in models):
             parts.append(_png(passk_figure(models)))
         if all("scaling" in m["metrics"] for m in models):
@@ -234,7 +235,7 @@ def evaluation_section(evals: list[dict[str, Any]], results: dict[str, Any] | No
     return "\n".join(parts)
 
 
-def _transcript(sample: dict[str, Any]) -> str:
+def _transcript(sample: dict[str, Any], opened: bool = False) -> str:
     ok = sample.get("correct")
     mark = '<span class="ok">correct</span>' if ok else '<span class="bad">wrong</span>'
     title = (f"step {sample.get('step', '?')} &middot; problem {_esc(sample.get('problem_id', '?'))} &middot; "
@@ -258,7 +259,7 @@ def _transcript(sample: dict[str, Any]) -> str:
             facts.append([key.replace("_", " "), _esc(sample[key])])
     facts += [[f"reward/{_esc(k)}", _fmt(v)] for k, v in (sample.get("reward_components") or {}).items()]
     body.append(_table(["", ""], facts))
-    return f"<details><summary>{title}</summary>{''.join(body)}</details>"
+    return f"<details{' open' if opened else ''}><summary>{title}</summary>{''.join(body)}</details>"
 
 
 def transcripts_section(samples: list[dict[str, Any]], per_phase: int) -> str:
@@ -278,19 +279,44 @@ def transcripts_section(samples: list[dict[str, Any]], per_phase: int) -> str:
         correct = sum(bool(s.get("correct")) for s in chosen) / len(chosen)
         parts.append(f'<h3 id="transcripts-{name}">{name.capitalize()} training (steps {window[0]}-{window[-1]}, '
                      f"{100 * correct:.0f}% of logged samples correct)</h3>")
-        parts += [_transcript(s) for s in picks]
+        parts += [_transcript(s, opened=i == 0) for i, s in enumerate(picks)]
     return "\n".join(parts)
 
 
 def summary_section(run_dir: Path, summary: dict[str, Any], state: dict[str, Any]) -> str:
-    rows = []
-    for key, value in summary.items():
-        if key.endswith("_ci95") or value is None:
-            continue
-        rows.append([_esc(key), _fmt(value)])
+    """Headline numbers: warm start vs final side by side, then the rest of summary.json."""
     stages = ", ".join(state.get("completed_stages", [])) or "none"
-    return (f'<p>Run directory <code>{_esc(run_dir.resolve())}</code>; completed stages: {_esc(stages)}.</p>'
-            + (_table(["quantity", "value"], rows) if rows else '<p class="note">No summary.json yet.</p>'))
+    parts = [f'<p>Run directory <code>{_esc(run_dir.resolve())}</code>; completed stages: {_esc(stages)}.</p>']
+    if not summary:
+        return parts[0] + '<p class="note">No summary.json yet (the run has not finished).</p>'
+    pairs = [("greedy accuracy", "warmstart_accuracy", "final_accuracy")]
+    pairs += [(key[len("final_"):], f"warmstart_{key[len('final_'):]}", key)
+              for key in summary if re.fullmatch(r"final_pass@\d+", key)]
+    rows = [[_esc(name), _pct_cell(summary.get(warm)), _pct_cell(summary.get(final))] for name, warm, final in pairs
+            if summary.get(final) is not None]
+    parts.append(_table(["held-out (%)", "warm start", "final"], rows))
+    used = {k for _, w, f in pairs for k in (w, f)}
+    rest = [[_esc(k), _fmt(v)] for k, v in summary.items() if k not in used and not k.endswith("_ci95") and v is not None]
+    parts.append(_table(["quantity", "value"], rest))
+    return "\n".join(parts)
+
+
+def _pct_cell(value: Any) -> str:
+    return "-" if not isinstance(value, (int, float)) else f"{100 * value:.1f}"
+
+
+def _markdown_tables(text: str) -> str:
+    """``format_tables`` output (titles and Markdown tables) as HTML tables."""
+    parts = []
+    for block in text.split("\n\n"):
+        lines = block.splitlines()
+        if lines and not lines[0].startswith("|"):
+            parts.append(f"<h4>{_esc(lines[0])}</h4>")
+            lines = lines[1:]
+        cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines if not line.startswith("|-")]
+        if cells:
+            parts.append(_table(cells[0], [[_esc(c) for c in row] for row in cells[1:]]))
+    return "\n".join(parts)
 
 
 def build_report(run_dir: Path, transcripts_per_phase: int = 6) -> str:
