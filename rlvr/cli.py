@@ -176,7 +176,8 @@ def _eval(args: argparse.Namespace) -> int:
                 log(f"{target.label}: {len(heldout)} problems x (1 greedy + {n} sampled) from {target.checkpoint}"
                     + (f", cache {cache.directory}" if cache.directory else ""))
                 per_problem, generated = collect_samples(model, tokenizer, heldout, engine, verifier, settings,
-                                                         samples=n, cache=cache, environment=environment)
+                                                         samples=n, cache=cache, environment=environment,
+                                                         progress=_progress_line(target.label))
                 log(f"{target.label}: generated {generated} sequences, "
                     f"{len(heldout) * (1 + n) - generated} reused from the cache")
                 metrics = summarize(per_problem, ks=ks or None, seed=config.eval.seed, strategy=args.strategy,
@@ -197,6 +198,23 @@ def _eval(args: argparse.Namespace) -> int:
         print(format_tables(results))
         print("\nwritten: " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _progress_line(label: str, every_s: float = 15.0):
+    """A collect_samples progress callback: one stderr line at most every ``every_s`` seconds."""
+    import time
+
+    from rlvr.eval.compare import log
+
+    state = {"done": 0, "last": time.monotonic()}
+
+    def progress(sequences: int) -> None:
+        state["done"] += sequences
+        if time.monotonic() - state["last"] >= every_s:
+            state["last"] = time.monotonic()
+            log(f"{label}: {state['done']} sequences generated so far")
+
+    return progress
 
 
 def _report(args: argparse.Namespace) -> int:

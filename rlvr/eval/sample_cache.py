@@ -37,6 +37,7 @@ from rlvr.rollout.sampling import sample_trajectories
 from rlvr.rollout.trajectory import Trajectory
 from rlvr.seeding import derive_seed
 from rlvr.tasks.base import Problem, Score, Task
+from rlvr.verify.pool import InlineVerifier, VerifierPool
 
 CACHE_VERSION = 1
 ROUND_CAP = 64
@@ -175,7 +176,7 @@ def collect_samples(
     tokenizer: PreTrainedTokenizerBase,
     problems: list[Problem],
     engine: RolloutEngine,
-    verifier: Any,
+    verifier: VerifierPool | InlineVerifier,
     settings: SamplingSettings,
     *,
     samples: int,
