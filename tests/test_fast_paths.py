@@ -25,9 +25,16 @@ def tok():
     return build_char_tokenizer()
 
 
-def _model(tok, arch="llama", seed=1, kv_heads=None):
-    model = build_tiny_model(tok, architecture=arch, hidden_size=32, num_layers=2, num_heads=4,
-                             intermediate_size=64, max_position_embeddings=64, seed=seed).eval()
+def _model(tok, arch="llama", seed=1):
+    if arch == "llama-gqa":  # 4 query heads share 2 key/value heads
+        base = build_tiny_model(tok, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
+                                max_position_embeddings=64)
+        config = base.config
+        config.num_key_value_heads = 2
+        model = type(base)(config).eval()
+    else:
+        model = build_tiny_model(tok, architecture=arch, hidden_size=32, num_layers=2, num_heads=4,
+                                 intermediate_size=64, max_position_embeddings=64, seed=seed).eval()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():  # large random weights: varied, confident outputs
@@ -50,7 +57,7 @@ def _left_pad(prompts, pad):
     return ids, valid, (valid.long().cumsum(-1) - 1).clamp(min=0)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])  # qwen2: biased q/k/v projections
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "llama-gqa"])  # qwen2: biased q/k/v projections
 def test_llama_stepper_logits_match_model_forward(tok, arch):
     model = _model(tok, arch)
     assert LlamaStepper.supports(model)
