@@ -52,7 +52,11 @@ class StepResult:
 
 class Environment(ABC):
     """One episode per instance: built per trajectory, stepped once per policy turn, closed
-    when the episode ends (release interpreters and other resources in `close`)."""
+    when the episode ends (release interpreters and other resources in `close`).
+
+    ``task`` is the run's task (``extract_answer`` tells an answer turn), ``score`` the run's
+    verifier (``score([problem], [text])`` -> [Score]); ``turn_texts`` holds the policy's
+    turns so far, appended by the loop before each `step`."""
 
     @dataclass
     class Params:
