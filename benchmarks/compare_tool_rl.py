@@ -83,17 +83,18 @@ def main() -> None:
         rows[name] = summarize(out / name)
 
     print(f"\nRL budget {args.budget_s:.0f} s per arm, recipe {args.recipe}")
-    header = (f"{'arm':<6}{'SFT acc':>9}{'RL acc':>8}{'95% CI':>15}{'steps':>7}{'samples':>9}{'RL s':>7}"
+    header = (f"{'arm':<6}{'SFT acc':>9}{'RL acc':>8}{'95% CI':>15}{'pass@1':>8}{'steps':>7}{'samples':>9}{'RL s':>7}"
               f"{'tool use':>10}{'(start)':>9}{'calls/eval':>11}{'tokens':>8}{'reward':>8}")
     print(header)
     for name, r in rows.items():
         low, high = r["final_accuracy_ci95"] or (float("nan"), float("nan"))
         print(f"{name:<6}{r['warmstart_accuracy']:>9.3f}{r['final_accuracy']:>8.3f}{f'[{low:.3f},{high:.3f}]':>15}"
+              f"{r['final_pass@1'] or 0.0:>8.3f}"
               f"{r['rl_steps']:>7d}{r['samples']:>9d}{r['rl_seconds']:>7.0f}{r['tool_use_frac']:>10.3f}"
               f"{r['first_tool_use_frac']:>9.3f}{r['eval_tool_calls']:>11.3f}{r['response_tokens']:>8.1f}"
               f"{r['reward_last5']:>8.3f}")
     tool, text = rows["tool"], rows["text"]
-    print(f"tool/text: accuracy {tool['final_accuracy'] / max(text['final_accuracy'], 1e-9):.2f}x, "
+    print(f"tool - text: {100 * (tool['final_accuracy'] - text['final_accuracy']):+.1f} accuracy points; tool/text: "
           f"samples {tool['samples'] / max(text['samples'], 1):.2f}x, "
           f"tokens per response {tool['response_tokens'] / max(text['response_tokens'], 1e-9):.2f}x")
     (out / "comparison.json").write_text(json.dumps(rows, indent=2))
