@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-from rlvr.cli import main as rlvr_main
+from compare_arms import run  # this script's directory is on sys.path when it runs
+
 from rlvr.train.run_dir import RunDir
 
 ARMS = {
@@ -30,12 +30,6 @@ ARMS = {
     "text": ["rollout.environment.name=null", "rollout.environment.filter_void_turns=false",
              "task.params.tool_demo_rate=0.0"],
 }
-
-
-def run(args: list[str]) -> None:
-    code = rlvr_main(args)
-    if code:
-        sys.exit(f"rlvr {' '.join(args)} exited with {code}")
 
 
 def summarize(run_dir: Path) -> dict:
