@@ -1,1 +1,2 @@
-"""Evaluation: unbiased pass@k, held-out accuracy, plots."""
+"""Evaluation: unbiased pass@k, maj@k, bootstrap intervals, cached sample collection, model
+comparison, test-time scaling, plots and the HTML run report."""
