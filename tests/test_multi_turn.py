@@ -324,3 +324,43 @@ def test_feedback_turns_score_through_the_process_pool_from_many_threads():
         trajs = sample_trajectories(ScriptedEngine(scripts), torch.nn.Linear(1, 1), tok, problems,
                                     max_new_tokens=80, temperature=1.0, environment=factory)
     assert [t.env_reward for t in trajs] == [0.5] * 12  # every second attempt right, each scored once
+
+
+class CalculatorUser(RolloutEngine):
+    """Stateless scripted policy: calls the tool with the prompt's operands, then answers with
+    what the tool printed, except for problems whose first operand is odd, where it answers
+    straight away with a wrong product (a policy that sometimes skips the tool)."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+
+    def generate(self, model, prompts, *, max_new_tokens, temperature, top_p, eos_token_id, pad_token_id,
+                 generator=None, stop_sequences=()):
+        out = []
+        for context in prompts:
+            text = self.tok.decode(context, skip_special_tokens=False)
+            a, b = (int(x) for x in text.split("<|user|>")[1].split("<|assistant|>")[0].split("*"))
+            if "</output>" in text:
+                printed = text.rsplit("<output>", 1)[1].split("\n")[0]
+                turn, reason = _ids(self.tok, f"=> {printed}") + [eos_token_id], "eos"
+            elif a % 2:
+                turn, reason = _ids(self.tok, f"=> {a * b + 1}") + [eos_token_id], "eos"
+            else:
+                turn, reason = _ids(self.tok, f"<code>print({a}*{b})</code>"), "stop"
+            out.append(Generation(turn, [-0.1] * len(turn), reason, [0.5] * len(turn)))
+        return out
+
+
+def test_evaluation_runs_episodes_and_counts_tool_calls(tiny):
+    from rlvr.eval.evaluate import evaluate
+
+    tok, model = tiny
+    task, verifier, factory = _setup(tok, EnvironmentConfig(name="python", max_turns=3))
+    problems = task.sample_problems(10, 8)
+    uses_tool = [p.metadata["a"] % 2 == 0 for p in problems]
+    assert 0 < sum(uses_tool) < len(problems)
+    result = evaluate(model, tok, task, problems, CalculatorUser(tok), verifier=verifier, samples=2,
+                      temperature=1.0, max_new_tokens=120, batch_size=8, seed=0, environment=factory)
+    assert result["greedy_accuracy"] == pytest.approx(sum(uses_tool) / len(problems))
+    assert result["pass@1"] == pytest.approx(sum(uses_tool) / len(problems))
+    assert result["tool_calls"] == pytest.approx(sum(uses_tool) / len(problems))
