@@ -47,7 +47,8 @@ def t(values) -> torch.Tensor:
 
 def test_registered_names():
     assert REWARD_SHAPERS.names() == [
-        "cosine", "format_only", "kimi_length", "label_noise", "laser", "laser_d", "overlong", "random_reward",
+        "cosine", "format_only", "kimi_length", "label_noise", "laser", "laser_d", "otc", "overlong",
+        "random_reward",
     ]
 
 
