@@ -21,7 +21,7 @@ import os
 import statistics
 import time
 
-import rlvr  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
+import rlvr  # noqa: F401  (first: sets the OpenMP spin count before torch loads)
 import torch
 
 from rlvr.models import build_char_tokenizer, build_tiny_model
@@ -91,7 +91,7 @@ def main() -> None:
     peak = matmul_gflops(2048, 2048, 2048, 5)
     print(f"model: {params / 1e6:.2f}M parameters (hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers), "
           f"{flops_per_token / 1e6:.2f} MFLOP per generated token; {args.threads} threads "
-          f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}); "
+          f"(GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')}); "
           f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"fp32 matmul 2048^3: {peak:.0f} GFLOP/s -> bound {peak * 1e9 / flops_per_token:,.0f} tokens/s\n")
     print(f"{'batch':>5s} {'rlvr tok/s':>11s} {'HF generate':>12s} {'speedup':>8s} {'model-shape':>12s} "

@@ -257,7 +257,7 @@ def main() -> None:
     rl = config.rl
     print(f"model {model_dir} | {rl.prompts_per_step} prompts x {rl.samples_per_prompt} samples, "
           f"max_new_tokens {config.rollout.max_new_tokens}, {rl.mini_batches} optimizer steps per batch, fp32, "
-          f"{args.threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} (both sides) | "
+          f"{args.threads} threads, GOMP_SPINCOUNT={os.environ.get('GOMP_SPINCOUNT')} (both sides) | "
           f"{args.reps} reps x {args.steps} steps ({args.warmup} warm-up)")
     results: dict[str, list[dict]] = {"rlvr": [], "trl": []}
     loads = [load()]

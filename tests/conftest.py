@@ -1,6 +1,6 @@
 import pytest
 
-import rlvr  # noqa: F401  (before torch: its OpenMP wait policy keeps 2-thread runs fast on a busy CPU)
+import rlvr  # noqa: F401  (before torch: its OpenMP spin setting keeps 2-thread runs fast on a busy CPU)
 import torch
 
 # Test models are tiny: one intra-op thread is fastest and immune to a busy second core.
