@@ -99,9 +99,17 @@ class LlamaStepper:
         rope = getattr(getattr(inner, "rotary_emb", None), "rope_type", None)
         if rope not in _TABLE_ROPE:
             return False
-        layer = inner.layers[0]
-        return all(hasattr(layer.self_attn, name) for name in ("q_proj", "k_proj", "v_proj", "o_proj")) and all(
-            hasattr(layer.mlp, name) for name in ("gate_proj", "up_proj", "down_proj")) and hasattr(inner, "norm")
+        try:  # plain Linear layers only: adapters or quantised layers would be read wrongly
+            norms = [inner.norm] + [n for layer in inner.layers
+                                    for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+            linears = [getattr(part, name) for layer in inner.layers
+                       for part, names in ((layer.self_attn, ("q_proj", "k_proj", "v_proj", "o_proj")),
+                                           (layer.mlp, ("gate_proj", "up_proj", "down_proj")))
+                       for name in names]
+        except AttributeError:
+            return False
+        return all(type(lin) is torch.nn.Linear for lin in linears) and all(
+            type(n).__name__.endswith("RMSNorm") and hasattr(n, "variance_epsilon") for n in norms)
 
     def __init__(self, model: PreTrainedModel, batch: int, capacity: int) -> None:
         cfg, inner = model.config, model.model
