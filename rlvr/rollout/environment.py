@@ -97,11 +97,11 @@ class Environment(ABC):
         """Release what the episode holds."""
 
     @classmethod
-    def demonstration_segments(cls, params: Any, problem: Problem, text: str) -> list[tuple[str, bool]]:
-        """A demonstration as (text, is_policy) segments for the SFT warm start: by default the
-        task's demonstration is one policy segment. Environments with observations (tool
+    def demonstrations(cls, params: Any, texts: list[str]) -> list[list[tuple[str, bool]]]:
+        """A batch of the task's demonstrations as (text, is_policy) segments for the SFT warm
+        start: by default each is one policy segment. Environments with observations (tool
         output) fill them in by actually running the environment."""
-        return [(text, True)]
+        return [[(text, True)] for text in texts]
 
 
 ENVIRONMENTS: Registry[type[Environment]] = Registry("environment")

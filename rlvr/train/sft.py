@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.config import RunConfig
-from rlvr.rollout.environment import EnvironmentFactory
+from rlvr.rollout.environment import Environment, EnvironmentFactory
 from rlvr.rollout.trajectory import render_prompt
 from rlvr.seeding import derive_seed
 from rlvr.tasks.base import Task
@@ -35,11 +35,11 @@ def sft_batch(task: Task, tokenizer: PreTrainedTokenizerBase, config: RunConfig,
     problems = task.sample_problems(config.sft.batch_size, derive_seed(config.seed, "sft-problems", step), exclude)
     demo_rng = random.Random(derive_seed(config.seed, "sft-demos", step))
     prompts = [render_prompt(tokenizer, p) for p in problems]
+    texts = [task.demonstration(problem, demo_rng) for problem in problems]
+    demonstrations = (Environment.demonstrations(None, texts) if environment is None
+                      else environment.cls.demonstrations(environment.params, texts))
     responses, masks = [], []
-    for problem in problems:
-        text = task.demonstration(problem, demo_rng)
-        segments = ([(text, True)] if environment is None
-                    else environment.cls.demonstration_segments(environment.params, problem, text))
+    for segments in demonstrations:
         ids, mask = [], []
         for segment, is_policy in segments:
             part = tokenizer(segment, add_special_tokens=False)["input_ids"]

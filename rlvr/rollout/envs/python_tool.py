@@ -92,22 +92,31 @@ class PythonToolEnvironment(Environment):
             self.session = None
 
     @classmethod
-    def demonstration_segments(cls, params: Params, problem: Problem, text: str) -> list[tuple[str, bool]]:
-        """Split a demonstration after each code block and insert what the interpreter really
-        prints for it (the demonstrations are the task's own, trusted code; they still run
-        in the sandbox, in one session shared by all demonstrations of a process)."""
-        segments: list[tuple[str, bool]] = []
-        rest = text
-        while (close := rest.find(params.code_close)) >= 0:
-            turn, rest = rest[:close + len(params.code_close)], rest[close + len(params.code_close):]
-            segments.append((turn, True))
-            code = extract_code(turn, params.code_open, params.code_close)
-            if code is not None:
-                result = _demo_session().run(code)
-                segments.append((f"{params.output_open}{format_output(result, params.max_output_chars)}"
-                                 f"{params.output_close}", False))
-        segments.append((rest, True))
-        return segments
+    def demonstrations(cls, params: Params, texts: list[str]) -> list[list[tuple[str, bool]]]:
+        """Split each demonstration after each code block and insert what the interpreter
+        really prints for it. The demonstrations are the task's own code; they still run in
+        the sandbox, in one session per batch (cells of one notebook: the teacher's code
+        defines nothing later demonstrations could depend on)."""
+        batch: list[list[tuple[str, bool]]] = []
+        session: PythonSession | None = None
+        try:
+            for text in texts:
+                segments: list[tuple[str, bool]] = []
+                rest = text
+                while (close := rest.find(params.code_close)) >= 0:
+                    turn, rest = rest[:close + len(params.code_close)], rest[close + len(params.code_close):]
+                    segments.append((turn, True))
+                    code = extract_code(turn, params.code_open, params.code_close)
+                    if code is not None:
+                        session = session or PythonSession()
+                        output = format_output(session.run(code), params.max_output_chars)
+                        segments.append((f"{params.output_open}{output}{params.output_close}", False))
+                segments.append((rest, True))
+                batch.append(segments)
+        finally:
+            if session is not None:
+                session.close()
+        return batch
 
 
 def extract_code(turn: str, code_open: str, code_close: str) -> str | None:
@@ -135,15 +144,3 @@ def format_output(result: SandboxResult, limit: int) -> str:
     if len(text) > limit:
         text = text[:limit] + "..."
     return text
-
-
-_DEMO_SESSION: PythonSession | None = None
-
-
-def _demo_session() -> PythonSession:
-    global _DEMO_SESSION
-    if _DEMO_SESSION is None:
-        _DEMO_SESSION = PythonSession()
-    return _DEMO_SESSION
-
-
