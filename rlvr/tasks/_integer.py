@@ -1,7 +1,9 @@
-"""Shared checking for tasks whose scratchpad ends in ``=> <integer>`` (addition, arithmetic)."""
+"""Shared pieces of the integer tasks (addition, arithmetic, multiplication): operands drawn by
+digit count, and the check of a scratchpad that ends in ``=> <integer>``."""
 
 from __future__ import annotations
 
+import random
 import re
 
 from rlvr.tasks.base import Problem, Score, Task
@@ -20,3 +22,13 @@ class IntegerAnswerTask(Task):
         extracted = self.extract_answer(completion)
         correct = extracted is not None and int(extracted) == int(problem.answer)
         return Score(reward=float(correct), correct=correct, extracted=extracted)
+
+
+def random_operands(rng: random.Random, count: int, min_digits: int, max_digits: int) -> list[int]:
+    """``count`` integers, each with a digit count drawn uniformly from [min_digits,
+    max_digits] and then a value drawn uniformly among the numbers of that many digits."""
+    operands = []
+    for _ in range(count):
+        digits = rng.randint(min_digits, max_digits)
+        operands.append(rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1))
+    return operands

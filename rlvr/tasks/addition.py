@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from rlvr.tasks._integer import IntegerAnswerTask
+from rlvr.tasks._integer import IntegerAnswerTask, random_operands
 from rlvr.tasks.base import TASKS, Problem
 
 
@@ -42,11 +42,7 @@ class AdditionTask(IntegerAnswerTask):
 
     def generate(self, rng: random.Random) -> Problem:
         p = self.params
-        operands = []
-        for _ in range(2):
-            digits = rng.randint(p.min_digits, p.max_digits)
-            low = 0 if digits == 1 else 10 ** (digits - 1)
-            operands.append(rng.randint(low, 10**digits - 1))
+        operands = random_operands(rng, 2, p.min_digits, p.max_digits)
         a, b = operands
         carries = count_carries(a, b)
         return Problem(

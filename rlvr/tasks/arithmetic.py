@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from rlvr.tasks._integer import IntegerAnswerTask
+from rlvr.tasks._integer import IntegerAnswerTask, random_operands
 from rlvr.tasks.base import TASKS, Problem
 
 _OPERATIONS = ("+", "-", "*")
@@ -51,11 +51,7 @@ class ArithmeticTask(IntegerAnswerTask):
 
     def generate(self, rng: random.Random) -> Problem:
         p = self.params
-        operands = []
-        for _ in range(p.num_operands):
-            digits = rng.randint(p.min_digits, p.max_digits)
-            low = 0 if digits == 1 else 10 ** (digits - 1)
-            operands.append(rng.randint(low, 10**digits - 1))
+        operands = random_operands(rng, p.num_operands, p.min_digits, p.max_digits)
         ops = [rng.choice(p.operations) for _ in range(p.num_operands - 1)]
         expression = render(operands, ops)
         steps, value = evaluate_steps(operands, ops)

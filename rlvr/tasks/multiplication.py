@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from rlvr.tasks._integer import IntegerAnswerTask
+from rlvr.tasks._integer import IntegerAnswerTask, random_operands
 from rlvr.tasks.base import TASKS, Problem
 
 
@@ -40,11 +40,7 @@ class MultiplicationTask(IntegerAnswerTask):
                 raise ValueError("tool_demo_rate must lie in [0, 1]")
 
     def generate(self, rng: random.Random) -> Problem:
-        operands = []
-        for _ in range(2):
-            digits = rng.randint(self.params.min_digits, self.params.max_digits)
-            operands.append(rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1))
-        a, b = operands
+        a, b = random_operands(rng, 2, self.params.min_digits, self.params.max_digits)
         return Problem(id=f"{a}*{b}", prompt=[{"role": "user", "content": f"{a}*{b}"}], answer=str(a * b),
                        metadata={"a": a, "b": b})
 
