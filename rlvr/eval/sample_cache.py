@@ -198,9 +198,7 @@ def collect_samples(
         trajectories = sample_trajectories(engine, model, tokenizer, chunk, max_new_tokens=settings.max_new_tokens,
                                            temperature=temperature, top_p=settings.top_p, generator=generator,
                                            batch_size=settings.batch_size, environment=environment)
-        # a multi-turn episode is judged on its answer_text (the policy's turns), as in training
-        texts = [tokenizer.decode(t.response_ids, skip_special_tokens=True) if t.answer_text is None else t.answer_text
-                 for t in trajectories]
+        texts = [t.judged_text(tokenizer) for t in trajectories]  # as in training
         scores = verifier.score_many(chunk, texts)
         generated += len(chunk)
         if progress is not None:

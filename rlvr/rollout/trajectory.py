@@ -49,6 +49,15 @@ class Trajectory:
     env_reward: float = 0.0
     violation: str | None = None
 
+    def judged_text(self, tokenizer: PreTrainedTokenizerBase) -> str:
+        """The text the verifier judges: a multi-turn episode's ``answer_text`` (the policy's
+        turns, never tool output), else the decoded response (kept in ``text``)."""
+        if self.answer_text is not None:
+            return self.answer_text
+        if not self.text:
+            self.text = tokenizer.decode(self.response_ids, skip_special_tokens=True)
+        return self.text
+
     def record(self) -> dict[str, Any]:
         """A JSON-able summary for samples.jsonl."""
         return {

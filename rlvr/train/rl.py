@@ -144,7 +144,7 @@ def score_trajectories(trajectories: list[Trajectory], task: Task, verifier: Ver
     tool output); one that broke its environment's rules (``violation``) gets reward 0."""
     for traj in trajectories:
         traj.text = tokenizer.decode(traj.response_ids, skip_special_tokens=True)
-    answers = [t.text if t.answer_text is None else t.answer_text for t in trajectories]
+    answers = [t.judged_text(tokenizer) for t in trajectories]
     scores = verifier.score_many([t.problem for t in trajectories], answers)
     for traj, answer, score in zip(trajectories, answers, scores):
         traj.correct, traj.extracted, traj.error = score.correct, score.extracted, score.error
