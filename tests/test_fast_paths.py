@@ -113,6 +113,54 @@ def test_engine_fast_path_equals_plain_path(tok, monkeypatch, temperature):
         assert_close(torch.tensor(a.entropies), torch.tensor(b.entropies), rtol=0, atol=1e-5)
 
 
+def _gpt2(tok, seed=1):
+    """A tiny GPT-2 (served by HFStepper) with large random weights, like ``_model``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(config).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            scale, offset = (0.3, 0.0) if p.dim() == 2 else (0.1, 1.0 if "ln" in name and "weight" in name else 0.0)
+            p.copy_(torch.randn(p.shape, generator=g) * scale + offset)
+        model.transformer.wte.weight[tok.eos_token_id] *= 10.0  # some rows end on EOS
+    return model
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_repeated_prompts_prefilled_once_equal_prefilling_every_row(tok, monkeypatch, arch):
+    """Prefilling each distinct prompt once and copying its cache to its rows gives the same
+    tokens, log-probs and entropies per row as prefilling every row. The repeats are interleaved
+    (not contiguous groups) and one prompt differs from another only in its last token, so a
+    row given another prompt's cache would sample differently."""
+    model = _model(tok) if arch == "llama" else _gpt2(tok)
+    assert isinstance(make_stepper(model, 1, 8), LlamaStepper if arch == "llama" else HFStepper)
+    prompts = [PROMPTS[i] for i in (0, 2, 0, 1, 3, 2, 0, 4, 2, 0)] + [[10, 11, 13], [10, 11, 13], PROMPTS[3]]
+    kwargs = dict(max_new_tokens=14, temperature=1.0, top_p=1.0, eos_token_id=tok.eos_token_id,
+                  pad_token_id=tok.pad_token_id, stop_sequences=[[30, 31], [40], [29, 29], [37]])
+    prefilled = []  # batch size of every stepper built
+    real = kv_cache.make_stepper
+    monkeypatch.setattr(kv_cache, "make_stepper", lambda m, b, c: prefilled.append(b) or real(m, b, c))
+    results = []
+    for dedup in (True, False):
+        engine = KVCacheEngine()
+        engine.dedup_prompts = dedup
+        results.append(engine.generate(model, prompts, generator=torch.Generator().manual_seed(5), **kwargs))
+    assert prefilled == [6, len(prompts)]
+    fast, plain = results
+    assert len({len(g.response_ids) for g in fast}) > 2, "rows should finish at different steps"
+    assert {g.finish_reason for g in fast} == {"eos", "stop", "length"}
+    assert len({tuple(fast[i].response_ids) for i in (0, 2, 6, 9)}) > 1, "copies of a prompt should differ"
+    for a, b in zip(fast, plain):
+        assert a.response_ids == b.response_ids
+        assert a.finish_reason == b.finish_reason
+        assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), rtol=0, atol=1e-5)
+        assert_close(torch.tensor(a.entropies), torch.tensor(b.entropies), rtol=0, atol=1e-5)
+
+
 def test_sample_categorical_matches_the_distribution():
     probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.0, 0.0, 2.0, 2.0]])  # unnormalised rows are fine
     draws = sample_categorical(probs.repeat(20000, 1), torch.Generator().manual_seed(0)).view(20000, 2)

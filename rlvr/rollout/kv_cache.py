@@ -4,7 +4,8 @@ Prompts are left-padded so every row's next token sits in the last column; posit
 come from the attention mask so padding never shifts a row's positions (the trainer,
 which right-pads, then sees the same positions). Outputs are preallocated; rows that
 finished (EOS or a stop sequence) are dropped from the batch and the cache once they are a
-quarter of it, so long-tail samples do not keep paying for the finished ones. The forward
+quarter of it, so long-tail samples do not keep paying for the finished ones. A prompt
+repeated in the batch (a GRPO group) is prefilled once and its cache copied to its rows. The forward
 passes come from ``rlvr.rollout.steppers`` (a direct Llama-layout decoder, or the model's
 own forward for other architectures).
 """
@@ -45,6 +46,8 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
 class KVCacheEngine(RolloutEngine):
     """Our own sampling loop over a Hugging Face causal LM with a dynamic KV cache."""
 
+    dedup_prompts = True  # prefill repeated prompts once (False: prefill every row; tests compare)
+
     @torch.inference_mode()
     def generate(
         self,
@@ -81,15 +84,35 @@ class KVCacheEngine(RolloutEngine):
         lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
         rows = torch.arange(batch, device=device)  # original row of each row still in the batch
         live = torch.ones(batch, dtype=torch.bool, device=device)  # not finished yet
-        stepper = make_stepper(model, batch, width + max_new_tokens)
-        logits = stepper.prefill(input_ids, positions, valid[:, :width])
+        # GRPO repeats each prompt once per sample: prefill each distinct prompt once, then copy
+        # its KV cache and last logits to its rows (the draws and per-row outputs are unchanged)
+        first_row: dict[tuple[int, ...], int] = {}  # distinct prompt -> first row holding it
+        for row, prompt in enumerate(prompts):
+            first_row.setdefault(tuple(prompt), row)
+        if self.dedup_prompts and len(first_row) < batch:
+            slot = {key: i for i, key in enumerate(first_row)}
+            firsts = torch.tensor(list(first_row.values()), device=device)
+            stepper = make_stepper(model, len(firsts), width + max_new_tokens)
+            logits = stepper.prefill(input_ids[firsts], positions[firsts], valid[firsts, :width])
+            expand = torch.tensor([slot[tuple(p)] for p in prompts], device=device)  # row -> its prompt's slot
+            stepper.keep(expand)
+            logits = logits[expand]
+        else:
+            stepper = make_stepper(model, batch, width + max_new_tokens)
+            logits = stepper.prefill(input_ids, positions, valid[:, :width])
         next_positions = positions[:, -1] + 1
+        # per-step log-probs and -entropies with the rows they belong to, written out once at
+        # the end (two fewer scatters per decode step)
+        step_rows: list[torch.Tensor] = []
+        step_logprobs: list[torch.Tensor] = []
+        step_neg_entropies: list[torch.Tensor] = []
         for step in range(max_new_tokens):
             logits = logits.float()
             if temperature > 0:
-                logp_all = torch.log_softmax(logits / temperature, dim=-1)
+                scaled = logits if temperature == 1.0 else logits / temperature
+                logp_all = torch.log_softmax(scaled, dim=-1)
                 probs = logp_all.exp()
-                sample_from = probs if top_p >= 1.0 else top_p_filter(logits / temperature, top_p).softmax(-1)
+                sample_from = probs if top_p >= 1.0 else top_p_filter(scaled, top_p).softmax(-1)
                 next_tok = sample_categorical(sample_from, generator)
             else:
                 logp_all = torch.log_softmax(logits, dim=-1)
@@ -97,8 +120,9 @@ class KVCacheEngine(RolloutEngine):
                 next_tok = logits.argmax(-1)
             next_tok = torch.where(live, next_tok, pad_token_id)
             tokens[rows, step] = next_tok
-            logprobs[rows, step] = logp_all.gather(-1, next_tok[:, None]).squeeze(-1)
-            entropies[rows, step] = -(probs * logp_all).sum(-1)
+            step_rows.append(rows)
+            step_logprobs.append(logp_all.gather(-1, next_tok[:, None]))
+            step_neg_entropies.append((probs * logp_all).sum(-1))
             finished_now = live & (next_tok == eos_token_id)
             for seq in stops:
                 if step + 1 >= len(seq):
@@ -120,6 +144,11 @@ class KVCacheEngine(RolloutEngine):
             logits = stepper.decode(next_tok, next_positions, valid[:, :width + step + 1])
             next_positions = next_positions + 1
 
+        steps = torch.repeat_interleave(torch.arange(len(step_rows), device=device),
+                                        torch.tensor([len(r) for r in step_rows], device=device))
+        every_row = torch.cat(step_rows)
+        logprobs[every_row, steps] = torch.cat(step_logprobs).squeeze(-1)
+        entropies[every_row, steps] = -torch.cat(step_neg_entropies)
         generations = []
         stop_lists = [seq.tolist() for seq in stops]
         tokens_list, logprobs_list, entropies_list = tokens.tolist(), logprobs.tolist(), entropies.tolist()

@@ -12,12 +12,16 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 
+from rlvr.train.packed import packed_supported, packed_token_logprobs
+
 
 @dataclass
 class TokenBatch:
     """Right-padded sequences. ``input_ids``/``attention_mask``: [B, L]; ``targets``,
     ``target_mask`` and ``old_logprobs``: [B, L-1] in the target frame. ``extras`` holds
-    further per-row tensors the trainer attaches ([B] or [B, L-1], e.g. advantages)."""
+    further per-row tensors the trainer attaches ([B] or [B, L-1], e.g. advantages).
+    ``prompt_lengths`` [B] and ``prompt_ids`` [B] (equal ids = equal prompt tokens) let the
+    packed forward compute a prompt that several rows share once."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
@@ -25,6 +29,8 @@ class TokenBatch:
     target_mask: torch.Tensor
     old_logprobs: torch.Tensor
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    prompt_lengths: torch.Tensor | None = None
+    prompt_ids: torch.Tensor | None = None
 
     def rows(self, index: torch.Tensor) -> "TokenBatch":
         """The selected rows, trimmed to the longest of them (less padding to compute)."""
@@ -36,6 +42,8 @@ class TokenBatch:
             target_mask=self.target_mask[index, : length - 1],
             old_logprobs=self.old_logprobs[index, : length - 1],
             extras={k: v[index] if v.dim() == 1 else v[index, : length - 1] for k, v in self.extras.items()},
+            prompt_lengths=None if self.prompt_lengths is None else self.prompt_lengths[index],
+            prompt_ids=None if self.prompt_ids is None else self.prompt_ids[index],
         )
 
 
@@ -55,35 +63,63 @@ def make_token_batch(
     ``response_values`` maps extra names to per-response-token values (e.g. behaviour
     entropies), placed in ``extras`` in the target frame.
     """
-    total = [len(p) + len(r) for p, r in zip(prompts, responses)]
-    batch, width = len(prompts), max(total)
+    if any(not p for p in prompts):
+        raise ValueError(f"prompt {[len(p) for p in prompts].index(0)} is empty: a response needs a prompt token "
+                         "to be predicted from")
+    response_lengths = [len(r) for r in responses]
+    per_token = {"response_masks": response_masks, "response_logprobs": response_logprobs,
+                 **{f"response_values[{name!r}]": v for name, v in (response_values or {}).items()}}
+    for field_name, rows in per_token.items():
+        if rows is not None and [len(r) for r in rows] != response_lengths:
+            row = next(i for i, (r, n) in enumerate(zip(rows, response_lengths)) if len(r) != n)
+            raise ValueError(f"{field_name}[{row}] has {len(rows[row])} values for a response of "
+                             f"{response_lengths[row]} tokens")
+    # One tensor write per field instead of one per row: this runs every RL step on every sample.
+    prompt_lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
+    lengths = torch.tensor(response_lengths, dtype=torch.long)
+    total = prompt_lengths + lengths
+    batch, width = len(prompts), int(total.max())
+    rows_all = torch.repeat_interleave(torch.arange(batch), total)
+    cols_all = torch.arange(int(total.sum())) - torch.repeat_interleave(total.cumsum(0) - total, total)
     input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
-    attention = torch.zeros((batch, width), dtype=torch.long)
-    target_mask = torch.zeros((batch, width - 1), dtype=torch.float32)
-    old_logprobs = torch.zeros((batch, width - 1), dtype=torch.float32)
-    extras = {name: torch.zeros((batch, width - 1), dtype=torch.float32) for name in (response_values or {})}
-    for row, (prompt, response) in enumerate(zip(prompts, responses)):
-        n = len(prompt) + len(response)
-        input_ids[row, :n] = torch.tensor(prompt + response, dtype=torch.long)
-        attention[row, :n] = 1
-        start = len(prompt) - 1  # target column of the first response token
-        span = slice(start, start + len(response))
-        mask = response_masks[row] if response_masks is not None else [1] * len(response)
-        target_mask[row, span] = torch.tensor(mask, dtype=torch.float32)
-        if response_logprobs is not None:
-            old_logprobs[row, span] = torch.tensor(response_logprobs[row], dtype=torch.float32)
-        for name, values in (response_values or {}).items():
-            extras[name][row, span] = torch.tensor(values[row], dtype=torch.float32)
-    return TokenBatch(input_ids, attention, input_ids[:, 1:], target_mask, old_logprobs, extras)
+    input_ids[rows_all, cols_all] = torch.tensor([t for p, r in zip(prompts, responses) for t in (*p, *r)],
+                                                 dtype=torch.long)
+    attention = (torch.arange(width)[None] < total[:, None]).long()
+    # response token k of row b is target column len(prompt_b) - 1 + k
+    rows = torch.repeat_interleave(torch.arange(batch), lengths)
+    cols = (torch.arange(int(lengths.sum())) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
+            + torch.repeat_interleave(prompt_lengths - 1, lengths))
+
+    def target_frame(values: list[list[float]] | None, default: float) -> torch.Tensor:
+        out = torch.zeros((batch, width - 1), dtype=torch.float32)
+        out[rows, cols] = default if values is None else torch.tensor([x for v in values for x in v],
+                                                                       dtype=torch.float32)
+        return out
+
+    target_mask = target_frame(response_masks, 1.0)
+    old_logprobs = target_frame(response_logprobs, 0.0)
+    extras = {name: target_frame(values, 0.0) for name, values in (response_values or {}).items()}
+    distinct: dict[tuple[int, ...], int] = {}
+    prompt_ids = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts], dtype=torch.long)
+    return TokenBatch(input_ids, attention, input_ids[:, 1:], target_mask, old_logprobs, extras,
+                      prompt_lengths=prompt_lengths, prompt_ids=prompt_ids)
 
 
 def token_logprobs(
     model: PreTrainedModel, batch: TokenBatch, temperature: float = 1.0, *, with_entropy: bool = False,
-    entropy_grad: bool = False,
+    entropy_grad: bool = False, packed: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(target_j | prefix) for every target column, at ``temperature``; optionally the
-    per-position entropy of the (temperature-scaled) distribution, differentiable only when
-    ``entropy_grad`` (an entropy bonus needs its gradient; a logged metric does not)."""
+    """log pi(target_j | prefix) at ``temperature`` for the target columns that count
+    (``target_mask != 0``; other columns may hold 0); optionally the per-position entropy of
+    the (temperature-scaled) distribution, differentiable only when ``entropy_grad`` (an
+    entropy bonus needs its gradient; a logged metric does not).
+
+    Llama-layout models go through the packed forward (``rlvr.train.packed``: no padding,
+    shared prompts once, the LM head on counted targets only) unless ``packed`` is False;
+    other models through their own forward over the padded batch."""
+    if packed and packed_supported(model):
+        return packed_token_logprobs(model, batch, temperature, with_entropy=with_entropy,
+                                     entropy_grad=entropy_grad)
     positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions

@@ -142,8 +142,9 @@ def score_trajectories(trajectories: list[Trajectory], task: Task, verifier: Ver
 
     A multi-turn episode is judged on its ``answer_text`` (the policy's turns, never the
     tool output); one that broke its environment's rules (``violation``) gets reward 0."""
-    for traj in trajectories:
-        traj.text = tokenizer.decode(traj.response_ids, skip_special_tokens=True)
+    texts = tokenizer.batch_decode([t.response_ids for t in trajectories], skip_special_tokens=True)
+    for traj, text in zip(trajectories, texts):
+        traj.text = text
     answers = [t.judged_text(tokenizer) for t in trajectories]
     scores = verifier.score_many([t.problem for t in trajectories], answers)
     for traj, answer, score in zip(trajectories, answers, scores):

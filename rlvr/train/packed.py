@@ -1,0 +1,196 @@
+"""Per-token log-probs of a Llama-layout model over a batch, computing each real token once.
+
+A GRPO batch is G prompts x n samples, right-padded to the longest row: the plain forward
+(``model(input_ids, attention_mask)``) runs every projection, norm and MLP over the padding
+and over each prompt n times. Here the position-wise work (embedding, RMSNorm, the QKV / O /
+gate-up / down projections, rotary embeddings, the LM head) runs over a *packed* list of the
+batch's distinct tokens: each row's response tokens, and each distinct prompt once (rows
+with the same prompt tokens share it; ``TokenBatch.prompt_ids`` says which rows do). Only
+attention needs the rows side by side: per layer, the packed queries/keys/values are
+gathered into the padded [rows, length] layout (a row's prompt slots read the prompt's one
+copy), causal SDPA runs there, and each packed token takes its output back from its own
+slot. The LM head and log-softmax run only on the target columns that count
+(``target_mask != 0``).
+
+The math is the model's: same weights, same rotary tables, same attention, so log-probs and
+gradients agree with the plain forward within float tolerance (``tests/test_packed_forward.py``);
+gradients of a shared prompt are the sum over the rows that read it, as they would be had
+each row computed its own copy. On the default tiny model this removes about a third of the
+token work of the update (28% fewer tokens through the projections, the LM head only on
+response targets); it is the same design a varlen attention kernel would use on a GPU.
+
+Models outside the Llama layout (see ``LlamaStepper.supports``), adapters, attention dropout
+in training mode and gradient checkpointing fall back to the plain forward.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from rlvr.rollout.steppers import LlamaStepper
+
+if TYPE_CHECKING:
+    from rlvr.train.batch import TokenBatch
+
+
+def packed_supported(model: PreTrainedModel) -> bool:
+    """Whether ``packed_token_logprobs`` computes exactly what ``model(...)`` would."""
+    cfg = model.config
+    if model.training and getattr(cfg, "attention_dropout", 0.0):
+        return False
+    if any(getattr(module, "gradient_checkpointing", False) for module in model.modules()):
+        return False
+    return LlamaStepper.supports(model)
+
+
+class PackedLayout:
+    """Where each slot of the padded [B, L] batch reads its token from in the packed list.
+
+    ``own`` [B, L]: the slots computed in the packed list: real tokens, minus prompt slots of
+    rows whose prompt an earlier row of the batch already holds, minus each row's last token
+    when it is a response token (it predicts nothing and no earlier token attends to it);
+    packed order is the row-major order of ``own``. ``source`` [B, L]: the packed index each
+    slot reads: its own, the prompt owner's for a shared prompt slot, and any valid index for
+    the others, which causal attention over right-padded rows never lets a counted query see.
+    """
+
+    def __init__(self, attention_mask: torch.Tensor, prompt_ids: torch.Tensor | None,
+                 prompt_lengths: torch.Tensor | None) -> None:
+        batch, length = attention_mask.shape
+        device = attention_mask.device
+        cols = torch.arange(length, device=device)
+        rows = torch.arange(batch, device=device)
+        valid = attention_mask.bool()
+        last = attention_mask.sum(-1) - 1
+        prompt_end = prompt_lengths if prompt_lengths is not None else torch.zeros_like(last)
+        source_row = rows[:, None].expand(batch, length)
+        own = valid & ~((cols[None] == last[:, None]) & (last >= prompt_end)[:, None])
+        if prompt_ids is not None and prompt_lengths is not None:
+            _, inverse = torch.unique(prompt_ids, return_inverse=True)
+            first = torch.full((int(inverse.max()) + 1,), batch, dtype=torch.long, device=device)
+            owner = first.scatter_reduce(0, inverse, rows, reduce="amin")[inverse]
+            shared = (cols[None] < prompt_lengths[:, None]) & (owner != rows)[:, None]
+            own = own & ~shared
+            source_row = torch.where(shared, owner[:, None], source_row)
+        own_flat = own.reshape(-1)
+        packed_of_flat = (own_flat.long().cumsum(0) - 1).clamp(min=0)
+        self.own = own
+        self.slots = own_flat.nonzero().squeeze(1)  # flat slot of each packed token
+        self.source = packed_of_flat[source_row * length + cols]  # [B, L]
+        self.positions = cols.expand(batch, length).reshape(-1)[self.slots]  # right-padded: position = column
+        self.shape = (batch, length)
+
+
+class _RMSNorm(torch.autograd.Function):
+    """y = x / sqrt(mean(x^2) + eps) * w with a hand-written backward:
+    dx = rstd * (g w - x_hat * mean(g w x_hat)), dw = sum(g x_hat). Five fewer passes over
+    the activations than autograd through ``F.rms_norm``'s decomposition (35% less time per
+    norm on CPU, and the packed forward runs five norms per micro-batch per layer pair)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        rstd = torch.rsqrt(x.square().mean(-1, keepdim=True).add_(eps))
+        ctx.save_for_backward(x, weight, rstd)
+        return (x * rstd).mul_(weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        x_hat = x * rstd
+        grad_w = grad * weight
+        dweight = (grad * x_hat).reshape(-1, x.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
+        mean = (grad_w * x_hat).mean(-1, keepdim=True)
+        dx = torch.addcmul(grad_w, x_hat, mean, value=-1).mul_(rstd) if ctx.needs_input_grad[0] else None
+        return dx, dweight, None
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return _RMSNorm.apply(x, weight, eps)
+
+
+def _interleaved_rows(heads: int, head_dim: int) -> torch.Tensor:
+    """Row order of a q/k projection that puts each rotary pair (i, i + head_dim/2) side by
+    side, so the rotation is one complex multiply. q.k is unchanged when q and k are
+    permuted alike, so attention sees the same scores."""
+    half = head_dim // 2
+    within = torch.stack([torch.arange(half), torch.arange(half) + half], dim=-1).reshape(-1)
+    return (torch.arange(heads)[:, None] * head_dim + within).reshape(-1)
+
+
+def _linear(x: torch.Tensor, *linears: torch.nn.Linear, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """One matmul for projections that read the same input (q/k/v), with the output features
+    reordered by ``rows`` if given. (Not gate/up: the backward of splitting their fused output
+    concatenates two [T, I] gradients, which costs what the fused matmul saves.)"""
+    weight = linears[0].weight if len(linears) == 1 else torch.cat([lin.weight for lin in linears])
+    bias = linears[0].bias if len(linears) == 1 else None
+    if len(linears) > 1 and any(lin.bias is not None for lin in linears):
+        bias = torch.cat([lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)
+                          for lin in linears])
+    if rows is not None:
+        weight = weight.index_select(0, rows)
+        bias = None if bias is None else bias.index_select(0, rows)
+    return F.linear(x, weight, bias)
+
+
+def packed_hidden(model: PreTrainedModel, input_ids: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
+    """The final-norm hidden states [T, hidden] of the packed tokens."""
+    cfg, inner = model.config, model.model
+    heads = cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+    batch, length = layout.shape
+    eps = inner.norm.variance_epsilon
+    h = inner.embed_tokens(input_ids.reshape(-1)[layout.slots])
+    cos, sin = inner.rotary_emb(h, layout.positions[None])
+    half = head_dim // 2
+    rotation = torch.complex(cos[0, :, None, :half], sin[0, :, None, :half])  # [T, 1, D/2]; HF repeats the halves
+    qk_heads = heads + kv_heads
+    qkv_rows = torch.cat([_interleaved_rows(qk_heads, head_dim),
+                          torch.arange(qk_heads * head_dim, (qk_heads + kv_heads) * head_dim)]).to(h.device)
+    source = layout.source.reshape(-1)
+    for layer in inner.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        x = _rms_norm(h, layer.input_layernorm.weight, eps)
+        qkv = _linear(x, attn.q_proj, attn.k_proj, attn.v_proj, rows=qkv_rows).view(-1, qk_heads + kv_heads, head_dim)
+        # split, not slicing: the backward of a split is one cat, that of each slice a
+        # zero-filled full-size tensor plus a sum
+        qk, v = qkv.split([qk_heads, kv_heads], dim=1)
+        qk = torch.view_as_real(torch.view_as_complex(qk.unflatten(-1, (half, 2))) * rotation)
+        # index_select, not indexing: the backward of x[index] on CPU is a sort-based
+        # index_put that cost more than the attention itself
+        qk = qk.flatten(-2).index_select(0, source)
+        q, k = qk.view(batch, length, qk_heads, head_dim).transpose(1, 2).split([heads, kv_heads], dim=1)
+        v = v.index_select(0, source).view(batch, length, kv_heads, head_dim).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv_heads != heads)
+        out = out.transpose(1, 2).reshape(batch * length, heads * head_dim).index_select(0, layout.slots)
+        h = h + F.linear(out, attn.o_proj.weight, attn.o_proj.bias)
+        x = _rms_norm(h, layer.post_attention_layernorm.weight, eps)
+        activated = F.silu(_linear(x, mlp.gate_proj)) * _linear(x, mlp.up_proj)
+        h = h + F.linear(activated, mlp.down_proj.weight, mlp.down_proj.bias)
+    return _rms_norm(h, inner.norm.weight, eps)
+
+
+def packed_token_logprobs(model: PreTrainedModel, batch: "TokenBatch", temperature: float = 1.0, *,
+                          with_entropy: bool = False, entropy_grad: bool = False,
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``token_logprobs`` through the packed forward: [B, L-1] log-probs (and entropies) in
+    the target frame, computed where ``target_mask != 0`` and 0 elsewhere."""
+    layout = PackedLayout(batch.attention_mask, batch.prompt_ids, batch.prompt_lengths)
+    h = packed_hidden(model, batch.input_ids, layout)
+    scored = batch.target_mask != 0
+    rows, cols = scored.nonzero(as_tuple=True)  # target column c is predicted from position c
+    logits = model.lm_head(h.index_select(0, layout.source[rows, cols])).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)
+    logp = logp_all.gather(-1, batch.targets[rows, cols, None]).squeeze(-1)
+    zeros = torch.zeros(scored.shape, dtype=logp.dtype, device=logp.device)
+    entropy = None
+    if with_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            entropy = zeros.masked_scatter(scored, -(logp_all.exp() * logp_all).sum(-1))
+    return zeros.masked_scatter(scored, logp), entropy
