@@ -48,6 +48,9 @@ class KVCacheEngine(RolloutEngine):
 
     dedup_prompts = True  # prefill repeated prompts once (False: prefill every row; tests compare)
 
+    def __init__(self) -> None:
+        self._kv_storage: list[torch.Tensor] | None = None  # the last call's KV cache, reused by the next
+
     @torch.inference_mode()
     def generate(
         self,
@@ -92,14 +95,16 @@ class KVCacheEngine(RolloutEngine):
         if self.dedup_prompts and len(first_row) < batch:
             slot = {key: i for i, key in enumerate(first_row)}
             firsts = torch.tensor(list(first_row.values()), device=device)
-            stepper = make_stepper(model, len(firsts), width + max_new_tokens)
+            stepper = make_stepper(model, len(firsts), width + max_new_tokens, max_rows=batch,
+                                       storage=self._kv_storage)
             logits = stepper.prefill(input_ids[firsts], positions[firsts], valid[firsts, :width])
             expand = torch.tensor([slot[tuple(p)] for p in prompts], device=device)  # row -> its prompt's slot
             stepper.keep(expand)
             logits = logits[expand]
         else:
-            stepper = make_stepper(model, batch, width + max_new_tokens)
+            stepper = make_stepper(model, batch, width + max_new_tokens, storage=self._kv_storage)
             logits = stepper.prefill(input_ids, positions, valid[:, :width])
+        self._kv_storage = getattr(stepper, "storage", None)
         next_positions = positions[:, -1] + 1
         # per-step log-probs and -entropies with the rows they belong to, written out once at
         # the end (two fewer scatters per decode step)

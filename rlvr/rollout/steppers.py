@@ -63,6 +63,12 @@ def _cat_bias(*linears: torch.nn.Linear) -> torch.Tensor | None:
                       for lin in linears])
 
 
+def inverse_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """1 / sqrt(mean(x^2, last dim) + eps), keeping the dim: one pass over x (a fused norm)
+    where ``F.rms_norm`` makes three; the rest works on one number per row."""
+    return torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1]).add_(eps).rsqrt_()
+
+
 def interleaved_rows(heads: int, head_dim: int) -> torch.Tensor:
     """Row order of a q/k projection that puts each rotary pair (i, i + head_dim/2) side by
     side, so the rotation is one complex multiply. q.k is unchanged when q and k are
@@ -124,7 +130,8 @@ class LlamaStepper:
         return all(type(lin) is torch.nn.Linear for lin in linears) and all(
             type(n).__name__.endswith("RMSNorm") and hasattr(n, "variance_epsilon") for n in norms)
 
-    def __init__(self, model: PreTrainedModel, batch: int, capacity: int) -> None:
+    def __init__(self, model: PreTrainedModel, batch: int, capacity: int, max_rows: int | None = None,
+                 storage: list[torch.Tensor] | None = None) -> None:
         cfg, inner = model.config, model.model
         self.heads = cfg.num_attention_heads
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
@@ -155,9 +162,17 @@ class LlamaStepper:
         cos, sin = inner.rotary_emb(weight, torch.arange(capacity, device=weight.device)[None])
         half = self.head_dim // 2
         self.rotation = torch.complex(cos[0, :, :half], sin[0, :, :half])  # [capacity, D/2]; HF repeats the halves
-        shape = (batch, self.kv_heads, capacity, self.head_dim)
-        self.keys = [weight.new_empty(shape) for _ in self.layers]
-        self.values = [weight.new_empty(shape) for _ in self.layers]
+        # One [2 (keys, values), rows, kv heads, positions, head dim] buffer per layer for the
+        # whole call (``max_rows``: the most rows ``keep`` will ask for; the live rows are its
+        # first ones), reusing ``storage`` from an earlier call when it is large enough:
+        # fresh buffers cost more in first-touch page faults than the copies into them.
+        shape = (2, max(batch, max_rows or 0), self.kv_heads, capacity, self.head_dim)
+        fits = storage is not None and len(storage) == len(self.layers) and all(
+            s.dtype == weight.dtype and s.device == weight.device and s.shape[2] == shape[2]
+            and s.shape[4] == shape[4] and s.shape[1] >= shape[1] and s.shape[3] >= shape[3] for s in storage)
+        self.storage = storage if fits else [weight.new_empty(shape) for _ in self.layers]
+        self.buffers = [s[:, :shape[1], :, :capacity] for s in self.storage]
+        self._view(batch)
         self.filled = 0
 
     def _forward(self, token_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -170,7 +185,7 @@ class LlamaStepper:
         hidden = h.shape[-1]
         qk_heads = self.heads + self.kv_heads
         for layer, keys, values in zip(self.layers, self.keys, self.values):
-            x = F.rms_norm(h, (hidden,), None, self.eps)  # the norm's weight is folded into qkv_w
+            x = h * inverse_rms(h, self.eps)  # the norm's weight is folded into qkv_w
             qkv = F.linear(x, layer.qkv_w, layer.qkv_b).view(batch, length, qk_heads + self.kv_heads, self.head_dim)
             qkv = qkv.transpose(1, 2)  # [B, heads, T, D]
             qk = _rotate(qkv[:, :qk_heads], rotation)
@@ -179,11 +194,12 @@ class LlamaStepper:
             attn = _attention(qk[:, :self.heads], keys[:, :, :end], values[:, :, :end], mask)
             attn = attn.transpose(1, 2).reshape(batch, length, self.heads * self.head_dim)
             h = h + F.linear(attn, layer.o_w, layer.o_b)
-            x = F.rms_norm(h, (hidden,), None, self.eps)
+            x = h * inverse_rms(h, self.eps)
             gate, up = F.linear(x, layer.gate_up_w, layer.gate_up_b).chunk(2, dim=-1)
             h = h + F.linear(F.silu(gate) * up, layer.down_w, layer.down_b)
         self.filled = end
-        return self.head(F.rms_norm(h[:, -1], (hidden,), self.norm, self.eps))
+        last = h[:, -1]
+        return self.head(last * inverse_rms(last, self.eps) * self.norm)
 
     def prefill(self, input_ids: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """valid: [B, T] True where the (left-padded) prompt has a token."""
@@ -197,18 +213,26 @@ class LlamaStepper:
         """token_ids, positions: [B]; valid: [B, filled + 1]."""
         return self._forward(token_ids[:, None], positions[:, None], valid[:, None, None, :])
 
+    def _view(self, rows: int) -> None:
+        self.keys = [buffer[0, :rows] for buffer in self.buffers]
+        self.values = [buffer[1, :rows] for buffer in self.buffers]
+
     def keep(self, rows: torch.Tensor) -> None:
-        self.keys = [self._select(k, rows) for k in self.keys]
-        self.values = [self._select(v, rows) for v in self.values]
+        """Make row i of the cache what row ``rows[i]`` was (drop rows, or repeat them: up to
+        ``max_rows``); only the filled columns are copied."""
+        if len(rows) > self.buffers[0].shape[1]:
+            raise ValueError(f"keep: {len(rows)} rows asked of a cache built for {self.buffers[0].shape[1]}")
+        live = self.keys[0].shape[0]
+        for cache in (c for buffer in self.buffers for c in buffer):  # keys, values
+            cache[:len(rows), :, :self.filled] = cache[:live, :, :self.filled].index_select(0, rows)
+        self._view(len(rows))
 
-    def _select(self, cache: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        # whole rows, unfilled columns too: one contiguous copy per row is 2x faster than
-        # gathering the filled part alone into a strided slice
-        return cache.index_select(0, rows)
 
-
-def make_stepper(model: PreTrainedModel, batch: int, capacity: int) -> LlamaStepper | HFStepper:
-    """The fastest stepper that supports ``model``."""
+def make_stepper(model: PreTrainedModel, batch: int, capacity: int, max_rows: int | None = None,
+                 storage: list[torch.Tensor] | None = None) -> LlamaStepper | HFStepper:
+    """The fastest stepper that supports ``model``: ``batch`` rows to prefill, ``capacity``
+    positions, at most ``max_rows`` rows after a ``keep`` (default ``batch``), and an earlier
+    ``LlamaStepper``'s ``storage`` to reuse for the KV cache if it is large enough."""
     if LlamaStepper.supports(model):
-        return LlamaStepper(model, batch, capacity)
+        return LlamaStepper(model, batch, capacity, max_rows, storage)
     return HFStepper(model)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from rlvr.rollout.steppers import LlamaStepper
+from rlvr.rollout.steppers import LlamaStepper, inverse_rms
 
 if TYPE_CHECKING:
     from rlvr.train.batch import TokenBatch
@@ -93,7 +93,7 @@ class _RMSNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-        rstd = torch.rsqrt(x.square().mean(-1, keepdim=True).add_(eps))
+        rstd = inverse_rms(x, eps)
         ctx.save_for_backward(x, weight, rstd)
         return (x * rstd).mul_(weight)
 
