@@ -72,13 +72,14 @@ class KVCacheEngine(RolloutEngine):
         stops = [seq.to(device) for seq in stops]
         batch = len(prompts)
         width = max(len(p) for p in prompts)
-        input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long, device=device)
+        prompt_lengths = [len(p) for p in prompts]
+        if 0 in prompt_lengths:
+            raise ValueError(f"prompt {prompt_lengths.index(0)} is empty")
+        # left-pad with one write (a write per row cost ~2 ms per 256 rows)
         valid = torch.zeros((batch, width + max_new_tokens), dtype=torch.bool, device=device)
-        for row, prompt in enumerate(prompts):
-            if not prompt:
-                raise ValueError(f"prompt {row} is empty")
-            input_ids[row, width - len(prompt):] = torch.tensor(prompt, device=device)
-            valid[row, width - len(prompt):width] = True
+        valid[:, :width] = (torch.arange(width) >= width - torch.tensor(prompt_lengths)[:, None]).to(device)
+        input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long, device=device)
+        input_ids[valid[:, :width]] = torch.tensor([t for p in prompts for t in p], dtype=torch.long, device=device)
         positions = (valid[:, :width].long().cumsum(-1) - 1).clamp(min=0)
 
         tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
