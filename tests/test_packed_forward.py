@@ -50,6 +50,26 @@ def _batch(tok):
     return make_token_batch(prompts, responses, tok.pad_token_id, response_masks=masks)
 
 
+def _shared_prefix_batch(tok):
+    """GRPO-like rows that share response prefixes: identical samples, a sample that is a
+    strict prefix of a later one (its last token is an input the later row needs), the
+    same response after different prompts (never shared), and one-token responses."""
+    a, b = [10, 11, 12], [13, 14]
+    x, y = [20, 21, 22, 23, 24], [20, 21, 30, 31]
+    prompts = [a, a, a, a, b, b, a, b]
+    responses = [x[:3], x, x, y, x, x, [20], [20]]
+    return make_token_batch(prompts, responses, tok.pad_token_id)
+
+
+def _distinct_needed_prefixes(batch):
+    """Brute force: the distinct token prefixes that some row uses as input."""
+    needed = set()
+    for row, n in enumerate(batch.attention_mask.sum(-1).tolist()):
+        ids = batch.input_ids[row].tolist()
+        needed |= {tuple(ids[: j + 1]) for j in range(n - 1)}
+    return needed
+
+
 def _run(model, batch, packed, temperature):
     model.zero_grad(set_to_none=True)
     logp, entropy = token_logprobs(model, batch, temperature, with_entropy=True, entropy_grad=True, packed=packed)
@@ -77,11 +97,30 @@ def test_packed_forward_equals_model_forward(tok, arch, temperature):
         assert float((grads[name] - ref_grads[name]).norm() / ref_grads[name].norm()) < 1e-5, name
 
 
+@pytest.mark.parametrize("with_prompts", [True, False])
+def test_shared_response_prefixes_computed_once_and_exact(tok, with_prompts):
+    """Rows agreeing on prompt and response prefix share those slots; the result equals the
+    model's forward, and the packed list holds exactly the distinct prefixes rows need."""
+    model = _model(tok)
+    batch = _shared_prefix_batch(tok)
+    if not with_prompts:  # prefixes are then found from the first token on
+        batch.prompt_ids = batch.prompt_lengths = None
+    layout = PackedLayout(batch.input_ids, batch.attention_mask, batch.prompt_ids, batch.prompt_lengths)
+    assert len(layout.slots) == len(_distinct_needed_prefixes(batch))
+    assert len(layout.slots) < int(batch.attention_mask.sum()) // 2
+    logp, entropy, grads = _run(model, batch, True, 0.9)
+    ref_logp, ref_entropy, ref_grads = _run(model, batch, False, 0.9)
+    assert_close(logp, ref_logp, rtol=0, atol=1e-5)
+    assert_close(entropy, ref_entropy, rtol=0, atol=1e-5)
+    for name in grads:
+        assert float((grads[name] - ref_grads[name]).norm() / ref_grads[name].norm()) < 1e-5, name
+
+
 def test_layout_computes_each_shared_prompt_once(tok):
     """Rows 0, 2 and 5 share prompt a: only row 0 computes it; rows 1 (prompt c, which extends
     a) and 4 (prompt d) are not shared with a; the last token of every row is not computed."""
     batch = _batch(tok)
-    layout = PackedLayout(batch.attention_mask, batch.prompt_ids, batch.prompt_lengths)
+    layout = PackedLayout(batch.input_ids, batch.attention_mask, batch.prompt_ids, batch.prompt_lengths)
     lengths = batch.attention_mask.sum(-1)
     prompt = batch.prompt_lengths
     computed = layout.own.sum(-1)

@@ -47,40 +47,70 @@ def packed_supported(model: PreTrainedModel) -> bool:
     return LlamaStepper.supports(model)
 
 
+def _first_row(keys: torch.Tensor) -> torch.Tensor:
+    """For each entry, the smallest index holding the same key."""
+    _, inverse = torch.unique(keys, return_inverse=True)
+    index = torch.arange(len(keys), device=keys.device)
+    first = torch.full((int(inverse.max()) + 1,), len(keys), dtype=torch.long, device=keys.device)
+    return first.scatter_reduce(0, inverse, index, reduce="amin")[inverse]
+
+
 class PackedLayout:
     """Where each slot of the padded [B, L] batch reads its token from in the packed list.
 
-    ``own`` [B, L]: the slots computed in the packed list: real tokens, minus prompt slots of
-    rows whose prompt an earlier row of the batch already holds, minus each row's last token
-    when it is a response token (it predicts nothing and no earlier token attends to it);
-    packed order is the row-major order of ``own``. ``source`` [B, L]: the packed index each
-    slot reads: its own, the prompt owner's for a shared prompt slot, and any valid index for
-    the others, which causal attention over right-padded rows never lets a counted query see.
+    Two slots hold the same hidden states when their rows agree on every token up to and
+    including that position (causal attention sees nothing else): the same prompt, and then
+    as much of the response as the rows have in common. GRPO groups share a lot: on the
+    default recipe the 8 samples of a prompt agree on their first 8-16 tokens and many are
+    identical, so a rollout batch holds about a quarter as many distinct prefixes as tokens.
+    Each distinct prefix is computed once, by the first row that has it (its *owner*).
+
+    ``own`` [B, L]: the slots computed in the packed list: owned slots whose token some row
+    uses as input (a row's last token predicts nothing); packed order is the row-major order
+    of ``own``. ``source`` [B, L]: the packed index each slot reads: its owner's, and any
+    valid index for slots no counted query can see (padding and last tokens, which
+    right-padded causal attention only lets themselves or padding attend to).
     """
 
-    def __init__(self, attention_mask: torch.Tensor, prompt_ids: torch.Tensor | None,
+    def __init__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_ids: torch.Tensor | None,
                  prompt_lengths: torch.Tensor | None) -> None:
         batch, length = attention_mask.shape
         device = attention_mask.device
         cols = torch.arange(length, device=device)
         rows = torch.arange(batch, device=device)
         valid = attention_mask.bool()
-        last = attention_mask.sum(-1) - 1
-        prompt_end = prompt_lengths if prompt_lengths is not None else torch.zeros_like(last)
-        source_row = rows[:, None].expand(batch, length)
-        own = valid & ~((cols[None] == last[:, None]) & (last >= prompt_end)[:, None])
+        lengths = attention_mask.sum(-1)
+        owner = rows[:, None].expand(batch, length).clone()
         if prompt_ids is not None and prompt_lengths is not None:
-            _, inverse = torch.unique(prompt_ids, return_inverse=True)
-            first = torch.full((int(inverse.max()) + 1,), batch, dtype=torch.long, device=device)
-            owner = first.scatter_reduce(0, inverse, rows, reduce="amin")[inverse]
-            shared = (cols[None] < prompt_lengths[:, None]) & (owner != rows)[:, None]
-            own = own & ~shared
-            source_row = torch.where(shared, owner[:, None], source_row)
+            prompt_owner = _first_row(prompt_ids)
+            owner = torch.where(cols[None] < prompt_lengths[:, None], prompt_owner[:, None], owner)
+            node, start = prompt_ids.clone(), prompt_lengths
+        else:  # no prompt boundary known: share prefixes from the first token
+            node, start = torch.zeros(batch, dtype=torch.long, device=device), torch.zeros_like(lengths)
+        # Walk the rows' tokens after the prompt together: a prefix node is (parent node,
+        # token); rows on the same node share the slot. Stop once every row is on its own.
+        vocab = int(input_ids.max()) + 1
+        for offset in range(int((lengths - start).max())):
+            active = start + offset < lengths
+            position = (start + offset).clamp(max=length - 1)
+            token = input_ids[rows, position]
+            keys = torch.where(active, node * vocab + token, -1 - rows)  # finished rows never share
+            _, node = torch.unique(keys, return_inverse=True)
+            first = _first_row(node)
+            owner[rows[active], position[active]] = first[active]
+            if bool((first[active] == rows[active]).all()):  # all distinct from here on
+                break
+        # a slot is computed if some row reading it uses it as input (not its last token)
+        owner_slot = owner * length + cols
+        used = valid & (cols[None] < (lengths - 1)[:, None])
+        wanted = torch.zeros(batch * length, dtype=torch.bool, device=device)
+        wanted[owner_slot[used]] = True
+        own = wanted.view(batch, length) & (owner == rows[:, None])
         own_flat = own.reshape(-1)
         packed_of_flat = (own_flat.long().cumsum(0) - 1).clamp(min=0)
         self.own = own
         self.slots = own_flat.nonzero().squeeze(1)  # flat slot of each packed token
-        self.source = packed_of_flat[source_row * length + cols]  # [B, L]
+        self.source = packed_of_flat[owner_slot]  # [B, L]
         self.positions = cols.expand(batch, length).reshape(-1)[self.slots]  # right-padded: position = column
         self.shape = (batch, length)
 
@@ -179,7 +209,7 @@ def packed_token_logprobs(model: PreTrainedModel, batch: "TokenBatch", temperatu
                           ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``token_logprobs`` through the packed forward: [B, L-1] log-probs (and entropies) in
     the target frame, computed where ``target_mask != 0`` and 0 elsewhere."""
-    layout = PackedLayout(batch.attention_mask, batch.prompt_ids, batch.prompt_lengths)
+    layout = PackedLayout(batch.input_ids, batch.attention_mask, batch.prompt_ids, batch.prompt_lengths)
     h = packed_hidden(model, batch.input_ids, layout)
     scored = batch.target_mask != 0
     rows, cols = scored.nonzero(as_tuple=True)  # target column c is predicted from position c
