@@ -131,25 +131,40 @@ def _gpt2(tok, seed=1):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_repeated_prompts_prefilled_once_equal_prefilling_every_row(tok, monkeypatch, arch):
-    """Prefilling each distinct prompt once and copying its cache to its rows gives the same
-    tokens, log-probs and entropies per row as prefilling every row. The repeats are interleaved
-    (not contiguous groups) and one prompt differs from another only in its last token, so a
-    row given another prompt's cache would sample differently."""
+def test_shared_prefixes_decoded_once_equal_decoding_every_row(tok, monkeypatch, arch):
+    """Rows with equal tokens so far share one cache row and one forward (each distinct
+    prompt is prefilled once; samples fork when their tokens differ): the same tokens,
+    log-probs and entropies per row as decoding every row on its own. The repeats are
+    interleaved (not contiguous groups) and one prompt differs from another only in its
+    last token, so a row given another prompt's or sample's cache would sample differently."""
     model = _model(tok) if arch == "llama" else _gpt2(tok)
     assert isinstance(make_stepper(model, 1, 8), LlamaStepper if arch == "llama" else HFStepper)
     prompts = [PROMPTS[i] for i in (0, 2, 0, 1, 3, 2, 0, 4, 2, 0)] + [[10, 11, 13], [10, 11, 13], PROMPTS[3]]
     kwargs = dict(max_new_tokens=14, temperature=1.0, top_p=1.0, eos_token_id=tok.eos_token_id,
                   pad_token_id=tok.pad_token_id, stop_sequences=[[30, 31], [40], [29, 29], [37]])
-    prefilled = []  # batch size of every stepper built
+    prefilled, decoded = [], []  # rows of every prefill; rows of every decode step, per engine
     real = kv_cache.make_stepper
-    monkeypatch.setattr(kv_cache, "make_stepper", lambda m, b, c, **kw: prefilled.append(b) or real(m, b, c, **kw))
+
+    def counting_stepper(m, b, c, **kw):
+        stepper = real(m, b, c, **kw)
+        decode = stepper.decode
+        stepper.decode = lambda t, *a: decoded[-1].append(len(t)) or decode(t, *a)
+        prefilled.append(b)
+        return stepper
+
+    monkeypatch.setattr(kv_cache, "make_stepper", counting_stepper)
     results = []
-    for dedup in (True, False):
+    for share in (True, False):
         engine = KVCacheEngine()
-        engine.dedup_prompts = dedup
+        engine.share_prefixes = share
+        decoded.append([])
         results.append(engine.generate(model, prompts, generator=torch.Generator().manual_seed(5), **kwargs))
     assert prefilled == [6, len(prompts)]
+    shared_steps, plain_steps = decoded
+    assert sum(shared_steps) <= sum(plain_steps)
+    assert max(shared_steps) > prefilled[0], "samples of a prompt should fork into slots of their own"
+    if arch == "llama":  # its samples keep some prefixes in common: fewer rows decoded
+        assert sum(shared_steps) < sum(plain_steps)
     fast, plain = results
     assert len({len(g.response_ids) for g in fast}) > 2, "rows should finish at different steps"
     assert {g.finish_reason for g in fast} == {"eos", "stop", "length"}

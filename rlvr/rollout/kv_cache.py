@@ -2,12 +2,17 @@
 
 Prompts are left-padded so every row's next token sits in the last column; position ids
 come from the attention mask so padding never shifts a row's positions (the trainer,
-which right-pads, then sees the same positions). Outputs are preallocated; rows that
-finished (EOS or a stop sequence) are dropped from the batch and the cache once they are a
-quarter of it, so long-tail samples do not keep paying for the finished ones. A prompt
-repeated in the batch (a GRPO group) is prefilled once and its cache copied to its rows. The forward
-passes come from ``rlvr.rollout.steppers`` (a direct Llama-layout decoder, or the model's
-own forward for other architectures).
+which right-pads, then sees the same positions). Outputs are preallocated.
+
+Rows whose tokens so far are equal share one cache row (a *slot*) and one forward pass:
+a prompt repeated in the batch (a GRPO group) is prefilled once, and its samples stay on
+one slot until their sampled tokens differ, when the cache row is copied for the new
+branch (each row always draws its own token from the shared logits). On the default recipe
+the 8 samples of a prompt agree on their first 8-16 tokens, so a rollout decodes about a
+quarter of its tokens. Finished rows (EOS or a stop sequence) leave at once; slots no row
+is on are dropped once they are a quarter of the cache. The forward passes come from
+``rlvr.rollout.steppers`` (a direct Llama-layout decoder, or the model's own forward for
+other architectures).
 """
 
 from __future__ import annotations
@@ -46,10 +51,39 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
 class KVCacheEngine(RolloutEngine):
     """Our own sampling loop over a Hugging Face causal LM with a dynamic KV cache."""
 
-    dedup_prompts = True  # prefill repeated prompts once (False: prefill every row; tests compare)
+    share_prefixes = True  # one forward per distinct prefix (False: one per row; tests compare)
 
     def __init__(self) -> None:
         self._kv_storage: list[torch.Tensor] | None = None  # the last call's KV cache, reused by the next
+
+    @staticmethod
+    def _fork(slot: torch.Tensor, token: torch.Tensor, n_slots: int, capacity: int, vocab: int,
+              pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """After each row sampled ``token`` on its ``slot``: the rows' new slots, the token
+        each slot decodes next, and the cache rows the new slots copy (None: unchanged).
+        The first distinct (slot, token) of a slot keeps the slot; others take new slots at
+        the end, copied from their parent. Slots no row is on any more are dropped once
+        they are a quarter of all or the cache (``capacity`` rows) would overflow (until
+        then they decode padding)."""
+        keys, inverse = torch.unique(slot * vocab + token, return_inverse=True)
+        parent, chosen = keys // vocab, keys % vocab
+        first = torch.ones_like(parent, dtype=torch.bool)
+        first[1:] = parent[1:] != parent[:-1]
+        n_new = int((~first).sum())
+        new_slot = torch.where(first, parent, n_slots + (~first).long().cumsum(0) - 1)
+        slot_tokens = torch.full((n_slots + n_new,), pad_token_id, dtype=torch.long, device=slot.device)
+        slot_tokens[new_slot] = chosen
+        parents = None
+        if n_new:
+            parents = torch.cat([torch.arange(n_slots, device=slot.device), parent[~first]])
+        dead = n_slots - int(first.sum())
+        if dead and (4 * dead >= n_slots + n_new or n_slots + n_new > capacity):  # compact
+            used = torch.unique(new_slot)  # sorted
+            remap = torch.empty(n_slots + n_new, dtype=torch.long, device=slot.device)
+            remap[used] = torch.arange(len(used), device=slot.device)
+            parents = (parents if parents is not None else torch.arange(n_slots, device=slot.device))[used]
+            new_slot, slot_tokens = remap[new_slot], slot_tokens[used]
+        return new_slot[inverse], slot_tokens, parents
 
     @torch.inference_mode()
     def generate(
@@ -86,34 +120,29 @@ class KVCacheEngine(RolloutEngine):
         logprobs = torch.zeros((batch, max_new_tokens), dtype=torch.float32, device=device)
         entropies = torch.zeros((batch, max_new_tokens), dtype=torch.float32, device=device)
         lengths = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
-        rows = torch.arange(batch, device=device)  # original row of each row still in the batch
-        live = torch.ones(batch, dtype=torch.bool, device=device)  # not finished yet
-        # GRPO repeats each prompt once per sample: prefill each distinct prompt once, then copy
-        # its KV cache and last logits to its rows (the draws and per-row outputs are unchanged)
-        first_row: dict[tuple[int, ...], int] = {}  # distinct prompt -> first row holding it
-        for row, prompt in enumerate(prompts):
-            first_row.setdefault(tuple(prompt), row)
-        if self.dedup_prompts and len(first_row) < batch:
-            slot = {key: i for i, key in enumerate(first_row)}
-            firsts = torch.tensor(list(first_row.values()), device=device)
-            stepper = make_stepper(model, len(firsts), width + max_new_tokens, max_rows=batch,
-                                       storage=self._kv_storage)
-            logits = stepper.prefill(input_ids[firsts], positions[firsts], valid[firsts, :width])
-            expand = torch.tensor([slot[tuple(p)] for p in prompts], device=device)  # row -> its prompt's slot
-            stepper.keep(expand)
-            logits = logits[expand]
+        # Rows whose tokens so far are all equal get the same logits, so they share one cache
+        # row (a *slot*) and one forward: GRPO's samples of a prompt start as one slot and
+        # fork when their sampled tokens differ (each row still draws its own token).
+        if self.share_prefixes:
+            slot_of: dict[tuple[int, ...], int] = {}  # distinct prompt -> its slot
+            slot = torch.tensor([slot_of.setdefault(tuple(p), len(slot_of)) for p in prompts], device=device)
+            firsts = torch.zeros(len(slot_of), dtype=torch.long, device=device).scatter_reduce(
+                0, slot, torch.arange(batch, device=device), reduce="amin", include_self=False)
         else:
-            stepper = make_stepper(model, batch, width + max_new_tokens, storage=self._kv_storage)
-            logits = stepper.prefill(input_ids, positions, valid[:, :width])
+            slot = firsts = torch.arange(batch, device=device)
+        stepper = make_stepper(model, len(firsts), width + max_new_tokens, max_rows=batch,
+                               storage=self._kv_storage)
         self._kv_storage = getattr(stepper, "storage", None)
-        next_positions = positions[:, -1] + 1
+        slot_logits = stepper.prefill(input_ids[firsts], positions[firsts], valid[firsts, :width])
+        slot_valid, slot_positions = valid[firsts], positions[firsts, -1] + 1
+        rows = torch.arange(batch, device=device)  # original row of each unfinished row
         # per-step log-probs and -entropies with the rows they belong to, written out once at
         # the end (two fewer scatters per decode step)
         step_rows: list[torch.Tensor] = []
         step_logprobs: list[torch.Tensor] = []
         step_neg_entropies: list[torch.Tensor] = []
         for step in range(max_new_tokens):
-            logits = logits.float()
+            logits = slot_logits.float()[slot]
             if temperature > 0:
                 scaled = logits if temperature == 1.0 else logits / temperature
                 logp_all = torch.log_softmax(scaled, dim=-1)
@@ -124,31 +153,28 @@ class KVCacheEngine(RolloutEngine):
                 logp_all = torch.log_softmax(logits, dim=-1)
                 probs = logp_all.exp()
                 next_tok = logits.argmax(-1)
-            next_tok = torch.where(live, next_tok, pad_token_id)
             tokens[rows, step] = next_tok
             step_rows.append(rows)
             step_logprobs.append(logp_all.gather(-1, next_tok[:, None]))
             step_neg_entropies.append((probs * logp_all).sum(-1))
-            finished_now = live & (next_tok == eos_token_id)
+            finished = next_tok == eos_token_id
             for seq in stops:
                 if step + 1 >= len(seq):
-                    finished_now |= live & (tokens[rows, step + 1 - len(seq):step + 1] == seq).all(-1)
-            if bool(finished_now.any()):
-                lengths[rows[finished_now]] = step + 1
-                live = live & ~finished_now
-                n_live = int(live.sum())
-                if n_live == 0:
-                    break
-                if 4 * (len(rows) - n_live) >= len(rows):  # drop the finished rows
-                    keep = live.nonzero().squeeze(-1)
-                    stepper.keep(keep)
-                    rows, live, valid = rows[keep], live[keep], valid[keep]
-                    next_tok, next_positions = next_tok[keep], next_positions[keep]
-            if step + 1 == max_new_tokens:
+                    finished |= (tokens[rows, step + 1 - len(seq):step + 1] == seq).all(-1)
+            if bool(finished.any()):
+                lengths[rows[finished]] = step + 1
+                going = ~finished
+                rows, slot, next_tok = rows[going], slot[going], next_tok[going]
+            if len(rows) == 0 or step + 1 == max_new_tokens:
                 break
-            valid[:, width + step] = True
-            logits = stepper.decode(next_tok, next_positions, valid[:, :width + step + 1])
-            next_positions = next_positions + 1
+            slot, slot_tokens, parents = self._fork(slot, next_tok, len(slot_positions), batch,
+                                                    model.config.vocab_size, pad_token_id)
+            if parents is not None:
+                stepper.keep(parents)
+                slot_valid, slot_positions = slot_valid[parents], slot_positions[parents]
+            slot_valid[:, width + step] = True
+            slot_logits = stepper.decode(slot_tokens, slot_positions, slot_valid[:, :width + step + 1])
+            slot_positions = slot_positions + 1
 
         steps = torch.repeat_interleave(torch.arange(len(step_rows), device=device),
                                         torch.tensor([len(r) for r in step_rows], device=device))

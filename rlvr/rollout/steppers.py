@@ -218,13 +218,19 @@ class LlamaStepper:
         self.values = [buffer[1, :rows] for buffer in self.buffers]
 
     def keep(self, rows: torch.Tensor) -> None:
-        """Make row i of the cache what row ``rows[i]`` was (drop rows, or repeat them: up to
-        ``max_rows``); only the filled columns are copied."""
-        if len(rows) > self.buffers[0].shape[1]:
-            raise ValueError(f"keep: {len(rows)} rows asked of a cache built for {self.buffers[0].shape[1]}")
+        """Make row i of the cache what row ``rows[i]`` was: drop rows, repeat them, append
+        copies (up to ``max_rows``). Only the filled columns are copied, and none of a
+        leading run of rows that stay where they are (appending forks copies just those)."""
+        capacity = self.buffers[0].shape[1]
+        if len(rows) > capacity:
+            raise ValueError(f"keep: {len(rows)} rows asked of a cache built for {capacity}")
         live = self.keys[0].shape[0]
-        for cache in (c for buffer in self.buffers for c in buffer):  # keys, values
-            cache[:len(rows), :, :self.filled] = cache[:live, :, :self.filled].index_select(0, rows)
+        span = min(len(rows), live)
+        unchanged = int((rows[:span] == torch.arange(span, device=rows.device)).long().cumprod(0).sum())
+        if unchanged < len(rows):
+            for cache in (c for buffer in self.buffers for c in buffer):  # keys, values
+                cache[unchanged:len(rows), :, :self.filled] = cache[:live, :, :self.filled].index_select(
+                    0, rows[unchanged:])
         self._view(len(rows))
 
 
