@@ -1,10 +1,12 @@
 """The forward passes of a sampling loop: one prefill over the prompts, then one decode step
-per generated token, with a KV cache whose rows can be dropped when their samples finish.
+per generated token, with a KV cache whose rows can be dropped, repeated or copied
+(``keep``) as samples finish or fork.
 
 ``LlamaStepper`` runs Llama-layout models (Llama, Qwen2, Mistral without a sliding window)
 directly on the Hugging Face model's weights with a preallocated cache: the same math as the
-model's forward in about 20 tensor ops per layer (fused QKV and gate/up projections, fused
-RMSNorm, rotary embeddings from a table built once, SDPA over the filled part of the cache).
+model's forward in about 20 tensor ops per layer (fused QKV and gate/up projections, norm
+weights and the attention scale folded into them, a one-pass RMS, rotary embeddings as one
+complex multiply from a table built once, attention over the filled part of the cache).
 At small batch x model sizes a decode step through ``model(...)`` spends most of its time in
 Python (mask construction, cache bookkeeping, module dispatch), not in matmuls; this removes
 that overhead on CPU and GPU alike. ``HFStepper`` calls the model itself and serves every
