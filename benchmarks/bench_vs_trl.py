@@ -19,7 +19,7 @@ Each side runs in its own process (own peak RSS); repetitions alternate the orde
 
     pip install -e ".[cpu,bench]"
     python benchmarks/bench_vs_trl.py                # 3 repetitions x 8 steps (2 warm-up)
-    python benchmarks/bench_vs_trl.py --reward-steps 30   # also a longer run for the reward check
+    python benchmarks/bench_vs_trl.py --reward-steps 30 --reward-seeds 3   # also the reward check
 
 The last line is machine-readable: ``speedup_vs_trl: X.XX`` (TRL median step time / rlvr's).
 """
@@ -221,9 +221,10 @@ def child(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- the driver
 
 
-def spawn(args: argparse.Namespace, side: str, model_dir: Path, steps: int) -> dict:
+def spawn(args: argparse.Namespace, side: str, model_dir: Path, steps: int, extra: tuple[str, ...] = ()) -> dict:
     cmd = [sys.executable, __file__, "--side", side, "--model-dir", str(model_dir), "--steps", str(steps),
-           "--threads", str(args.threads), "--seed", str(args.seed), *sum((["--set", s] for s in args.set), [])]
+           "--threads", str(args.threads), "--seed", str(args.seed),
+           *sum((["--set", s] for s in [*args.set, *extra]), [])]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(args.threads))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -243,6 +244,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps of each run")
     parser.add_argument("--reward-steps", type=int, default=0,
                         help="if > 0: one more run per side of this many steps for the reward comparison")
+    parser.add_argument("--reward-seeds", type=int, default=1,
+                        help="reward comparison over this many run seeds (other prompts and draws, same model)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], help="rlvr config override (both sides), repeatable")
@@ -295,11 +298,17 @@ def main() -> None:
 
     if args.reward_steps:
         tail = max(1, args.reward_steps // 4)
-        for side in ("rlvr", "trl"):
-            res = spawn(args, side, model_dir, args.reward_steps)
-            rewards = [s["reward_mean"] for s in res["steps"]]
-            print(f"reward {side:4s}: first step {rewards[0]:.3f}, mean of last {tail} of {args.reward_steps} "
-                  f"steps {statistics.mean(rewards[-tail:]):.3f}")
+        finals: dict[str, list[float]] = {"rlvr": [], "trl": []}
+        for run_seed in range(config.seed, config.seed + args.reward_seeds):
+            for side in ("rlvr", "trl"):
+                res = spawn(args, side, model_dir, args.reward_steps, (f"seed={run_seed}",))
+                rewards = [s["reward_mean"] for s in res["steps"]]
+                finals[side].append(statistics.mean(rewards[-tail:]))
+                print(f"reward {side:4s} (seed {run_seed}): first step {rewards[0]:.3f}, mean of last {tail} of "
+                      f"{args.reward_steps} steps {finals[side][-1]:.3f}")
+        if args.reward_seeds > 1:
+            print(f"reward over {args.reward_seeds} seeds (mean of last {tail} steps): "
+                  f"rlvr {statistics.mean(finals['rlvr']):.3f}, trl {statistics.mean(finals['trl']):.3f}")
     print(f"speedup_vs_trl: {b['median'] / a['median']:.2f}")
 
 

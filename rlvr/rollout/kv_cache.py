@@ -136,6 +136,7 @@ class KVCacheEngine(RolloutEngine):
         slot_logits = stepper.prefill(input_ids[firsts], positions[firsts], valid[firsts, :width])
         slot_valid, slot_positions = valid[firsts], positions[firsts, -1] + 1
         rows = torch.arange(batch, device=device)  # original row of each unfinished row
+        alone = len(firsts) == batch  # once every row has its own slot, rows can only finish
         # per-step log-probs and -entropies with the rows they belong to, written out once at
         # the end (two fewer scatters per decode step)
         step_rows: list[torch.Tensor] = []
@@ -167,8 +168,16 @@ class KVCacheEngine(RolloutEngine):
                 rows, slot, next_tok = rows[going], slot[going], next_tok[going]
             if len(rows) == 0 or step + 1 == max_new_tokens:
                 break
-            slot, slot_tokens, parents = self._fork(slot, next_tok, len(slot_positions), batch,
-                                                    model.config.vocab_size, pad_token_id)
+            if alone:  # every row on a slot of its own: no forks, only finished rows to drop
+                slot_tokens = torch.full((len(slot_positions),), pad_token_id, dtype=torch.long, device=device)
+                slot_tokens[slot] = next_tok
+                parents = None
+                if 4 * (len(slot_positions) - len(rows)) >= len(slot_positions):
+                    parents, slot, slot_tokens = slot, torch.arange(len(rows), device=device), next_tok
+            else:
+                slot, slot_tokens, parents = self._fork(slot, next_tok, len(slot_positions), batch,
+                                                        model.config.vocab_size, pad_token_id)
+                alone = len(slot_tokens) == len(rows) == len(torch.unique(slot))
             if parents is not None:
                 stepper.keep(parents)
                 slot_valid, slot_positions = slot_valid[parents], slot_positions[parents]
