@@ -176,7 +176,7 @@ class KVCacheEngine(RolloutEngine):
                     parents, slot, slot_tokens = slot, torch.arange(len(rows), device=device), next_tok
             else:
                 slot, slot_tokens, parents = self._fork(slot, next_tok, len(slot_positions), batch,
-                                                        model.config.vocab_size, pad_token_id)
+                                                        slot_logits.shape[-1], pad_token_id)
                 alone = len(slot_tokens) == len(rows) == len(torch.unique(slot))
             if parents is not None:
                 stepper.keep(parents)
