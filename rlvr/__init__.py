@@ -21,9 +21,12 @@ def _keep_freed_memory() -> None:
     MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ (RLVR_KEEP_FREED_MEMORY=0 turns it off).
     """
     import ctypes
-    import platform
 
-    if os.environ.get("RLVR_KEEP_FREED_MEMORY", "1") == "0" or platform.libc_ver()[0] != "glibc":
+    if os.environ.get("RLVR_KEEP_FREED_MEMORY", "1") == "0":
+        return
+    try:
+        os.confstr("CS_GNU_LIBC_VERSION")  # raises off glibc
+    except (ValueError, OSError, AttributeError):
         return
     if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
         return
