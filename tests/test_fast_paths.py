@@ -1,7 +1,9 @@
 """Every speed-up keeps the numbers: the direct Llama-layout decoder against the model's own
-forward, row dropping against full batches, the sampler's behaviour log-probs against the
-trainer's recomputation (so the first PPO epoch need not recompute them), and length-sorted
-micro-batches against one micro-batch."""
+forward, row dropping against full batches, shared-prefix decoding (one cache row per
+distinct prefix, forked when samples differ) against decoding every row, the sampler's
+behaviour log-probs against the trainer's recomputation (so the first PPO epoch need not
+recompute them), and length-sorted micro-batches against one micro-batch. The packed
+training forward has its own file, ``test_packed_forward.py``."""
 
 from __future__ import annotations
 
