@@ -101,9 +101,8 @@ class KVCacheEngine(RolloutEngine):
     ) -> list[Generation]:
         if not prompts:
             return []
-        stops = [torch.tensor(list(seq), dtype=torch.long) for seq in stop_sequences if len(seq)]
         device = next(model.parameters()).device
-        stops = [seq.to(device) for seq in stops]
+        stops = [torch.tensor(list(seq), dtype=torch.long, device=device) for seq in stop_sequences if len(seq)]
         batch = len(prompts)
         width = max(len(p) for p in prompts)
         prompt_lengths = [len(p) for p in prompts]

@@ -58,9 +58,12 @@ class _Layer:
     down_b: torch.Tensor | None
 
 
-def _cat_bias(*linears: torch.nn.Linear) -> torch.Tensor | None:
+def fused_bias(*linears: torch.nn.Linear) -> torch.Tensor | None:
+    """The bias of the projections' fused matmul (zeros for those without one), or None."""
     if all(lin.bias is None for lin in linears):
         return None
+    if len(linears) == 1:
+        return linears[0].bias
     return torch.cat([lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)
                       for lin in linears])
 
@@ -151,14 +154,14 @@ class LlamaStepper:
         self.layers = []
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            qkv_b = _cat_bias(attn.q_proj, attn.k_proj, attn.v_proj)
+            qkv_b = fused_bias(attn.q_proj, attn.k_proj, attn.v_proj)
             qkv_w = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
             self.layers.append(_Layer(
                 qkv_w=(qkv_w[rows] * row_scale[:, None]) * layer.input_layernorm.weight,
                 qkv_b=None if qkv_b is None else qkv_b[rows] * row_scale,
                 o_w=attn.o_proj.weight, o_b=attn.o_proj.bias,
                 gate_up_w=torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]) * layer.post_attention_layernorm.weight,
-                gate_up_b=_cat_bias(mlp.gate_proj, mlp.up_proj),
+                gate_up_b=fused_bias(mlp.gate_proj, mlp.up_proj),
                 down_w=mlp.down_proj.weight, down_b=mlp.down_proj.bias,
             ))
         cos, sin = inner.rotary_emb(weight, torch.arange(capacity, device=weight.device)[None])
@@ -184,7 +187,6 @@ class LlamaStepper:
         start, end = self.filled, self.filled + length
         h = F.embedding(token_ids, self.embed)
         rotation = self.rotation[positions].unsqueeze(1)  # [B, 1, T, D/2]
-        hidden = h.shape[-1]
         qk_heads = self.heads + self.kv_heads
         for layer, keys, values in zip(self.layers, self.keys, self.values):
             x = h * inverse_rms(h, self.eps)  # the norm's weight is folded into qkv_w

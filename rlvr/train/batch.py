@@ -74,26 +74,24 @@ def make_token_batch(
             row = next(i for i, (r, n) in enumerate(zip(rows, response_lengths)) if len(r) != n)
             raise ValueError(f"{field_name}[{row}] has {len(rows[row])} values for a response of "
                              f"{response_lengths[row]} tokens")
-    # One tensor write per field instead of one per row: this runs every RL step on every sample.
+    # One tensor write per field instead of one per row: this runs every RL step on every
+    # sample. Boolean-mask writes fill the selected cells row by row, in the lists' order.
     prompt_lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
-    lengths = torch.tensor(response_lengths, dtype=torch.long)
-    total = prompt_lengths + lengths
+    total = prompt_lengths + torch.tensor(response_lengths, dtype=torch.long)
     batch, width = len(prompts), int(total.max())
-    rows_all = torch.repeat_interleave(torch.arange(batch), total)
-    cols_all = torch.arange(int(total.sum())) - torch.repeat_interleave(total.cumsum(0) - total, total)
+    columns = torch.arange(width)
+    attention = (columns[None] < total[:, None]).long()
     input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
-    input_ids[rows_all, cols_all] = torch.tensor([t for p, r in zip(prompts, responses) for t in (*p, *r)],
-                                                 dtype=torch.long)
-    attention = (torch.arange(width)[None] < total[:, None]).long()
+    input_ids[attention.bool()] = torch.tensor([t for p, r in zip(prompts, responses) for t in (*p, *r)],
+                                               dtype=torch.long)
     # response token k of row b is target column len(prompt_b) - 1 + k
-    rows = torch.repeat_interleave(torch.arange(batch), lengths)
-    cols = (torch.arange(int(lengths.sum())) - torch.repeat_interleave(lengths.cumsum(0) - lengths, lengths)
-            + torch.repeat_interleave(prompt_lengths - 1, lengths))
+    target_columns = columns[None, :-1]
+    in_response = (target_columns >= prompt_lengths[:, None] - 1) & (target_columns < total[:, None] - 1)
 
     def target_frame(values: list[list[float]] | None, default: float) -> torch.Tensor:
         out = torch.zeros((batch, width - 1), dtype=torch.float32)
-        out[rows, cols] = default if values is None else torch.tensor([x for v in values for x in v],
-                                                                       dtype=torch.float32)
+        out[in_response] = default if values is None else torch.tensor([x for v in values for x in v],
+                                                                        dtype=torch.float32)
         return out
 
     target_mask = target_frame(response_masks, 1.0)
@@ -115,7 +113,8 @@ def token_logprobs(
     entropy bonus needs its gradient; a logged metric does not).
 
     Llama-layout models go through the packed forward (``rlvr.train.packed``: no padding,
-    shared prompts once, the LM head on counted targets only) unless ``packed`` is False;
+    each prefix rows share computed once, the LM head on counted targets only) unless
+    ``packed`` is False;
     other models through their own forward over the padded batch."""
     if packed and packed_supported(model):
         return packed_token_logprobs(model, batch, temperature, with_entropy=with_entropy,

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from rlvr.rollout.steppers import LlamaStepper, interleaved_rows, inverse_rms
+from rlvr.rollout.steppers import LlamaStepper, fused_bias, interleaved_rows, inverse_rms
 
 if TYPE_CHECKING:
     from rlvr.train.batch import TokenBatch
@@ -147,10 +147,7 @@ def _linear(x: torch.Tensor, *linears: torch.nn.Linear, rows: torch.Tensor | Non
     reordered by ``rows`` if given. (Not gate/up: the backward of splitting their fused output
     concatenates two [T, I] gradients, which costs what the fused matmul saves.)"""
     weight = linears[0].weight if len(linears) == 1 else torch.cat([lin.weight for lin in linears])
-    bias = linears[0].bias if len(linears) == 1 else None
-    if len(linears) > 1 and any(lin.bias is not None for lin in linears):
-        bias = torch.cat([lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)
-                          for lin in linears])
+    bias = fused_bias(*linears)
     if rows is not None:
         weight = weight.index_select(0, rows)
         bias = None if bias is None else bias.index_select(0, rows)
