@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.config import RunConfig
 from rlvr.rollout.environment import Environment, EnvironmentFactory
-from rlvr.rollout.trajectory import render_prompt
+from rlvr.rollout.trajectory import render_prompts
 from rlvr.seeding import derive_seed
 from rlvr.tasks.base import Task
 from rlvr.train.batch import make_token_batch, token_logprobs
@@ -34,7 +34,7 @@ def sft_batch(task: Task, tokenizer: PreTrainedTokenizerBase, config: RunConfig,
     segment is tokenized on its own, as the rollout loop does, and observations are masked."""
     problems = task.sample_problems(config.sft.batch_size, derive_seed(config.seed, "sft-problems", step), exclude)
     demo_rng = random.Random(derive_seed(config.seed, "sft-demos", step))
-    prompts = [render_prompt(tokenizer, p) for p in problems]
+    prompts = render_prompts(tokenizer, problems)
     texts = [task.demonstration(problem, demo_rng) for problem in problems]
     demonstrations = (Environment.demonstrations(None, texts) if environment is None
                       else environment.cls.demonstrations(environment.params, texts))
