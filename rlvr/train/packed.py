@@ -47,12 +47,11 @@ def packed_supported(model: PreTrainedModel) -> bool:
     return LlamaStepper.supports(model)
 
 
-def _first_row(keys: torch.Tensor) -> torch.Tensor:
-    """For each entry, the smallest index holding the same key."""
-    _, inverse = torch.unique(keys, return_inverse=True)
-    index = torch.arange(len(keys), device=keys.device)
-    first = torch.full((int(inverse.max()) + 1,), len(keys), dtype=torch.long, device=keys.device)
-    return first.scatter_reduce(0, inverse, index, reduce="amin")[inverse]
+def _first_row(ids: torch.Tensor) -> torch.Tensor:
+    """For each entry of ``ids`` (non-negative integers), the smallest index holding the same id."""
+    index = torch.arange(len(ids), device=ids.device)
+    first = torch.full((int(ids.max()) + 1,), len(ids), dtype=torch.long, device=ids.device)
+    return first.scatter_reduce(0, ids, index, reduce="amin")[ids]
 
 
 class PackedLayout:
