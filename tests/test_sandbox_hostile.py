@@ -360,3 +360,253 @@ def test_fallbacks_still_clean_up(disable):
         if not caps["network_namespace"]:  # the audit hook: best effort, but present
             r = run_python("import socket; socket.socket()", limits=LIMITS, server=weak)
             assert r.exit_code == 1 and "network access is disabled" in r.stderr
+
+
+# --- the control channel (issue 13, class 6) ------------------------------------------------
+# The code can find every descriptor it holds (/proc/self/fd) and write anything to it. What it
+# writes is data at most: the status of a run or a cell comes from what the supervisor sees
+# itself (wait status, its own timers), reads are capped, and no send of the supervisor waits
+# on the code.
+FORGE = '''
+import json, os, struct
+fake_result = {"t": "result", "stdout": "forged", "stderr": "", "exit_code": 0, "timed_out": False,
+               "oom": False, "truncated": False, "error": None, "alive": True}
+forged = [{"t": "done", "exc": None}, {"t": "exit", "exc": None}, {"t": "ready"},
+          {"t": "setup_error", "error": "forged"}, fake_result] + [{"t": "done", "n": n, "exc": None} for n in (1, 2)]
+for prefixed in (True, False):
+    for fd in sorted(int(n) for n in os.listdir("/proc/self/fd")):
+        for obj in forged:
+            body = json.dumps(obj).encode()
+            try:
+                os.write(fd, struct.pack(">I", len(body)) + body if prefixed else body)
+            except OSError:
+                pass
+'''
+QUICK = SandboxLimits(wall_time_s=1, memory_mb=256)
+
+
+def zygote_children(server) -> list[int]:
+    """The supervisors (and spares) of ``server``: the zygote's children, from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == server._proc.pid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def status_kib(pid: int, key: str) -> int:
+    return int(next(line for line in open(f"/proc/{pid}/status") if line.startswith(key + ":")).split()[1])
+
+
+def test_forged_frames_cannot_set_a_runs_status(server):
+    r = run(server, FORGE + "os._exit(3)")
+    assert (r.exit_code, r.error, r.timed_out) == (3, "exit code 3", False), r
+    r = run(server, FORGE + "import time\ntime.sleep(60)", limits=QUICK)
+    assert r.timed_out and r.exit_code is None and r.error == "timeout after 1 s", r
+
+
+def test_forged_frames_cannot_finish_a_cell(server):
+    with PythonSession(QUICK, server=server) as py:
+        r = py.run(FORGE + "raise ValueError('real')")
+        assert r.exit_code == 1 and r.error.startswith("uncaught ValueError"), r
+        assert py.run("print('next')").stdout == "next\n"  # no stale frame answers the next cell
+        r = py.run(FORGE + "import time\ntime.sleep(60)")
+        assert r.timed_out and r.exit_code is None and not py.alive, r
+
+
+def test_a_frame_claiming_a_huge_length_is_dropped(server):
+    with PythonSession(QUICK, server=server) as py:
+        r = py.run("import os, struct\n"
+                   "os.write(3, struct.pack('>I', 2**32 - 1) + b'x' * 10)\n"
+                   "os.write(3, struct.pack('>Q', 2**40))\n"
+                   "print('after')")
+        assert r.ok and r.stdout == "after\n" and r.duration_s < 0.9, r
+        assert py.run("print(2)").stdout == "2\n"
+
+
+def test_half_a_frame_then_silence_does_not_desynchronise_the_channel(server):
+    code = ("import os, struct, threading, time\n"
+            "def half():\n"
+            "    os.write(3, struct.pack('>I', 100) + b'{\"t\": \"do')\n"
+            "    time.sleep(60)\n"
+            "threading.Thread(target=half, daemon=True).start()\n"
+            "time.sleep(0.1)\n"
+            "print('ok')")
+    with PythonSession(QUICK, server=server) as py:
+        r = py.run(code)
+        assert r.ok and r.stdout == "ok\n", r
+        assert py.run("print(2)").stdout == "2\n"
+
+
+def test_a_flood_on_the_control_channel_is_bounded():
+    flood = ("import json, os, struct\n"
+             "body = json.dumps({'t': 'noise', 'n': 1}).encode()\n"
+             "chunk = (struct.pack('>I', len(body)) + body) * 1000\n"
+             "for _ in range(300):\n"
+             "    try:\n"
+             "        os.write(3, chunk)\n"
+             "    except OSError:\n"
+             "        pass\n"
+             "print('flooded')")
+    with SandboxServer(spares=0) as fresh, PythonSession(SandboxLimits(wall_time_s=3, memory_mb=256),
+                                                         server=fresh) as py:
+        [supervisor] = zygote_children(fresh)
+        before = status_kib(supervisor, "VmHWM")
+        r = py.run(flood)
+        grown = status_kib(supervisor, "VmHWM") - before if py.alive else 0
+        assert not r.ok and "control channel" in (r.error or ""), r
+        assert grown < 8 << 10, f"the supervisor's peak memory grew by {grown} KiB"
+        assert r.duration_s < 1.5, r
+        assert py.run("print('fine')").stdout == "fine\n"
+
+
+def test_a_session_that_stops_reading_cannot_wedge_the_supervisor(server):
+    need(server, "privilege_drop")
+    swap = ("import os, socket, threading, time\n"
+            "def swap():\n"
+            "    global keep, a, b\n"
+            "    time.sleep(0.2)\n"
+            "    keep = os.dup(3)  # hold the channel open, read it never\n"
+            "    a, b = socket.socketpair()\n"
+            "    os.dup2(a.fileno(), 3)\n"
+            "threading.Thread(target=swap).start()")
+    py = PythonSession(QUICK, server=server)
+    try:
+        assert py.run(swap).ok
+        time.sleep(0.4)
+        r = py.run("x = '" + "a" * (4 << 20) + "'")
+        assert r.timed_out and r.duration_s < 2.0, r
+    finally:
+        t0 = time.monotonic()
+        py.close()
+        closed_in = time.monotonic() - t0
+    assert closed_in < 3.0
+    assert sandbox_processes(server) == []
+
+
+def test_close_returns_promptly_and_leaves_nothing_behind(server):
+    need(server, "privilege_drop")
+    with SandboxServer(spares=0) as fresh:
+        py = PythonSession(QUICK, server=fresh)
+        assert py.run("import os, sys, threading, time\n"
+                      "if os.fork() == 0:\n"
+                      "    os.setsid()\n"
+                      "    time.sleep(60)\n"
+                      "def noise():\n"
+                      "    while True:\n"
+                      "        sys.stdout.write('x' * 4096)\n"
+                      "threading.Thread(target=noise, daemon=True).start()\n"
+                      "'started'").ok
+        [supervisor] = zygote_children(fresh)
+        assert sandbox_processes(fresh) != []
+        t0 = time.monotonic()
+        py.close()
+        assert time.monotonic() - t0 < 3.0
+        assert sandbox_processes(fresh) == []
+        assert not os.path.exists(f"/proc/{supervisor}") or zygote_children(fresh) == []
+
+
+SOCKET_FAMILIES = '''
+import errno, socket
+refused = (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.EPERM, errno.EACCES)
+for name, family, kind, proto in (("vsock", 40, socket.SOCK_STREAM, 0), ("packet", 17, socket.SOCK_RAW, 0),
+                                  ("alg", 38, socket.SOCK_SEQPACKET, 0), ("netlink-uevent", 16, socket.SOCK_DGRAM, 15),
+                                  ("netlink-audit", 16, socket.SOCK_RAW, 9), ("key", 15, socket.SOCK_RAW, 2),
+                                  ("bluetooth", 31, socket.SOCK_STREAM, 0), ("xdp", 44, socket.SOCK_RAW, 0)):
+    try:
+        socket.socket(family, kind, proto).close()
+        print(name, "OPENED")
+    except OSError as e:
+        print(name, "refused" if e.errno in refused else e.errno, e.errno == errno.EAFNOSUPPORT)
+'''
+
+
+def test_only_the_socket_families_the_code_needs(server):
+    need(server, "seccomp")
+    r = run(server, SOCKET_FAMILIES)
+    assert r.ok, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines and all(line.split()[1] == "refused" for line in lines), r.stdout
+    # refused by the filter (EAFNOSUPPORT, EPROTONOSUPPORT for netlink), not left to the kernel's luck
+    assert all(line.split()[2] == "True" for line in lines if not line.startswith("netlink")), r.stdout
+    ordinary = ("import socket, subprocess, sys, json, math\n"
+                "a, b = socket.socketpair(); a.send(b'x'); print(b.recv(1))\n"
+                "socket.socket(socket.AF_INET, socket.SOCK_STREAM).close()\n"
+                "socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).close()\n"
+                "socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0).close()  # NETLINK_ROUTE: getaddrinfo\n"
+                "print(subprocess.run([sys.executable, '-c', 'print(math.pi if 0 else 7)'], capture_output=True,"
+                " text=True).stdout.strip(), math.factorial(5))")
+    r = run(server, ordinary)
+    assert r.ok and r.stdout == "b'x'\n7 120\n", r
+
+
+def _run_bpf(program: bytes, nr: int, arch: int, args=(0, 0, 0)) -> int:
+    """A classic-BPF interpreter for the few instructions the seccomp filter uses."""
+    import struct
+    data = struct.pack("=iIQ6Q", nr, arch, 0, *(list(args) + [0] * (6 - len(args))))
+    insns = [struct.unpack_from("=HBBI", program, i) for i in range(0, len(program), 8)]
+    pc, acc = 0, 0
+    while True:
+        op, jt, jf, k = insns[pc]
+        if op == 0x20:  # BPF_LD | BPF_W | BPF_ABS
+            acc = struct.unpack_from("=I", data, k)[0]
+            pc += 1
+        elif op == 0x06:  # BPF_RET | BPF_K
+            return k
+        else:
+            taken = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[op]
+            pc += 1 + (jt if taken else jf)
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "aarch64"])
+def test_seccomp_program_for_each_architecture(machine):
+    from rlvr.sandbox import _linux
+    arch, table = _linux.SECCOMP_ARCHES[machine]
+    program = _linux.seccomp_program(machine)
+    allow, kill = 0x7FFF0000, 0x80000000
+    eperm, eafnosupport, eprotonosupport = 0x50000 | 1, 0x50000 | 97, 0x50000 | 93
+    assert _run_bpf(program, table["unshare"], arch) == eperm
+    assert _run_bpf(program, table["ptrace"], arch) == eperm
+    assert _run_bpf(program, table["clone"], arch, (0x10000000,)) == eperm  # CLONE_NEWUSER
+    assert _run_bpf(program, table["clone"], arch, (0x11,)) == allow  # fork: SIGCHLD
+    assert _run_bpf(program, table["getpid"], arch) == allow
+    for family, verdict in ((1, allow), (2, allow), (10, allow), (40, eafnosupport), (17, eafnosupport),
+                            (38, eafnosupport), (0x100000001, allow)):  # the kernel reads an int
+        assert _run_bpf(program, table["socket"], arch, (family, 1, 0)) == verdict, family
+    assert _run_bpf(program, table["socketpair"], arch, (40, 1, 0)) == eafnosupport
+    assert _run_bpf(program, table["socket"], arch, (16, 2, 0)) == allow  # NETLINK_ROUTE
+    assert _run_bpf(program, table["socket"], arch, (16, 2, 15)) == eprotonosupport
+    assert _run_bpf(program, table["getpid"], 0x40000003) == kill  # another ABI (i386)
+
+
+def test_capabilities_are_read_back_from_the_kernel(server):
+    caps = server.capabilities()
+    code = ("import os, resource\n"
+            "st = dict(line.split(':', 1) for line in open('/proc/self/status'))\n"
+            "print({k: st[k].split() for k in ('Uid', 'Gid', 'Groups', 'CapEff', 'NoNewPrivs', 'Seccomp')})\n"
+            "print(int(open('/proc/self/oom_score_adj').read()))\n"
+            "print([resource.getrlimit(r)[1] for r in (resource.RLIMIT_AS, resource.RLIMIT_NOFILE,"
+            " resource.RLIMIT_NPROC)])\n"
+            "print({n: os.stat(f'/proc/self/ns/{n}').st_ino for n in ('net', 'ipc', 'uts', 'mnt', 'pid')})")
+    r = run(server, code)
+    assert r.ok, r.stderr
+    status, oom, rlimits, ns = (eval(line) for line in r.stdout.splitlines())
+    assert caps["oom_score_adj"] == oom
+    assert status["NoNewPrivs"] == ["1"] and caps["no_new_privs"]
+    assert status["Seccomp"] == (["2"] if caps["seccomp"] else ["0"])
+    if caps["privilege_drop"]:
+        low, high = caps["uid_range"]
+        assert low <= int(status["Uid"][0]) < high and len(set(status["Uid"])) == 1
+        assert status["Groups"] == [] and status["CapEff"] == ["0000000000000000"]
+    assert rlimits == [LIMITS.memory_mb << 20, LIMITS.max_open_files, LIMITS.max_processes]
+    for name, cap in (("net", "network_namespace"), ("ipc", "ipc_namespace"), ("uts", "uts_namespace"),
+                      ("mnt", "mount_namespace"), ("pid", "pid_namespace")):
+        assert (ns[name] != os.stat(f"/proc/self/ns/{name}").st_ino) == caps[cap], name
+    supervisors = zygote_children(server)
+    assert supervisors and all(int(open(f"/proc/{p}/oom_score_adj").read()) == caps["supervisor_oom_score_adj"]
+                               for p in supervisors)

@@ -9,10 +9,14 @@
 Without Docker or a VM, the boundary is the Linux kernel: namespaces, a dropped uid,
 rlimits, cgroups and seccomp, set up by a persistent zygote (one per process, started on
 first use, see `server.py`, `_zygote.py` and `_executor.py`; Linux 5.3 or later). A call never hangs the
-caller: it returns by ``wall_time_s`` + 5 s whatever happens below (15 s more if the
-zygote itself is wedged, which is then restarted), and the code cannot signal, read or
-write the caller. `sandbox_capabilities()` reports what this machine allows (probed once
-per zygote); each row below names its key.
+caller: it returns by ``wall_time_s`` + 5 s whatever happens below (2 s more to kill a
+supervisor that has not answered by then, 15 s more if the zygote itself is wedged, which
+is then restarted), and the code cannot signal, read or write the caller.
+`sandbox_capabilities()` reports what this machine allows, probed once
+per zygote by applying each protection in a throwaway child and reading it back from the
+kernel (/proc/self/status, /proc/self/ns, /proc/self/oom_score_adj), not by what was asked
+for; each run reads back its own confinement again before the code starts and refuses to
+run with less. Each row below names its key.
 
 Enforced when the caller is root (this project's machines; all keys True):
 
@@ -35,10 +39,27 @@ Enforced when the caller is root (this project's machines; all keys True):
 * network (``network_namespace``): an empty network namespace, no interface at all (not
   even loopback), unless ``network=True``. Also own IPC and UTS namespaces
   (``ipc_namespace``, ``uts_namespace``).
-* system calls (``seccomp``): a filter refuses (EPERM) mount, unshare, setns, ptrace,
-  bpf, perf_event_open, userfaultfd, io_uring, keyctl, kexec, module loading,
-  process_vm_*, clone with namespace flags and x32 system calls; a 32-bit system call
-  kills the process.
+* system calls (``seccomp``, x86-64 and aarch64): a filter refuses (EPERM) mount, unshare,
+  setns, ptrace, bpf, perf_event_open, userfaultfd, io_uring, keyctl, kexec, module
+  loading, process_vm_*, clone with namespace flags and x32 system calls; a system call of
+  another ABI (i386, arm32) kills the process. Sockets: only AF_UNIX, AF_INET, AF_INET6
+  (isolated by the network namespace) and AF_NETLINK with NETLINK_ROUTE (read by glibc's
+  getaddrinfo); any other family (AF_VSOCK, which no network namespace isolates,
+  AF_PACKET, AF_ALG, AF_KEY, AF_XDP...) fails with EAFNOSUPPORT, other netlink protocols
+  with EPROTONOSUPPORT. ``no_new_privs``: setuid binaries do not elevate.
+* control channel (always): what the code writes is data, never a status. A script's
+  interpreter closes its control socket before the code runs; its exit status is its wait
+  status (from init's own wait, or the supervisor's), timeouts are the supervisor's clock.
+  A session keeps one (a SOCK_SEQPACKET socket: one message per write, at most 4 KiB, no
+  length to believe, no half message that swallows the next); the supervisor takes from it
+  only the current cell's "done" carrying that cell's random nonce, from the interpreter's
+  own pid (SCM_CREDENTIALS), once; everything else is dropped and counted in ``error``, and
+  past 64 such messages in one call the interpreter is ended ("flooded"). The supervisor
+  reads at most 16 messages per wake-up and keeps nothing of them but the counter and an
+  exception name (100 characters). Its sends (the code, a cell) never block: they wait in a
+  buffer, within the call's deadline. Every send to or from the parent has a deadline, and
+  `PythonSession.close` returns once the supervisor has exited, which it does after the
+  run's processes are gone (at most 5 s, then it is killed, and the run with it).
 * environment (always): the zygote starts from ``python -I -S -B`` with only PATH and LANG,
   so no variable of the caller (secrets) reaches the code; it sees PATH, LANG, HOME,
   TMPDIR, USER, LOGNAME and a few *_NUM_THREADS=1. Site-packages are importable only with
@@ -49,7 +70,9 @@ Enforced when the caller is root (this project's machines; all keys True):
   scratch_mb + 64 MiB, no swap) and a CPU quota (``cpu_cgroup``: ``cpu_cores``). A
   session's interpreter outlives its calls, so its per-call CPU limit is enforced by the
   supervisor, which polls the interpreter's CPU time every 50 ms and kills it past the
-  limit. The OOM killer prefers the sandbox (oom_score_adj 1000; supervisors -1000). Wall
+  limit. The OOM killer prefers the sandbox (``oom_score_adj``: 1000, as read back); the
+  supervisors ask for -1000, which needs CAP_SYS_RESOURCE (``supervisor_oom_score_adj``
+  says what they got, and ``notes`` says so when it is not -1000). Wall
   clock: the supervisor kills the run at ``wall_time_s``. Output past ``max_output_bytes``
   is drained only every 10 ms, so a flood of output mostly waits.
 
@@ -57,6 +80,11 @@ Best effort, or not covered, even as root:
 
 * The kernel is shared: a kernel exploit escapes (as from any container). Read-only
   access to world-readable files under /usr and /etc is allowed.
+* A session cell's "finished" and its exception name are the interpreter's own report:
+  code that reads the interpreter's memory can forge them, which claims no more than a
+  cell that catches its own exception and leaves a thread running (the limits still hold,
+  and an exit, a signal or a timeout always comes from the supervisor). A script's
+  "(uncaught X)" is read from the end of its stderr.
 * ``oom`` is inferred (a MemoryError, or the memory cgroup's OOM-kill counter). The CPU
   limit counts the main process only (RLIMIT_CPU: whole seconds, rounded up); other
   processes of the run are bounded by the wall clock and the CPU quota.
@@ -79,6 +107,8 @@ Fallbacks, each reported False by `sandbox_capabilities()`:
   /root is not: then only modules the zygote preimported work).
 * no network namespace: an audit hook refuses IP sockets and DNS; not a boundary (ctypes
   or a subprocess get around it).
+* no seccomp (another architecture, or disabled): no system-call or socket-family filter,
+  so AF_VSOCK and the rest are as open as the kernel leaves them to the run's uid.
 * not root: the code runs as the caller's own uid, so it CAN signal the caller and read its
   files and /proc/<pid>/environ: only rlimits, a new session, no_new_privs, seccomp, a
   clean environment and the killing of leftover descendants apply, and RLIMIT_NPROC

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING
 
 if __package__:
     from . import _linux
-    from ._protocol import FrameReader, _safe_relpath, encode_frame, recv_frame
+    from ._protocol import FrameReader, _safe_relpath, recv_frame, send_message
 else:  # loaded by path inside the zygote, where the rlvr package is not importable
     import _rlvr_sandbox_linux as _linux  # type: ignore[no-redef]
-    from _rlvr_sandbox_protocol import FrameReader, _safe_relpath, encode_frame, recv_frame  # type: ignore
+    from _rlvr_sandbox_protocol import FrameReader, _safe_relpath, recv_frame, send_message  # type: ignore
 
 if TYPE_CHECKING:
     from ._zygote import Supervisor
@@ -107,7 +107,7 @@ class Executor:
         os.setsid()
         write_proc_self("oom_score_adj", "1000")
         keep = [fds["in_r"], fds["out_w"], fds["err_w"], fds["ctl_u"]] + ([fds["netns"]] if "netns" in fds else [])
-        _install_fds(keep)  # 0 stdin, 1 stdout, 2 stderr, 3 control socket, 4 host network namespace
+        _install_fds(keep)  # 0 stdin, 1 stdout, 2 stderr, 3 control channel, 4 host network namespace
         if caps["mount_namespace"]:
             os.chroot(sup.z.root_dir)
         os.chdir(sup.scratch_inside)
@@ -119,7 +119,7 @@ class Executor:
         try:
             self.confine(go)
         except Exception as e:  # e.g. files larger than the scratch directory
-            ctl.sendall(encode_frame({"t": "setup_error", "error": f"{type(e).__name__}: {e}"[:500]}))
+            send_message(ctl, {"t": "setup_error", "error": f"{type(e).__name__}: {e}"[:500]})
             os._exit(1)
         self.run(go, ctl)
 
@@ -172,27 +172,34 @@ class Executor:
                 site.addsitedir(d)
         if not lim["network"] and not caps["network_namespace"]:
             sys.addaudithook(_block_network_hook)
+        _check_confinement(sup, lim)
         for name in ROOT_ONLY_MODULES:
             sys.modules.pop(name, None)
         gc.unfreeze()
 
     def run(self, go: dict, ctl: socket.socket) -> None:
-        """Run the untrusted code: one script, or cells until the supervisor hangs up."""
+        """Run the untrusted code: one script, or cells until the supervisor hangs up.
+
+        The last message the supervisor believes is "ready", sent before any untrusted code
+        runs. A script gets no control channel at all (its status is its wait status); a
+        session's cell ends with "done" carrying the cell's nonce, which the code could
+        forge only by reading this process's memory, and which then claims no more than the
+        cell could by catching its own exception and leaving a thread running.
+        """
         me = os.getpid()
 
         def send(obj: dict) -> None:
             if os.getpid() == me:  # not from processes the code forked
                 try:
-                    ctl.sendall(encode_frame(obj))
+                    send_message(ctl, obj)
                 except OSError:
                     pass
 
         send({"t": "ready"})
         if go["mode"] == "script":
-            rc, exc = _run_script(go["code"])
-            rc = _finish(rc)
-            send({"t": "exit", "exc": exc})
-            os._exit(rc)
+            ctl.close()  # fd 3: nothing of the run can write to the supervisor any more
+            rc, _ = _run_script(go["code"])
+            os._exit(_finish(rc))
         compiler = codeop.Compile()
         reader = FrameReader()
         while True:
@@ -203,19 +210,18 @@ class Executor:
             if not isinstance(frame, dict):
                 os._exit(_finish(0))
             exc = None
+            n, nonce = frame.get("n", 0), frame.get("nonce")
             try:
-                _run_cell(frame.get("code", ""), f"<cell {frame.get('n', 0)}>", compiler)
+                _run_cell(frame.get("code", ""), f"<cell {n}>", compiler)
             except SystemExit as e:
-                rc = _finish(_exit_code(e))
-                send({"t": "exit", "exc": None})
-                os._exit(rc)
+                os._exit(_finish(_exit_code(e)))
             except BaseException as e:
                 exc = type(e).__name__
                 _print_exception(e)
             _flush_stdio()
             if os.getpid() != me:  # a process forked by the cell: it ends with the cell
                 os._exit(0)
-            send({"t": "done", "exc": exc})
+            send({"t": "done", "n": n, "nonce": nonce, "exc": exc})
 
 
 def _write_files(files: list, uid: int, gid: int) -> None:
@@ -236,6 +242,32 @@ def _write_files(files: list, uid: int, gid: int) -> None:
             os.fchown(fd, uid, gid)
         finally:
             os.close(fd)
+
+
+def _check_confinement(sup: Supervisor, lim: dict) -> None:
+    """Read back from the kernel what `confine` set, before any untrusted code runs: a run
+    never goes ahead with less than `sandbox_capabilities()` reports (writes to /proc and
+    some prctl calls fail silently without the right capability)."""
+    caps = sup.caps
+    status = _linux.proc_status()
+    wrong = []
+    if status.get("NoNewPrivs") != ["1"]:
+        wrong.append(f"NoNewPrivs {status.get('NoNewPrivs')}")
+    if caps["seccomp"] and status.get("Seccomp") != ["2"]:
+        wrong.append(f"Seccomp {status.get('Seccomp')}")
+    if caps["privilege_drop"]:
+        if set(status.get("Uid", ())) != {str(sup.uid)} or set(status.get("Gid", ())) != {str(sup.gid)}:
+            wrong.append(f"Uid {status.get('Uid')} Gid {status.get('Gid')}")
+        if status.get("Groups") or int(status.get("CapEff", ["1"])[0], 16):
+            wrong.append(f"Groups {status.get('Groups')} CapEff {status.get('CapEff')}")
+    with open("/proc/self/oom_score_adj") as f:
+        oom = int(f.read())
+    if oom != caps["oom_score_adj"]:
+        wrong.append(f"oom_score_adj {oom}")
+    if resource.getrlimit(resource.RLIMIT_AS)[1] > lim["memory_mb"] << 20:
+        wrong.append(f"RLIMIT_AS {resource.getrlimit(resource.RLIMIT_AS)}")
+    if wrong:
+        raise RuntimeError("confinement not in effect: " + ", ".join(wrong))
 
 
 def write_proc_self(name: str, text: str) -> None:

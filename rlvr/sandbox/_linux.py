@@ -91,6 +91,12 @@ def prctl(option: int, arg2: int = 0) -> None:
     _check(_libc.prctl(option, arg2, 0, 0, 0), f"prctl({option})")
 
 
+def proc_status(pid: int | str = "self") -> dict[str, list[str]]:
+    """/proc/PID/status as field -> words (``{"Seccomp": ["2"], "Uid": ["1", "1", "1", "1"]...}``)."""
+    with open(f"/proc/{pid}/status") as f:
+        return {key: value.split() for key, _, value in (line.partition(":") for line in f)}
+
+
 def set_parent_death_signal(signum: int) -> None:
     """Have the kernel send ``signum`` to this process when its parent (thread) dies."""
     prctl(PR_SET_PDEATHSIG, signum)
@@ -110,10 +116,22 @@ def set_child_subreaper() -> None:
 # A deny-list filter (the approach of Docker's default profile, much shorter): system calls
 # that an unprivileged Python program has no business making and that are the usual kernel
 # attack surface or escape tools. They fail with EPERM; clone3 fails with ENOSYS so that
-# glibc falls back to clone, whose flags (unlike clone3's) the filter can inspect.
-_AUDIT_ARCH_X86_64 = 0xC000003E
-_X32_SYSCALL_BIT = 0x40000000
-_SYSCALLS_DENIED_X86_64 = {
+# glibc falls back to clone, whose flags (unlike clone3's) the filter can inspect. socket()
+# and socketpair() are allowed for the families the code needs only: AF_UNIX, AF_INET and
+# AF_INET6 (the network namespace isolates these), and AF_NETLINK with NETLINK_ROUTE (glibc's
+# getaddrinfo reads the interface addresses through it); every other family (AF_VSOCK, which no
+# network namespace isolates, AF_PACKET, AF_ALG, AF_KEY, AF_XDP, Bluetooth...) fails with
+# EAFNOSUPPORT, and other netlink protocols (audit, uevents...) with EPROTONOSUPPORT, as on a
+# kernel built without them.
+_DENIED = ("ptrace", "syslog", "uselib", "personality", "vhangup", "pivot_root", "_sysctl", "chroot", "acct",
+           "mount", "umount2", "swapon", "swapoff", "reboot", "sethostname", "setdomainname", "iopl", "ioperm",
+           "create_module", "init_module", "delete_module", "get_kernel_syms", "query_module", "quotactl",
+           "nfsservctl", "lookup_dcookie", "kexec_load", "add_key", "request_key", "keyctl", "unshare",
+           "perf_event_open", "fanotify_init", "name_to_handle_at", "open_by_handle_at", "setns",
+           "process_vm_readv", "process_vm_writev", "kcmp", "finit_module", "kexec_file_load", "bpf",
+           "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "open_tree", "move_mount",
+           "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr")
+_SYSCALLS_X86_64 = {
     "ptrace": 101, "syslog": 103, "uselib": 134, "personality": 135, "vhangup": 153,
     "pivot_root": 155, "_sysctl": 156, "chroot": 161, "acct": 163, "mount": 165, "umount2": 166,
     "swapon": 167, "swapoff": 168, "reboot": 169, "sethostname": 170, "setdomainname": 171,
@@ -125,10 +143,26 @@ _SYSCALLS_DENIED_X86_64 = {
     "kcmp": 312, "finit_module": 313, "kexec_file_load": 320, "bpf": 321, "userfaultfd": 323,
     "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428,
     "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433,
-    "mount_setattr": 442,
+    "mount_setattr": 442, "clone": 56, "clone3": 435, "socket": 41, "socketpair": 53, "getpid": 39,
 }
-_NR_CLONE, _NR_CLONE3 = 56, 435
-_EPERM, _ENOSYS = 1, 38
+_SYSCALLS_AARCH64 = {  # asm-generic/unistd.h; aarch64 never had uselib, _sysctl, iopl, ioperm...
+    "lookup_dcookie": 18, "umount2": 39, "mount": 40, "pivot_root": 41, "nfsservctl": 42, "chroot": 51,
+    "vhangup": 58, "quotactl": 60, "acct": 89, "personality": 92, "unshare": 97, "kexec_load": 104,
+    "init_module": 105, "delete_module": 106, "syslog": 116, "ptrace": 117, "reboot": 142,
+    "sethostname": 161, "setdomainname": 162, "add_key": 217, "request_key": 218, "keyctl": 219,
+    "swapon": 224, "swapoff": 225, "perf_event_open": 241, "fanotify_init": 262, "name_to_handle_at": 264,
+    "open_by_handle_at": 265, "setns": 268, "process_vm_readv": 270, "process_vm_writev": 271, "kcmp": 272,
+    "finit_module": 273, "bpf": 280, "userfaultfd": 282, "kexec_file_load": 294, "io_uring_setup": 425,
+    "io_uring_enter": 426, "io_uring_register": 427, "open_tree": 428, "move_mount": 429, "fsopen": 430,
+    "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442,
+    "clone": 220, "clone3": 435, "socket": 198, "socketpair": 199, "getpid": 172,
+}
+SECCOMP_ARCHES = {"x86_64": (0xC000003E, _SYSCALLS_X86_64), "aarch64": (0xC00000B7, _SYSCALLS_AARCH64)}
+"""machine -> (AUDIT_ARCH_* value, system-call name -> number)."""
+_X32_SYSCALL_BIT = 0x40000000
+_ALLOWED_FAMILIES = (1, 2, 10)          # AF_UNIX, AF_INET, AF_INET6
+_AF_NETLINK, _NETLINK_ROUTE = 16, 0
+_EPERM, _ENOSYS, _EPROTONOSUPPORT, _EAFNOSUPPORT = 1, 38, 93, 97
 
 _BPF_LD_W_ABS = 0x20
 _BPF_JEQ_K = 0x15
@@ -138,44 +172,64 @@ _BPF_RET_K = 0x06
 _RET_ALLOW = 0x7FFF0000
 _RET_KILL_PROCESS = 0x80000000
 _RET_ERRNO = 0x00050000
+_ARG_LOW = (16, 24, 32)  # offsets of the low halves of seccomp_data.args[0..2] (little-endian)
 
 
 def seccomp_supported() -> bool:
-    """The filter below is written for x86-64 system-call numbers."""
-    return platform.machine() == "x86_64"
+    """Whether the filter below has a system-call table for this machine."""
+    return platform.machine() in SECCOMP_ARCHES
 
 
-def _seccomp_program() -> bytes:
-    """Assemble the BPF program; jumps name labels and are resolved to relative offsets."""
+def seccomp_program(machine: str) -> bytes:
+    """Assemble the BPF program for ``machine``; jumps name labels, resolved to relative offsets.
+
+    Another ABI on the same machine (i386 or x32 on x86-64, arm32 on aarch64) is refused:
+    its system-call numbers are not the ones checked here.
+    """
+    arch, table = SECCOMP_ARCHES[machine]
     code: list[tuple[int, object, object, int]] = []  # (op, jump-if-true, jump-if-false, k)
+    labels: dict[str, int] = {}
 
     def emit(op: int, k: int, jt: object = 0, jf: object = 0) -> None:
         code.append((op, jt, jf, k))
 
     emit(_BPF_LD_W_ABS, 4)                                   # seccomp_data.arch
-    emit(_BPF_JEQ_K, _AUDIT_ARCH_X86_64, 0, "kill")          # 32-bit ABI via int 0x80: kill
+    emit(_BPF_JEQ_K, arch, 0, "kill")                        # another ABI: kill
     emit(_BPF_LD_W_ABS, 0)                                   # seccomp_data.nr
-    emit(_BPF_JGE_K, _X32_SYSCALL_BIT, "eperm", 0)           # x32 ABI
-    for nr in sorted(_SYSCALLS_DENIED_X86_64.values()):
+    if machine == "x86_64":
+        emit(_BPF_JGE_K, _X32_SYSCALL_BIT, "eperm", 0)       # x32 ABI
+    for nr in sorted(table[name] for name in _DENIED if name in table):
         emit(_BPF_JEQ_K, nr, "eperm", 0)
-    emit(_BPF_JEQ_K, _NR_CLONE3, "enosys", 0)
-    emit(_BPF_JEQ_K, _NR_CLONE, 0, "allow")
-    emit(_BPF_LD_W_ABS, 16)                                  # low half of clone's flags
+    emit(_BPF_JEQ_K, table["clone3"], "enosys", 0)
+    emit(_BPF_JEQ_K, table["socket"], "socket", 0)
+    emit(_BPF_JEQ_K, table["socketpair"], "socket", 0)
+    emit(_BPF_JEQ_K, table["clone"], 0, "allow")
+    emit(_BPF_LD_W_ABS, _ARG_LOW[0])                         # low half of clone's flags
     emit(_BPF_JSET_K, NAMESPACE_FLAGS & ~0xFF, "eperm", "allow")  # clone's low byte is the exit signal
-    labels = {"allow": len(code), "eperm": len(code) + 1, "enosys": len(code) + 2, "kill": len(code) + 3}
-    emit(_BPF_RET_K, _RET_ALLOW)
-    emit(_BPF_RET_K, _RET_ERRNO | _EPERM)
-    emit(_BPF_RET_K, _RET_ERRNO | _ENOSYS)
-    emit(_BPF_RET_K, _RET_KILL_PROCESS)
+    labels["socket"] = len(code)
+    emit(_BPF_LD_W_ABS, _ARG_LOW[0])                         # the family: an int for the kernel
+    for family in _ALLOWED_FAMILIES:
+        emit(_BPF_JEQ_K, family, "allow", 0)
+    emit(_BPF_JEQ_K, _AF_NETLINK, 0, "eafnosupport")
+    emit(_BPF_LD_W_ABS, _ARG_LOW[2])                         # the netlink protocol
+    emit(_BPF_JEQ_K, _NETLINK_ROUTE, "allow", "eprotonosupport")
+    for name, ret in (("allow", _RET_ALLOW), ("eperm", _RET_ERRNO | _EPERM), ("enosys", _RET_ERRNO | _ENOSYS),
+                      ("eafnosupport", _RET_ERRNO | _EAFNOSUPPORT),
+                      ("eprotonosupport", _RET_ERRNO | _EPROTONOSUPPORT), ("kill", _RET_KILL_PROCESS)):
+        labels[name] = len(code)
+        emit(_BPF_RET_K, ret)
 
     out = bytearray()
     for i, (op, jt, jf, k) in enumerate(code):
         rel = [labels[j] - i - 1 if isinstance(j, str) else j for j in (jt, jf)]
+        if not all(0 <= r <= 255 for r in rel):
+            raise AssertionError(f"seccomp program: jump out of range at instruction {i}")
         out += struct.pack("=HBBI", op, rel[0], rel[1], k)
     return bytes(out)
 
 
-_SECCOMP_PROGRAM = _seccomp_program()  # assembled once, in the zygote, before any fork
+# assembled once, in the zygote, before any fork
+_SECCOMP_PROGRAM = seccomp_program(platform.machine()) if seccomp_supported() else b""
 
 
 class _SockFprog(ctypes.Structure):
@@ -187,8 +241,9 @@ def install_seccomp_filter() -> None:
 
     Sets no_new_privs first, which an unprivileged process needs to install a filter.
     """
-    if not seccomp_supported():
-        raise OSError(f"seccomp filter: no system-call table for {platform.machine()}")
+    if not _SECCOMP_PROGRAM:
+        raise OSError(f"seccomp filter: no system-call table for {platform.machine()} "
+                      f"(have {sorted(SECCOMP_ARCHES)})")
     program = _SECCOMP_PROGRAM
     buf = ctypes.create_string_buffer(program, len(program))
     fprog = _SockFprog(len(program) // 8, ctypes.addressof(buf))

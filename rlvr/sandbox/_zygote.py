@@ -24,6 +24,7 @@ import fcntl
 import gc
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -40,13 +41,15 @@ if TYPE_CHECKING:
 if __package__:
     from . import _linux
     from ._executor import STATUS, Executor, Init, write_proc_self
-    from ._protocol import FrameReader, encode_frame, recv_frame
+    from ._protocol import MESSAGE_BYTES, FrameReader, Outbox, encode_frame, recv_frame
 else:  # loaded by path inside the zygote, where the rlvr package is not importable
     import _rlvr_sandbox_linux as _linux  # type: ignore[no-redef]
     from _rlvr_sandbox_executor import STATUS, Executor, Init, write_proc_self  # type: ignore
-    from _rlvr_sandbox_protocol import FrameReader, encode_frame, recv_frame  # type: ignore
+    from _rlvr_sandbox_protocol import MESSAGE_BYTES, FrameReader, Outbox, encode_frame, recv_frame  # type: ignore
 
-_EXECUTOR_FRAME_BYTES = 1 << 16          # the untrusted side's frames are small
+_CTL_MAX_IGNORED = 64   # messages per call on the control channel that are not the one expected
+_CTL_BATCH = 16         # messages read per wake-up (the rest waits for the next select)
+_PARENT_SEND_S = 10.0   # a send to the parent that takes longer: the parent is gone or stuck
 _SPARE_NICE = 10
 _CPU_POLL_S = 0.05
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -86,13 +89,83 @@ def _probe(fn) -> bool:
     return os.waitpid(pid, 0)[1] == 0
 
 
+def _probe_value(fn):
+    """What ``fn`` returns (JSON) when run in a throwaway child; None if it raised."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.write(w, json.dumps(fn()).encode())
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 4096):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    return json.loads(data) if data else None
+
+
+# Each probe applies a protection, then reads back from the kernel whether it holds: writes to
+# /proc and some prctl calls fail silently, so what was asked for is not what is reported.
 def _seccomp_probe() -> None:
+    import errno
     _linux.install_seccomp_filter()
+    if _linux.proc_status().get("Seccomp") != ["2"]:
+        raise RuntimeError("Seccomp is not 2 in /proc/self/status")
     try:
         _linux.unshare(0)
+        raise RuntimeError("the seccomp filter did not block unshare")
     except PermissionError:
-        return
-    raise RuntimeError("the seccomp filter did not block unshare")
+        pass
+    try:
+        socket.socket(40, socket.SOCK_STREAM).close()  # AF_VSOCK
+        raise RuntimeError("the seccomp filter did not refuse AF_VSOCK")
+    except OSError as e:
+        if e.errno != errno.EAFNOSUPPORT:
+            raise
+
+
+def _namespace_probe(flag: int, name: str) -> None:
+    """``name``: the /proc/self/ns entry that must change. A new pid namespace is the
+    children's only: a child must be pid 1 of it."""
+    before = os.stat(f"/proc/self/ns/{name}").st_ino
+    _linux.unshare(flag)
+    if flag == _linux.CLONE_NEWPID:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0 if os.getpid() == 1 and os.stat("/proc/self/ns/pid").st_ino != before else 1)
+        if os.waitpid(pid, 0)[1] != 0:
+            raise RuntimeError("unshare did not give a new pid namespace")
+    elif os.stat(f"/proc/self/ns/{name}").st_ino == before:
+        raise RuntimeError(f"unshare did not give a new {name} namespace")
+
+
+def _privilege_drop_probe(uid: int) -> None:
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    status = _linux.proc_status()
+    if set(status["Uid"]) != {str(uid)} or set(status["Gid"]) != {str(uid)} or status.get("Groups") \
+            or int(status["CapEff"][0], 16):
+        raise RuntimeError(f"privileges not dropped: {status}")
+
+
+def _no_new_privs_probe() -> None:
+    _linux.set_no_new_privs()
+    if _linux.proc_status().get("NoNewPrivs") != ["1"]:
+        raise RuntimeError("NoNewPrivs is not 1 in /proc/self/status")
+
+
+def _oom_score_adj_probe(value: int) -> int:
+    """oom_score_adj after writing ``value``: lowering it needs CAP_SYS_RESOURCE, and
+    `write_proc_self` ignores the refusal."""
+    write_proc_self("oom_score_adj", str(value))
+    with open("/proc/self/oom_score_adj") as f:
+        return int(f.read())
 
 
 class Zygote:
@@ -118,7 +191,8 @@ class Zygote:
         root = os.geteuid() == 0
         caps: dict = {"root": root, "uid": os.geteuid()}
 
-        caps["privilege_drop"] = root and "privilege_drop" not in disabled
+        caps["privilege_drop"] = (root and "privilege_drop" not in disabled
+                                  and _probe(lambda: _privilege_drop_probe(config["uid_base"])))
         if caps["privilege_drop"]:
             os.makedirs(config["lock_dir"], 0o700, exist_ok=True)
             self.lock_dir_fd = os.open(config["lock_dir"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -126,10 +200,12 @@ class Zygote:
         else:
             caps["uid_range"] = [os.getuid(), os.getuid() + 1]
 
-        for name, flag in (("pid_namespace", _linux.CLONE_NEWPID), ("network_namespace", _linux.CLONE_NEWNET),
-                           ("ipc_namespace", _linux.CLONE_NEWIPC), ("uts_namespace", _linux.CLONE_NEWUTS),
-                           ("mount_namespace", _linux.CLONE_NEWNS)):
-            caps[name] = root and name not in disabled and _probe(lambda f=flag: _linux.unshare(f))
+        for name, flag, ns in (("pid_namespace", _linux.CLONE_NEWPID, "pid"),
+                               ("network_namespace", _linux.CLONE_NEWNET, "net"),
+                               ("ipc_namespace", _linux.CLONE_NEWIPC, "ipc"),
+                               ("uts_namespace", _linux.CLONE_NEWUTS, "uts"),
+                               ("mount_namespace", _linux.CLONE_NEWNS, "mnt")):
+            caps[name] = root and name not in disabled and _probe(lambda f=flag, n=ns: _namespace_probe(f, n))
         if caps["network_namespace"]:  # spares are built offline; network=True runs rejoin this one
             self.host_netns_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         if caps["mount_namespace"]:
@@ -148,6 +224,15 @@ class Zygote:
         self.can_renice = _probe(lambda: (os.setpriority(os.PRIO_PROCESS, 0, _SPARE_NICE),
                                           os.setpriority(os.PRIO_PROCESS, 0, 0)))
         caps["seccomp"] = "seccomp" not in disabled and _linux.seccomp_supported() and _probe(_seccomp_probe)
+        if "seccomp" not in disabled and not _linux.seccomp_supported():
+            notes.append(f"no seccomp filter for {os.uname().machine}: socket families and system calls "
+                         "are not restricted")
+        caps["no_new_privs"] = _probe(_no_new_privs_probe)
+        caps["oom_score_adj"] = _probe_value(lambda: _oom_score_adj_probe(1000))
+        caps["supervisor_oom_score_adj"] = _probe_value(lambda: _oom_score_adj_probe(-1000))
+        if caps["supervisor_oom_score_adj"] != -1000:
+            notes.append(f"supervisors keep oom_score_adj {caps['supervisor_oom_score_adj']} (lowering it "
+                         "needs CAP_SYS_RESOURCE): the OOM killer may pick them")
         caps["pids_cgroup"] = caps["memory_cgroup"] = caps["cpu_cgroup"] = False
         if root and "cgroups" not in disabled:
             try:
@@ -456,9 +541,13 @@ class Supervisor:
         self.status: tuple[int | None, float] | None = None
         self.cg: _linux.RunCgroup | None = None
         self.scratch: str | None = None        # host path of the scratch dir when no mount ns
-        self.ctl: socket.socket | None = None
-        self.ctl_reader = FrameReader(_EXECUTOR_FRAME_BYTES)
-        self.exec_frames: list[dict] = []
+        self.ctl: socket.socket | None = None  # the control channel (the code can write to it too)
+        self.ctl_out = Outbox()
+        self.ready = False                     # the executor said "ready": untrusted code may run
+        self.setup_error: str | None = None
+        self.nonce: str | None = None          # of the cell in progress; its "done" must carry it
+        self.done_exc: str | None = None
+        self.ignored = 0                       # messages of this call that were not the expected one
         self.cells = 0
         self.oom_kills = 0
         self.out_r = self.err_r = self.in_w = None
@@ -485,23 +574,23 @@ class Supervisor:
                 os.setpriority(os.PRIO_PROCESS, 0, 0)
                 os.setpriority(os.PRIO_PROCESS, self.child, 0)
             self.chan = socket.socket(fileno=self.chan_fd)
-            self.chan.sendall(encode_frame({"t": "hello", "pid": os.getpid()}))
+            self._send_parent({"t": "hello", "pid": os.getpid()})
             req = recv_frame(self.chan, self.reader, time.monotonic() + 30)
             if not isinstance(req, dict):
                 return
             self.limits, self.mode = req["limits"], req["mode"]
             self.configure(req)
             if self.mode == "script":
-                self.chan.sendall(encode_frame(self.run_script()))
+                self._send_parent(self.run_script())
             else:
                 self.serve_session()
         except Exception:
             if self.chan is not None:
                 try:
-                    self.chan.sendall(encode_frame({
+                    self._send_parent({
                         "t": "result", "stdout": "", "stderr": "", "exit_code": None, "timed_out": False,
                         "oom": False, "truncated": False, "alive": False,
-                        "error": "sandbox internal error: " + traceback.format_exc(limit=3)}))
+                        "error": "sandbox internal error: " + traceback.format_exc(limit=3)})
                 except OSError:
                     pass
         finally:
@@ -526,8 +615,9 @@ class Supervisor:
         in_r, in_w = os.pipe()
         go_r, go_w = os.pipe()
         st_r, st_w = os.pipe()
-        ctl_s, ctl_u = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        ctl_s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        ctl_s, ctl_u = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ctl_s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # each message says who sent it
+        ctl_s.setblocking(False)
 
         flags = 0
         if caps["pid_namespace"]:
@@ -605,7 +695,7 @@ class Supervisor:
         if not self.stdin:
             self._close_stdin()
         go = {"t": "go", "mode": self.mode, "limits": lim, "code": req.get("code", ""), "files": req.get("files", [])}
-        self.ctl.sendall(encode_frame(go))
+        self.ctl_out.put(encode_frame(go))  # sent by `_pump`, within the call's deadline
 
     def stop(self) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish cleaning up, even on shutdown
@@ -645,9 +735,9 @@ class Supervisor:
         if outcome != "done":
             result = self._finish_result(outcome)
             result["error"] = "interpreter failed to start: " + (result["error"] or "no reason")
-            self.chan.sendall(encode_frame(result))
+            self._send_parent(result)
             return
-        self.chan.sendall(encode_frame({"t": "started"}))
+        self._send_parent({"t": "started"})
         while True:
             try:
                 req = recv_frame(self.chan, self.reader, None)
@@ -655,7 +745,7 @@ class Supervisor:
                 return
             if not isinstance(req, dict) or req.get("t") != "cell":
                 return
-            self.chan.sendall(encode_frame(self.run_cell(req.get("code", ""))))
+            self._send_parent(self.run_cell(req.get("code", "")))
             if self.status is not None:
                 return
 
@@ -664,11 +754,11 @@ class Supervisor:
         if self.status is not None:
             return self._finish_result("exited")
         self.cells += 1
+        self.nonce = os.urandom(16).hex()
         self.cell_cpu_start = self._executor_cpu()
-        try:
-            self.ctl.sendall(encode_frame({"t": "cell", "n": self.cells, "code": code}))
-        except (OSError, AttributeError):
-            pass
+        self.ctl_out = Outbox()
+        if self.ctl is not None:
+            self.ctl_out.put(encode_frame({"t": "cell", "n": self.cells, "nonce": self.nonce, "code": code}))
         deadline = time.monotonic() + self.limits["wall_time_s"]
         return self._finish_result(self._pump(deadline, until="done", watch_cpu=True))
 
@@ -686,19 +776,30 @@ class Supervisor:
         except (OSError, ValueError, IndexError):
             return None
 
+    def _send_parent(self, obj: dict) -> None:
+        """A frame to the parent, within `_PARENT_SEND_S` (TimeoutError past it)."""
+        self.chan.settimeout(_PARENT_SEND_S)
+        try:
+            self.chan.sendall(encode_frame(obj))
+        finally:
+            self.chan.settimeout(None)
+
     def _reset_output(self) -> None:
         self.out = bytearray()
         self.err = bytearray()
         self.truncated = False
         self.discard_until = 0.0
-        self.exec_frames = []
+        self.done_exc = None
+        self.ignored = 0
         if self.cg is not None:
             self.oom_kills = self.cg.oom_kills()
 
     def _pump(self, deadline: float, until: str | None, watch_cpu: bool = False) -> str:
-        """Move bytes until the executor sends frame ``until`` ("done"), its process ends
-        ("exited"), the deadline passes ("timeout"), the caller hangs up ("cancelled") or,
-        with ``watch_cpu``, the call's CPU time passes the limit ("cpu").
+        """Move bytes until the executor sends message ``until`` ("ready" or "done"), its
+        process ends ("exited"), the deadline passes ("timeout"), the caller hangs up
+        ("cancelled"), the control channel carries more than `_CTL_MAX_IGNORED` unexpected
+        messages ("flooded") or, with ``watch_cpu``, the call's CPU time passes the limit
+        ("cpu"). Nothing here blocks: what goes to the executor waits in `ctl_out`.
 
         A session's interpreter outlives its calls, so RLIMIT_CPU (which counts a process's
         whole life, and whose hard limit cannot be raised without CAP_SYS_RESOURCE) cannot
@@ -722,17 +823,23 @@ class Supervisor:
                     next_cpu_check = now + _CPU_POLL_S
                 remaining = min(remaining, max(0.0, next_cpu_check - now))
             rl = streams + ([self.ctl] if self.ctl is not None else []) + [self.child_fd, self.chan]
-            wl = [self.in_w] if self.in_w is not None else []
+            wl = ([self.in_w] if self.in_w is not None else []) + \
+                ([self.ctl] if self.ctl is not None and self.ctl_out.pending else [])
             readable, writable, _ = select.select(rl, wl, [], remaining)
             if not readable and not writable:
                 continue
             for fd in readable:
                 if fd == self.out_r or fd == self.err_r:
                     self._read_stream(fd)
-            if writable:
+            if self.in_w is not None and self.in_w in writable:
                 self._write_stdin()
+            if self.ctl is not None and self.ctl in writable:
+                self.ctl_out.send_some(self.ctl)
             if self.ctl is not None and self.ctl in readable:
-                if any(frame.get("t") == until for frame in self._read_ctl()):
+                event = self._read_ctl()
+                if event == "flooded":
+                    return "flooded"
+                if event is not None and event == until:
                     self._drain(blocking=False)
                     return "done"
             if self.child_fd in readable:
@@ -786,34 +893,62 @@ class Supervisor:
         os.close(self.in_w)
         self.in_w = None
 
-    def _read_ctl(self) -> list[dict]:
-        """Frames from the executor (untrusted: only their type and exception name are used)."""
-        try:
-            data, anc, _, _ = self.ctl.recvmsg(1 << 16, socket.CMSG_SPACE(12))
-        except (BlockingIOError, InterruptedError):
-            return []
-        except OSError:
-            data, anc = b"", []
-        if not data:
-            self.ctl.close()
-            self.ctl = None
-            return []
-        for level, kind, payload in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and self.executor_pid is None:
-                pid, uid, _ = struct.unpack("=3i", payload[:12])
-                if uid == self.uid:
-                    self.executor_pid = pid  # its pid outside its pid namespace, to watch its CPU time
-        self.ctl_reader.feed(data)
-        frames = []
-        try:
-            while (frame := self.ctl_reader.pop()) is not None:
-                if isinstance(frame, dict):
-                    frames.append(frame)
-        except (ValueError, RecursionError):  # garbage from the untrusted side: stop listening
-            self.ctl.close()
-            self.ctl = None
-        self.exec_frames += frames
-        return frames
+    def _read_ctl(self) -> str | None:
+        """Read up to `_CTL_BATCH` messages of the control channel; the event one of them
+        makes ("ready", "setup_error", "done"), "flooded", or None.
+
+        Before "ready", only the sandbox's own code has run in the executor: "ready" and
+        "setup_error" are believed. After it, the code can write here too, so the only
+        message taken is the current cell's "done", with the cell's nonce, from the
+        executor's own pid (SCM_CREDENTIALS, from the kernel), once. The rest is counted and
+        dropped; a message longer than `MESSAGE_BYTES` is cut by the kernel and dropped.
+        """
+        for _ in range(_CTL_BATCH):
+            try:
+                data, anc, flags, _ = self.ctl.recvmsg(MESSAGE_BYTES, socket.CMSG_SPACE(12), socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return None
+            except OSError:
+                data, anc, flags = b"", [], 0
+            if not data and not anc:  # end of file (every message, even an empty one, has credentials)
+                self.ctl.close()
+                self.ctl = None
+                return None
+            sender = None
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(payload) >= 12:
+                    pid, uid, _ = struct.unpack("=3i", payload[:12])
+                    sender = (pid, uid)
+            event = None if flags & socket.MSG_TRUNC else self._accept(_json_or_none(data), sender)
+            if event is not None:
+                return event
+            self.ignored += 1
+            if self.ignored > _CTL_MAX_IGNORED:
+                return "flooded"
+        return None
+
+    def _accept(self, msg: object, sender: tuple[int, int] | None) -> str | None:
+        """The event ``msg`` makes, if the protocol expects it now from ``sender``; else None."""
+        if not isinstance(msg, dict) or sender is None:
+            return None
+        kind = msg.get("t")
+        if not self.ready:
+            if kind == "ready":
+                self.ready = True
+                if self.executor_pid is None and sender[1] == self.uid:
+                    self.executor_pid = sender[0]  # its pid outside its pid namespace
+                return "ready"
+            if kind == "setup_error" and isinstance(msg.get("error"), str):
+                self.setup_error = msg["error"][:500]
+                return "setup_error"
+            return None
+        if kind == "done" and self.nonce is not None and msg.get("nonce") == self.nonce \
+                and sender[0] == self.executor_pid:
+            self.nonce = None  # once
+            exc = msg.get("exc")
+            self.done_exc = exc[:100] if isinstance(exc, str) else None
+            return "done"
+        return None
 
     # -- ending
     def _kill_leftovers(self) -> None:
@@ -940,7 +1075,7 @@ class Supervisor:
 
     def _finish_result(self, outcome: str) -> dict:
         timed_out = outcome == "timeout"
-        if outcome in ("timeout", "cancelled", "cpu"):
+        if outcome in ("timeout", "cancelled", "cpu", "flooded"):
             self._kill_run()
         if outcome != "done" and self.child is not None:
             if outcome == "exited" and not self.caps["pid_namespace"]:
@@ -948,11 +1083,12 @@ class Supervisor:
             self._wait_child()
             self._kill_leftovers()
             self._drain(blocking=True)
-            while self.ctl is not None and select.select([self.ctl], [], [], 0)[0]:
+            if self.ctl is not None and not self.ready:  # a setup error sent just before exiting
                 self._read_ctl()
-        setup = next((f.get("error") for f in self.exec_frames if f.get("t") == "setup_error"), None)
-        exc = next((f.get("exc") for f in reversed(self.exec_frames) if f.get("t") in ("done", "exit")), None)
-        exc = exc if isinstance(exc, str) else None
+        setup = self.setup_error
+        exc = self.done_exc if outcome == "done" else None
+        if outcome == "exited" and self.mode == "script":
+            exc = _uncaught_name(self.err)  # the code's own stderr: a description, nothing more
         lim = self.limits
         exit_code: int | None = None
         error: str | None = None
@@ -968,6 +1104,9 @@ class Supervisor:
             error = f"cpu time limit ({lim['cpu_time_s']:g} s) exceeded"
         elif outcome == "cancelled":
             error = "cancelled by the caller"
+        elif outcome == "flooded":
+            error = (f"the code wrote more than {_CTL_MAX_IGNORED} messages to the sandbox's control channel; "
+                     "the interpreter was ended")
         elif self.status is not None and self.status[0] is not None:
             exit_code = os.waitstatus_to_exitcode(self.status[0])
             if exit_code < 0:
@@ -985,12 +1124,32 @@ class Supervisor:
             error = "sandbox process ended without a status"
         if oom and exit_code != 0 and not (error or "").startswith("memory limit"):
             error = "memory limit" + (f": {error}" if error else "")
-        if isinstance(setup, str):
+        if setup is not None:
             error, exit_code = f"sandbox setup failed: {setup}", None
+        elif self.ignored and outcome != "flooded":
+            note = f"{self.ignored} message(s) the code wrote to the sandbox's control channel were ignored"
+            error = note if error is None else f"{error}; {note}"
         return {"t": "result", "stdout": self.out.decode("utf-8", "replace"),
                 "stderr": self.err.decode("utf-8", "replace"), "exit_code": exit_code,
                 "timed_out": timed_out, "oom": oom, "truncated": self.truncated,
                 "error": error, "alive": outcome == "done"}
+
+
+def _json_or_none(data: bytes) -> object:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _uncaught_name(err: bytes) -> str | None:
+    """The exception a traceback at the end of ``err`` names ("ValueError"), if there is one."""
+    text = err[-4096:].decode("utf-8", "replace")
+    if "Traceback (most recent call last):" not in text and 'File "<string>"' not in text:
+        return None
+    lines = text.rstrip().splitlines()
+    match = re.match(r"([A-Za-z_][\w.]*)(:|$)", lines[-1]) if lines else None
+    return match.group(1).rsplit(".", 1)[-1][:100] if match else None
 
 
 def _exit_on_signal(signum, frame) -> None:

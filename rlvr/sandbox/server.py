@@ -3,7 +3,9 @@
 `SandboxServer` owns one zygote process (see `_zygote.py`), started on first use. Each run
 or session gets its own socket to its own supervisor, so calls from many threads run in
 parallel. Whatever happens below, a call returns within ``wall_time_s + _GRACE_S`` (plus up
-to ``_HELLO_TIMEOUT_S`` when the zygote itself is wedged, in which case it is restarted).
+to ``_HELLO_TIMEOUT_S`` when the zygote itself is wedged, in which case it is restarted);
+every send has a deadline; ending a session waits for its supervisor to exit (which it does
+only once the run's processes are gone) for at most ``_CLOSE_TIMEOUT_S``, then kills it.
 ``RLVR_SANDBOX_DEBUG=1`` in the caller's environment lets the zygote's stderr through.
 """
 
@@ -14,6 +16,7 @@ import base64
 import json
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +36,7 @@ UID_SLOTS = 4096
 _HELLO_TIMEOUT_S = 15.0
 _GRACE_S = 5.0
 _START_TIMEOUT_S = 60.0
+_CLOSE_TIMEOUT_S = 5.0
 _DISABLE_CHOICES = frozenset({"privilege_drop", "pid_namespace", "network_namespace", "ipc_namespace",
                               "uts_namespace", "mount_namespace", "seccomp", "cgroups"})
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -166,7 +170,7 @@ class SandboxServer:
         self.close()
 
     # -- talking to supervisors
-    def _connect(self, request: dict) -> tuple[socket.socket, FrameReader]:
+    def _connect(self, request: dict) -> "_Link":
         """A socket to a supervisor that has received ``request`` (sent without waiting)."""
         problem = "?"
         for attempt in range(4):
@@ -186,7 +190,7 @@ class SandboxServer:
                 reader = FrameReader()
                 hello = recv_frame(ours, reader, time.monotonic() + _HELLO_TIMEOUT_S)
                 if isinstance(hello, dict) and hello.get("t") == "hello":
-                    return ours, reader
+                    return _Link(ours, reader, _pidfd_or_none(hello.get("pid")))
                 problem = "the supervisor hung up before starting"  # e.g. a spare that had just died
                 ours.close()
             except (OSError, TimeoutError, ValueError) as e:
@@ -198,13 +202,12 @@ class SandboxServer:
                         self._stop_locked(graceful=False)
         raise SandboxError(f"could not start a sandboxed run: {problem}")
 
-    def _answer(self, chan: socket.socket, reader: FrameReader, limits: SandboxLimits,
-                t0: float) -> tuple[SandboxResult, bool]:
+    def _answer(self, link: "_Link", limits: SandboxLimits, t0: float) -> tuple[SandboxResult, bool]:
         """One result frame, and whether the interpreter lives on; past wall time + grace,
         give up and cancel the run."""
         timed_out = False
         try:
-            reply = recv_frame(chan, reader, time.monotonic() + limits.wall_time_s + _GRACE_S)
+            reply = recv_frame(link.sock, link.reader, time.monotonic() + limits.wall_time_s + _GRACE_S)
             ok = isinstance(reply, dict) and reply.get("t") == "result"
             error = None if ok else "the supervisor closed the connection"
         except TimeoutError:
@@ -214,7 +217,7 @@ class SandboxServer:
         except (OSError, ValueError) as e:
             reply, error = None, f"lost the supervisor: {e}"
         if error is not None:
-            chan.close()  # the supervisor sees end of file and kills the run
+            link.close(wait_s=1.0)  # the supervisor sees end of file and kills the run, or is killed
             return SandboxResult(stdout="", stderr="", exit_code=None, timed_out=timed_out, oom=False,
                                  truncated=False, duration_s=time.monotonic() - t0, error=error), False
         result = SandboxResult(stdout=reply["stdout"], stderr=reply["stderr"], exit_code=reply["exit_code"],
@@ -231,35 +234,80 @@ class SandboxServer:
         request = {"mode": "script", "code": code, "stdin": stdin, "limits": asdict(limits),
                    "files": _wire_files(files)}
         t0 = time.monotonic()
-        chan, reader = self._connect(request)
+        link = self._connect(request)
         try:
-            return self._answer(chan, reader, limits, t0)[0]
+            return self._answer(link, limits, t0)[0]
         finally:
-            chan.close()
+            link.close(wait_s=None)  # a script's processes are gone before its result is sent
 
-    def _start_session(self, limits: SandboxLimits, files) -> tuple[socket.socket, FrameReader]:
+    def _start_session(self, limits: SandboxLimits, files) -> "_Link":
         request = {"mode": "session", "limits": asdict(limits), "files": _wire_files(files)}
-        chan, reader = self._connect(request)
+        link = self._connect(request)
         try:
-            reply = recv_frame(chan, reader, time.monotonic() + 30 + _GRACE_S)
+            reply = recv_frame(link.sock, link.reader, time.monotonic() + 30 + _GRACE_S)
         except (TimeoutError, OSError, ValueError) as e:
-            chan.close()
+            link.close(wait_s=1.0)
             raise SandboxError(f"the interpreter did not start: {e}") from e
         if not isinstance(reply, dict) or reply.get("t") != "started":
-            chan.close()
+            link.close(wait_s=1.0)
             raise SandboxError("the interpreter did not start: "
                                + str(reply.get("error") if isinstance(reply, dict) else "connection closed"))
-        return chan, reader
+        return link
 
-    def _run_cell(self, chan: socket.socket, reader: FrameReader, code: str,
-                  limits: SandboxLimits) -> tuple[SandboxResult, bool]:
+    def _run_cell(self, link: "_Link", code: str, limits: SandboxLimits) -> tuple[SandboxResult, bool]:
         t0 = time.monotonic()
         try:
-            chan.sendall(encode_frame({"t": "cell", "code": code}))
-        except OSError as e:
+            link.sock.settimeout(_HELLO_TIMEOUT_S)  # a supervisor that does not read: bounded
+            link.sock.sendall(encode_frame({"t": "cell", "code": code}))
+            link.sock.settimeout(None)
+        except OSError as e:  # TimeoutError included
+            link.close(wait_s=1.0)
             return SandboxResult("", "", None, False, False, False, time.monotonic() - t0,
                                  f"lost the interpreter: {e}"), False
-        return self._answer(chan, reader, limits, t0)
+        return self._answer(link, limits, t0)
+
+
+class _Link:
+    """The parent's end of one run or session: the socket to its supervisor, and a pidfd of
+    that supervisor so that ending it can be waited for (and forced)."""
+
+    def __init__(self, sock: socket.socket, reader: FrameReader, pidfd: int | None):
+        self.sock, self.reader, self.pidfd = sock, reader, pidfd
+
+    def close(self, wait_s: float | None = _CLOSE_TIMEOUT_S) -> None:
+        """Hang up: the supervisor kills the run and exits. Wait up to ``wait_s`` for it to
+        exit, then SIGKILL it (its run dies with it: parent-death signals, pid namespace);
+        ``None``: do not wait."""
+        self.sock.close()
+        pidfd, self.pidfd = self.pidfd, None
+        if pidfd is None:
+            return
+        if wait_s is None:
+            os.close(pidfd)
+            return
+        try:
+            if not select.select([pidfd], [], [], wait_s)[0]:
+                try:
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                except OSError:
+                    pass
+                select.select([pidfd], [], [], 1.0)
+        finally:
+            os.close(pidfd)
+
+    def __del__(self) -> None:
+        if self.pidfd is not None:  # dropped without close (garbage collection): do not wait
+            os.close(self.pidfd)
+
+
+def _pidfd_or_none(pid: object) -> int | None:
+    """A pidfd of the supervisor (a child of our zygote, so its pid is not reused while we look)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None
 
 
 def _wire_files(files: Mapping[str, str | bytes] | None) -> list[list[str]]:

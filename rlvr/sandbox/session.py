@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Mapping
 
-from ._protocol import FrameReader
 from .limits import SandboxLimits, SandboxResult
-from .server import SandboxServer, default_server
+from .server import SandboxServer, _Link, default_server
 
 
 class PythonSession:
@@ -26,8 +24,7 @@ class PythonSession:
         self.limits = limits if limits is not None else SandboxLimits()
         self._files = dict(files or {})
         self._server = server if server is not None else default_server()
-        self._chan: socket.socket | None = None
-        self._reader: FrameReader | None = None
+        self._link: _Link | None = None
         self._closed = False
         self._ended_because: str | None = None
         self._start()
@@ -35,7 +32,7 @@ class PythonSession:
     @property
     def alive(self) -> bool:
         """Whether the interpreter is running (False after a crash, a timeout or `close`)."""
-        return self._chan is not None
+        return self._link is not None
 
     def run(self, code: str) -> SandboxResult:
         """Run one cell; restart the interpreter first if the previous one ended.
@@ -49,11 +46,11 @@ class PythonSession:
         if not isinstance(code, str):
             raise TypeError(f"PythonSession.run: code must be str, got {type(code).__name__}")
         note = None
-        if self._chan is None:
+        if self._link is None:
             note = (f"interpreter restarted (the previous one ended: {self._ended_because}); "
                     "variables and imports from earlier calls are lost")
             self._start()
-        result, alive = self._server._run_cell(self._chan, self._reader, code, self.limits)
+        result, alive = self._server._run_cell(self._link, code, self.limits)
         if not alive:
             self._ended_because = result.error or f"exit code {result.exit_code}"
             self._drop()
@@ -69,7 +66,8 @@ class PythonSession:
         self._start()
 
     def close(self) -> None:
-        """End the interpreter and every process it started."""
+        """End the interpreter and every process it started; returns once they are gone
+        (within a few seconds whatever the code does)."""
         self._drop()
         self._closed = True
 
@@ -81,14 +79,14 @@ class PythonSession:
 
     def __del__(self) -> None:
         try:
-            self._drop()
+            self._drop(wait=False)
         except Exception:
             pass
 
     def _start(self) -> None:
-        self._chan, self._reader = self._server._start_session(self.limits, self._files)
+        self._link = self._server._start_session(self.limits, self._files)
 
-    def _drop(self) -> None:
-        chan, self._chan, self._reader = self._chan, None, None
-        if chan is not None:
-            chan.close()  # the supervisor sees end of file and kills the interpreter's processes
+    def _drop(self, wait: bool = True) -> None:
+        link, self._link = self._link, None
+        if link is not None:  # the supervisor sees end of file and kills the interpreter's processes
+            link.close() if wait else link.close(wait_s=None)
