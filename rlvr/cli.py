@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
+import time
+import traceback
 from pathlib import Path
 
 from rlvr.typed_yaml import ConfigError
@@ -59,23 +64,76 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.targets += extra
+    args.active_run = None  # the run directory being written, set by _train once it exists
     try:
-        if args.command in ("train", "sft"):
-            return _train(args)
-        if args.command == "eval":
-            return _eval(args)
-        if args.command == "report":
-            return _report(args)
-        if args.command == "limr":
-            return _limr(args)
-        return _list()
+        with _sigterm_interrupts():
+            if args.command in ("train", "sft"):
+                return _train(args)
+            if args.command == "eval":
+                return _eval(args)
+            if args.command == "report":
+                return _report(args)
+            if args.command == "limr":
+                return _limr(args)
+            return _list()
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; continue with `rlvr train --resume RUN_DIR` from the last checkpoint",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        what, code = ("terminated", 143) if isinstance(err, Terminated) else ("interrupted", 130)
+        resume = (f"; continue with `rlvr train --resume {args.active_run}` from the last checkpoint"
+                  if args.active_run else "")
+        print(f"\n{what}{resume}", file=sys.stderr)
+        return code
+    except Exception as err:
+        kinds = {cls.__name__ for cls in type(err).__mro__}
+        if "RunDirError" in kinds:  # --resume of something else, a locked run dir, no disk room
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        if args.active_run is None:
+            raise
+        # After start-up: one line, and the traceback in the run dir for a bug report.
+        message = str(err) if kinds & USER_ERRORS else f"{type(err).__name__}: {err}"
+        print(f"error: {message} (traceback: {_write_traceback(args.active_run)})", file=sys.stderr)
+        return 1
+
+
+# Errors whose message is written for the user; other exceptions also print their type.
+USER_ERRORS = {"RewardError", "NonFiniteError", "VerifierTimeoutError"}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the run stops and resumes from its last checkpoint."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    if threading.current_thread() is not threading.main_thread():  # (signal handlers live in the main thread)
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _write_traceback(run_dir: Path) -> str:
+    """Append the current exception's traceback to ``run_dir``/error.log; its path, or where
+    the traceback went instead when the run dir cannot take it (a full disk)."""
+    path = Path(run_dir) / "error.log"
+    try:
+        with open(path, "a") as fh:
+            fh.write(f"---- {time.strftime('%Y-%m-%d %H:%M:%S')} rlvr {' '.join(sys.argv[1:])}\n")
+            traceback.print_exc(file=fh)
+    except OSError:
+        traceback.print_exc()
+        return "printed above"
+    return str(path)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -86,8 +144,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.config or args.overrides or args.output_dir:
             raise ConfigError("--resume takes the run's own config.yaml; drop --config, --output-dir and overrides")
-        run = RunDir(args.resume)
-        run.load_state()
+        run = RunDir.open(args.resume)  # a one-line error for a missing, empty or foreign directory
         source = str(run.path / "config.yaml")
         config = load_config(source)
     else:
@@ -98,6 +155,7 @@ def _train(args: argparse.Namespace) -> int:
     check_names(config, source)
     if not args.resume:
         run = new_run_dir(config, args.output_dir, Path(args.config).stem if args.config else "default")
+    args.active_run = run.path  # main() names it in interrupt and error messages
     print(f"run dir: {run.path}")
     summary = run_pipeline(config, run)
     _print_summary(summary, "rl" in config.stages)
@@ -124,6 +182,7 @@ def _eval(args: argparse.Namespace) -> int:
     from rlvr.eval.sample_cache import SamplingSettings, collect_samples
     from rlvr.eval.selectors import SELECTORS
     from rlvr.models import load_model_and_tokenizer
+    from rlvr.models.prompt_fit import check_prompts_fit, checkpoint_tokenizer
     from rlvr.rollout import ROLLOUT_ENGINES, build_environment
     from rlvr.train.pipeline import build_task, make_task_verifier
 
@@ -158,9 +217,21 @@ def _eval(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir) if args.output_dir else (runs[0] / "eval" if runs else Path("rlvr-eval"))
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else output_dir / "cache"
 
+    try:
+        engine = ROLLOUT_ENGINES.get(config.rollout.engine)()
+    except KeyError as err:
+        raise ConfigError(f"{source}: rollout.engine: {err.args[0]}") from None
     task = build_task(config, source)
-    heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
-    engine = ROLLOUT_ENGINES.get(config.rollout.engine)()
+    try:  # the data and each model's tokenizer and context, checked before any model loads
+        heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
+        for target in targets:
+            tokenizer, positions = checkpoint_tokenizer(target.checkpoint)
+            check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens, heldout,
+                              f"held-out problems, model {target.label}")
+    except ConfigError:
+        raise
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"{source}: {err}") from None
     settings = SamplingSettings(temperature=config.eval.temperature, max_new_tokens=config.rollout.max_new_tokens,
                                 batch_size=config.eval.batch_size, seed=config.eval.seed, top_p=config.rollout.top_p)
     threads_before = torch.get_num_threads()

@@ -17,11 +17,17 @@ from rlvr.typed_yaml import ConfigError, dump_yaml, load_yaml_config
 __all__ = ["RunConfig", "ConfigError", "load_config", "save_config"]
 
 
-def _f(default: Any, help: str) -> Any:
-    """A field with a default (copied per instance when mutable) and its help line."""
+def _f(default: Any, help: str, *, ge: float | None = None, gt: float | None = None,
+       le: float | None = None, lt: float | None = None) -> Any:
+    """A field with a default (copied per instance when mutable), its help line and, for a
+    number (or a list of numbers), its valid range: ``ge``/``gt``/``le``/``lt`` bounds that
+    typed_yaml checks on load and that the resolved config.yaml states next to the help.
+    Floats are finite everywhere (NaN and inf are rejected without being declared)."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    metadata = {"help": help, **bounds}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def _sub(cls: type, help: str) -> Any:
@@ -32,15 +38,18 @@ def _sub(cls: type, help: str) -> Any:
 class ModelConfig:
     path: str | None = _f(None, "local Hugging Face checkpoint directory to start from; null builds a tiny model from the fields below")
     architecture: Literal["llama", "qwen2"] = _f("llama", "architecture of the tiny model built when path is null")
-    hidden_size: int = _f(128, "tiny model: width of the residual stream")
-    num_layers: int = _f(2, "tiny model: number of transformer blocks")
-    num_heads: int = _f(4, "tiny model: attention heads per block")
-    intermediate_size: int = _f(512, "tiny model: width of the MLP")
-    max_position_embeddings: int = _f(128, "tiny model: longest sequence in tokens (prompt + response)")
+    hidden_size: int = _f(128, "tiny model: width of the residual stream", ge=2)
+    num_layers: int = _f(2, "tiny model: number of transformer blocks", ge=1)
+    num_heads: int = _f(4, "tiny model: attention heads per block", ge=1)
+    intermediate_size: int = _f(512, "tiny model: width of the MLP", ge=1)
+    max_position_embeddings: int = _f(128, "tiny model: longest sequence in tokens (prompt + response)", ge=2)
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        if (self.hidden_size // self.num_heads) % 2:  # rotary embeddings rotate pairs of dimensions
+            raise ValueError(f"hidden_size / num_heads ({self.hidden_size} / {self.num_heads}) must be even: "
+                             "rotary position embeddings need an even head dimension")
 
 
 @dataclass
@@ -63,6 +72,7 @@ class RewardConfig:
     components: dict[str, float] = _f({"correctness": 1.0}, "reward name (registered, or module:function) -> weight; the reward is the weighted sum")
     params: dict[str, dict[str, Any]] = _f({}, "reward name -> keyword arguments passed to that reward function")
     shaping: list[ShapingStep] = _f([], "batch-level shapers applied in order to the summed reward (overlong, laser, laser_d, cosine, kimi_length, label_noise, format_only, random_reward)")
+    on_error: Literal["raise", "zero"] = _f("raise", "a component that raises or returns NaN, inf or a non-number: raise = stop the run naming the component and the sample; zero = score that component 0 for the sample and count it (metric reward/failed, samples per step)")
 
     def __post_init__(self) -> None:
         unused = sorted(set(self.params) - set(self.components))
@@ -73,81 +83,69 @@ class RewardConfig:
 @dataclass
 class VerifierConfig:
     isolate: Literal["auto", "always", "never"] = _f("auto", "score in worker processes with timeouts: auto = when the task asks for it (math, code)")
-    workers: int = _f(2, "verifier worker processes")
-    timeout_s: float = _f(5.0, "seconds one verification may take before its worker is killed and the score is 0")
-    memory_limit_mb: int = _f(2048, "address space a worker may add on top of its start-up size (MB)")
+    workers: int = _f(2, "verifier worker processes", ge=1)
+    timeout_s: float = _f(5.0, "seconds one verification may take before its worker is killed and the score is 0", gt=0)
+    memory_limit_mb: int = _f(2048, "address space a worker may add on top of its start-up size (MB)", ge=64)
+    max_timeout_batches: int = _f(3, "stop the run when every verification of this many batches in a row timed out (batches; a warning comes first, once half of one batch times out)", ge=1)
 
 
 @dataclass
 class SFTConfig:
-    steps: int = _f(600, "optimizer steps of supervised warm start on task demonstrations")
-    batch_size: int = _f(64, "demonstrations (sequences) per optimizer step")
-    lr: float = _f(3e-3, "peak learning rate")
-    warmup_steps: int = _f(50, "linear warm-up length in optimizer steps; cosine decay to 10% after it")
-    weight_decay: float = _f(0.0, "AdamW decoupled weight decay")
-    grad_clip: float = _f(1.0, "max global gradient norm; 0 disables clipping")
+    steps: int = _f(600, "optimizer steps of supervised warm start on task demonstrations", ge=0)
+    batch_size: int = _f(64, "demonstrations (sequences) per optimizer step", ge=1)
+    lr: float = _f(3e-3, "peak learning rate", gt=0)
+    warmup_steps: int = _f(50, "linear warm-up length in optimizer steps; cosine decay to 10% after it", ge=0)
+    weight_decay: float = _f(0.0, "AdamW decoupled weight decay", ge=0)
+    grad_clip: float = _f(1.0, "max global gradient norm; 0 disables clipping", ge=0)
+    max_nonfinite_updates: int = _f(3, "an update whose loss or gradient is NaN/inf is skipped; stop the run after this many skipped in a row (optimizer updates)", ge=1)
 
 
 @dataclass
 class EnvironmentConfig:
     name: str | None = _f(None, "multi-turn environment: python (tool calls), try_again (feedback turns), module:Class, or null for single-turn")
     params: dict[str, Any] = _f({}, "environment-specific parameters, checked against its Params dataclass")
-    max_turns: int = _f(4, "policy turns per episode at most (rollout.max_new_tokens bounds the whole response)")
-    observation_tokens: int = _f(64, "tokens of one observation kept at most; the rest is cut")
+    max_turns: int = _f(4, "policy turns per episode at most (rollout.max_new_tokens bounds the whole response)", ge=1)
+    observation_tokens: int = _f(64, "tokens of one observation kept at most; the rest is cut", ge=1)
     filter_void_turns: bool = _f(False, "SimpleTIR: a trajectory with a turn that has neither a tool call nor an answer gets no gradient")
-
-    def __post_init__(self) -> None:
-        if self.max_turns < 1:
-            raise ValueError("max_turns must be >= 1")
-        if self.observation_tokens < 1:
-            raise ValueError("observation_tokens must be >= 1")
 
 
 @dataclass
 class RolloutConfig:
     engine: str = _f("kv_cache", "registered rollout engine name (see `rlvr list`)")
-    max_new_tokens: int = _f(40, "longest response in tokens; longer ones are truncated (finish_reason=length)")
-    temperature: float = _f(1.0, "sampling temperature; log-probs for the loss use the same temperature")
-    top_p: float = _f(1.0, "nucleus sampling mass in (0, 1]")
+    max_new_tokens: int = _f(40, "longest response in tokens; longer ones are truncated (finish_reason=length)", ge=1)
+    temperature: float = _f(1.0, "sampling temperature (greedy is for evaluation); log-probs for the loss use the same temperature", gt=0)
+    top_p: float = _f(1.0, "nucleus sampling mass in (0, 1]", gt=0, le=1)
     environment: EnvironmentConfig = _sub(EnvironmentConfig, "multi-turn episodes (tool use, feedback turns); off by default")
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError("max_new_tokens must be >= 1")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError("top_p must lie in (0, 1]")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0 for training rollouts (greedy is for evaluation)")
 
 
 @dataclass
 class KLConfig:
-    coef: float = _f(0.0, "KL(policy || reference) coefficient beta; 0 disables KL and skips the reference model")
+    coef: float = _f(0.0, "KL(policy || reference) coefficient beta; 0 disables KL and skips the reference model", ge=0)
     estimator: str = _f("k3", "registered KL estimator: k1, k2, k3, or straight-through k1_st / k3_st (value of k1/k3, gradient of k2)")
     placement: Literal["loss", "reward"] = _f("loss", "loss: beta*KL is a loss term; reward: -beta*KL_t is added to each token's reward")
-    target: float | None = _f(None, "adaptive coefficient: KL per token to steer towards (Ziegler et al. 2019); null keeps beta fixed")
-    horizon: int = _f(10000, "adaptive coefficient: samples over which the KL error is corrected")
-    reset_every: int = _f(0, "ProRL reference reset: copy the policy into the reference every this many RL steps; 0 never")
-    reset_threshold: float | None = _f(None, "ProRL reference reset when the measured KL per token exceeds this; null never")
+    target: float | None = _f(None, "adaptive coefficient: KL per token to steer towards (Ziegler et al. 2019); null keeps beta fixed", gt=0)
+    horizon: int = _f(10000, "adaptive coefficient: samples over which the KL error is corrected", ge=1)
+    reset_every: int = _f(0, "ProRL reference reset: copy the policy into the reference every this many RL steps; 0 never", ge=0)
+    reset_threshold: float | None = _f(None, "ProRL reference reset when the measured KL per token exceeds this; null never", gt=0)
     reset_optimizer: bool = _f(True, "also clear the optimizer's moment estimates at a reference reset (ProRL's hard reset)")
 
     def __post_init__(self) -> None:
-        if self.coef < 0:
-            raise ValueError("coef must be >= 0")
+        if self.target is not None and self.coef == 0:
+            raise ValueError("target (adaptive KL) needs coef > 0: the controller scales beta, which stays 0 from 0")
 
 
 @dataclass
 class EntropyConfig:
-    coef: float = _f(0.0, "entropy bonus coefficient: loss -= coef * entropy (nats/token)")
-    target: float | None = _f(None, "adaptive coefficient: entropy (nats/token) to steer towards; null keeps coef fixed")
-    lr: float = _f(0.01, "adaptive coefficient: step size of coef per nat of entropy error")
+    coef: float = _f(0.0, "entropy bonus coefficient: loss -= coef * entropy (nats/token)", ge=0)
+    target: float | None = _f(None, "adaptive coefficient: entropy (nats/token) to steer towards; null keeps coef fixed", ge=0)
+    lr: float = _f(0.01, "adaptive coefficient: step size of coef per nat of entropy error", gt=0)
 
 
 @dataclass
 class CriticConfig:
-    lr: float = _f(1e-4, "critic learning rate (gae only)")
-    value_clip: float | None = _f(0.2, "PPO value clipping range around the old value; null disables clipping")
-    warmup_steps: int = _f(0, "RL steps that train only the critic, before the policy starts moving")
+    lr: float = _f(1e-4, "critic learning rate (gae only)", gt=0)
+    value_clip: float | None = _f(0.2, "PPO value clipping range around the old value; null disables clipping", gt=0)
+    warmup_steps: int = _f(0, "RL steps that train only the critic, before the policy starts moving", ge=0)
 
 
 @dataclass
@@ -155,50 +153,43 @@ class AlgorithmConfig:
     advantage: str = _f("grpo", "registered advantage estimator (see `rlvr list`)")
     loss: str = _f("ppo", "registered policy loss (see `rlvr list`)")
     loss_agg: str = _f("token_mean", "loss aggregation: token_mean, seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm")
-    clip_low: float = _f(0.2, "ratio clip below 1 (ratio >= 1 - clip_low)")
-    clip_high: float = _f(0.2, "ratio clip above 1 (ratio <= 1 + clip_high); DAPO clip-higher uses 0.28")
-    clip_c: float | None = _f(None, "ppo dual-clip bound (> 1) for negative advantages (Ye et al. 2020); null disables it")
+    clip_low: float = _f(0.2, "ratio clip below 1 (ratio >= 1 - clip_low)", ge=0, lt=1)
+    clip_high: float = _f(0.2, "ratio clip above 1 (ratio <= 1 + clip_high); DAPO clip-higher uses 0.28", ge=0)
+    clip_c: float | None = _f(None, "ppo dual-clip bound (> 1) for negative advantages (Ye et al. 2020); null disables it", gt=1)
     scale_by_std: bool = _f(True, "grpo: divide advantages by the group's reward std")
-    gamma: float = _f(1.0, "discount per token (gae, reinforce_pp)")
-    lam: float = _f(1.0, "GAE lambda (gae)")
-    pass_k: int = _f(1, "pass_at_k estimator: the k whose pass@k is optimised (<= samples_per_prompt)")
-    top_entropy_fraction: float = _f(1.0, "train only on this fraction of response tokens with the highest entropy (0.2 in 'Beyond the 80/20 rule'); 1 trains on all")
-    positive_weight: float = _f(1.0, "multiplies advantages > 0 (W-REINFORCE uses 0.1: negative-sample reinforcement)")
-    negative_weight: float = _f(1.0, "multiplies advantages < 0")
-    tis_cap: float | None = _f(None, "truncated importance sampling: recompute old log-probs in the trainer and weight tokens by min(pi_old/pi_behaviour, cap); null trusts the sampler's log-probs")
+    gamma: float = _f(1.0, "discount per token (gae, reinforce_pp)", ge=0, le=1)
+    lam: float = _f(1.0, "GAE lambda (gae)", ge=0, le=1)
+    pass_k: int = _f(1, "pass_at_k estimator: the k whose pass@k is optimised (<= samples_per_prompt)", ge=1)
+    top_entropy_fraction: float = _f(1.0, "train only on this fraction of response tokens with the highest entropy (0.2 in 'Beyond the 80/20 rule'); 1 trains on all", gt=0, le=1)
+    positive_weight: float = _f(1.0, "multiplies advantages > 0 (W-REINFORCE uses 0.1: negative-sample reinforcement)", ge=0)
+    negative_weight: float = _f(1.0, "multiplies advantages < 0", ge=0)
+    tis_cap: float | None = _f(None, "truncated importance sampling: recompute old log-probs in the trainer and weight tokens by min(pi_old/pi_behaviour, cap); null trusts the sampler's log-probs", ge=1)
     kl: KLConfig = _sub(KLConfig, "KL regularisation to a frozen reference policy")
     entropy: EntropyConfig = _sub(EntropyConfig, "entropy bonus")
     critic: CriticConfig = _sub(CriticConfig, "value model, used by the gae estimator")
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.top_entropy_fraction <= 1.0:
-            raise ValueError("top_entropy_fraction must lie in (0, 1]")
-        if self.clip_c is not None and self.clip_c <= 1.0:
-            raise ValueError("clip_c must be > 1")
-        if self.pass_k < 1:
-            raise ValueError("pass_k must be >= 1")
         if self.advantage == "pass_at_k" and self.kl.coef > 0 and self.kl.placement == "reward":
             raise ValueError("the pass_at_k estimator needs 0/1 rewards: use kl.placement=loss")
 
 
 @dataclass
 class RLConfig:
-    steps: int = _f(60, "RL steps; each samples a fresh batch of prompts")
-    max_seconds: float = _f(0.0, "also stop RL once its steps have taken this many wall-clock seconds in all (evaluations excluded); 0 = no limit")
-    prompts_per_step: int = _f(32, "distinct prompts per RL step")
-    samples_per_prompt: int = _f(8, "responses sampled per prompt (the group size G)")
-    epochs: int = _f(1, "passes over each rollout batch")
-    mini_batches: int = _f(2, "optimizer steps per epoch; the batch is split into this many mini-batches")
-    micro_batch_size: int = _f(64, "sequences per forward/backward pass (gradient accumulation inside a mini-batch)")
-    lr: float = _f(1e-4, "learning rate (constant after warm-up)")
-    warmup_steps: int = _f(0, "linear warm-up length in optimizer steps")
-    weight_decay: float = _f(0.0, "AdamW decoupled weight decay")
-    grad_clip: float = _f(1.0, "max global gradient norm; 0 disables clipping")
+    steps: int = _f(60, "RL steps; each samples a fresh batch of prompts", ge=0)
+    max_seconds: float = _f(0.0, "also stop RL once its steps have taken this many wall-clock seconds in all (evaluations excluded); 0 = no limit", ge=0)
+    prompts_per_step: int = _f(32, "distinct prompts per RL step", ge=1)
+    samples_per_prompt: int = _f(8, "responses sampled per prompt (the group size G; a group baseline needs two)", ge=2)
+    epochs: int = _f(1, "passes over each rollout batch", ge=1)
+    mini_batches: int = _f(2, "optimizer steps per epoch; the batch is split into this many mini-batches", ge=1)
+    micro_batch_size: int = _f(64, "sequences per forward/backward pass (gradient accumulation inside a mini-batch)", ge=1)
+    lr: float = _f(1e-4, "learning rate (constant after warm-up)", gt=0)
+    warmup_steps: int = _f(0, "linear warm-up length in optimizer steps", ge=0)
+    weight_decay: float = _f(0.0, "AdamW decoupled weight decay", ge=0)
+    grad_clip: float = _f(1.0, "max global gradient norm; 0 disables clipping", ge=0)
     mask_truncated: bool = _f(False, "DAPO overlong filtering: responses cut at max_new_tokens get no gradient")
+    max_nonfinite_updates: int = _f(3, "an update whose loss, gradient or inputs (advantages, log-probs) hold NaN/inf is skipped; stop the run after this many skipped in a row (optimizer updates)", ge=1)
 
     def __post_init__(self) -> None:
-        if self.samples_per_prompt < 2:
-            raise ValueError("samples_per_prompt must be >= 2: group baselines need at least two samples")
         batch = self.prompts_per_step * self.samples_per_prompt
         if batch % self.mini_batches:
             raise ValueError(f"prompts_per_step * samples_per_prompt ({batch}) must be divisible by mini_batches ({self.mini_batches})")
@@ -207,59 +198,63 @@ class RLConfig:
 @dataclass
 class CurriculumConfig:
     param: str | None = _f(None, "integer task parameter to adapt (e.g. max_digits, or difficulty.num_terms for a reasoning-gym curriculum attribute); null disables the curriculum")
-    minimum: int = _f(1, "lowest value the parameter may take")
-    maximum: int = _f(8, "highest value the parameter may take")
-    target_low: float = _f(0.3, "lower the difficulty when the mean training pass rate falls below this")
-    target_high: float = _f(0.8, "raise the difficulty when the mean training pass rate rises above this")
-    window: int = _f(5, "RL steps averaged before each decision")
+    minimum: int = _f(1, "lowest value the parameter may take", ge=0)
+    maximum: int = _f(8, "highest value the parameter may take", ge=0)
+    target_low: float = _f(0.3, "lower the difficulty when the mean training pass rate falls below this", ge=0, lt=1)
+    target_high: float = _f(0.8, "raise the difficulty when the mean training pass rate rises above this", gt=0, le=1)
+    window: int = _f(5, "RL steps averaged before each decision", ge=1)
+
+    def __post_init__(self) -> None:
+        if self.minimum > self.maximum:
+            raise ValueError(f"minimum ({self.minimum}) must be <= maximum ({self.maximum})")
+        if self.target_low >= self.target_high:
+            raise ValueError(f"target_low ({self.target_low}) must be < target_high ({self.target_high})")
 
 
 @dataclass
 class DataConfig:
     filter: Literal["none", "dynamic", "pass_rate"] = _f("none", "group filter: dynamic = DAPO dynamic sampling (drop groups with equal rewards); pass_rate = keep groups whose pass rate is in [pass_rate_low, pass_rate_high] (online difficulty filtering)")
-    pass_rate_low: float = _f(0.25, "pass_rate filter: lowest kept pass rate (fraction of a group correct)")
-    pass_rate_high: float = _f(0.75, "pass_rate filter: highest kept pass rate")
-    max_rounds: int = _f(3, "with a filter: generation rounds per step to fill rl.prompts_per_step kept groups; then train on what was kept")
+    pass_rate_low: float = _f(0.25, "pass_rate filter: lowest kept pass rate (fraction of a group correct)", ge=0, le=1)
+    pass_rate_high: float = _f(0.75, "pass_rate filter: highest kept pass rate", ge=0, le=1)
+    max_rounds: int = _f(3, "with a filter: generation rounds per step to fill rl.prompts_per_step kept groups; then train on what was kept", ge=1)
     prefilter: bool = _f(False, "skip prompts whose tracked pass rate (EMA across steps) is outside the pass_rate band before generating")
-    tracker_decay: float = _f(0.5, "EMA decay of the per-prompt pass-rate tracker")
-    fixed_problems: int = _f(0, "few-shot RLVR: train on this many fixed problems, repeated (1 = 'RL with one training example'); 0 draws fresh problems")
+    tracker_decay: float = _f(0.5, "EMA decay of the per-prompt pass-rate tracker", ge=0, lt=1)
+    fixed_problems: int = _f(0, "few-shot RLVR: train on this many fixed problems, repeated (1 = 'RL with one training example'); 0 draws fresh problems", ge=0)
     include_ids: str | None = _f(None, "JSON file with a list of problem ids (e.g. from `rlvr limr`): train only on those problems of a file-backed task")
     curriculum: CurriculumConfig = _sub(CurriculumConfig, "adaptive difficulty for generated tasks")
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.pass_rate_low <= self.pass_rate_high <= 1.0:
-            raise ValueError("need 0 <= pass_rate_low <= pass_rate_high <= 1")
-        if self.max_rounds < 1:
-            raise ValueError("max_rounds must be >= 1")
+        if self.pass_rate_low > self.pass_rate_high:
+            raise ValueError(f"pass_rate_low ({self.pass_rate_low}) must be <= pass_rate_high ({self.pass_rate_high})")
+        if self.fixed_problems and self.include_ids:
+            raise ValueError("fixed_problems and include_ids both choose the training problems: set one of them")
 
 
 @dataclass
 class EvalConfig:
-    problems: int = _f(200, "held-out problems (drawn with eval.seed, never trained on)")
-    seed: int = _f(1_000_003, "seed of the held-out split; training draws with run seeds and skips held-out ids")
-    samples: int = _f(8, "sampled responses per problem for pass@k (n); 0 evaluates greedy only")
-    temperature: float = _f(1.0, "sampling temperature for pass@k")
-    every: int = _f(20, "also evaluate every this many RL steps; 0 only before and after RL")
-    batch_size: int = _f(256, "sequences generated together during evaluation")
-    ks: list[int] = _f([], "k values reported for pass@k and maj@k (each <= samples); [] = 1, 2, 4, ... up to samples")
+    problems: int = _f(200, "held-out problems (drawn with eval.seed, never trained on)", ge=1)
+    seed: int = _f(1_000_003, "seed of the held-out split; training draws with run seeds and skips held-out ids", ge=0, lt=2**63)
+    samples: int = _f(8, "sampled responses per problem for pass@k (n); 0 evaluates greedy only", ge=0)
+    temperature: float = _f(1.0, "sampling temperature for pass@k", gt=0)
+    every: int = _f(20, "also evaluate every this many RL steps; 0 only before and after RL", ge=0)
+    batch_size: int = _f(256, "sequences generated together during evaluation", ge=1)
+    ks: list[int] = _f([], "k values reported for pass@k and maj@k (each <= samples); [] = 1, 2, 4, ... up to samples", ge=1)
 
     def __post_init__(self) -> None:
-        if self.samples < 0:
-            raise ValueError("eval.samples must be >= 0")
         bad = [k for k in self.ks if not 1 <= k <= self.samples]
         if bad:
-            raise ValueError(f"eval.ks: {bad} outside [1, eval.samples = {self.samples}]")
+            raise ValueError(f"ks: {bad} outside [1, samples = {self.samples}]")
 
 
 @dataclass
 class CheckpointConfig:
-    every: int = _f(20, "save a resumable checkpoint every this many steps (SFT and RL)")
-    keep_last: int = _f(2, "resumable checkpoints kept per stage; older ones are deleted")
+    every: int = _f(20, "save a resumable checkpoint every this many steps (SFT and RL)", ge=1)
+    keep_last: int = _f(2, "resumable checkpoints kept per stage; older ones are deleted", ge=1)
 
 
 @dataclass
 class LoggingConfig:
-    samples_per_step: int = _f(4, "completions written to samples.jsonl per step")
+    samples_per_step: int = _f(4, "completions written to samples.jsonl per step", ge=0)
     progress: bool = _f(True, "show a live progress bar")
     backends: list[Literal["tensorboard", "wandb", "mlflow"]] = _f([], "extra metric sinks besides the run directory's JSONL files (optional extras, pip install rlvr[tensorboard|wandb|mlflow]); they write under the run directory and need no network")
     project: str = _f("rlvr", "wandb project / mlflow experiment name the backends file runs under")
@@ -267,11 +262,11 @@ class LoggingConfig:
 
 @dataclass
 class RunConfig:
-    seed: int = _f(0, "seed of everything random in the run (weights, data, sampling)")
+    seed: int = _f(0, "seed of everything random in the run (weights, data, sampling)", ge=0, lt=2**63)
     stages: list[Literal["sft", "rl"]] = _f(["sft", "rl"], "pipeline stages in order")
     output_dir: str = _f("runs", "parent directory of run directories")
     run_name: str | None = _f(None, "run directory name; null uses <recipe>-<timestamp>")
-    threads: int = _f(0, "torch CPU threads; 0 uses every core")
+    threads: int = _f(0, "torch CPU threads; 0 uses every core", ge=0)
     model: ModelConfig = _sub(ModelConfig, "the policy model")
     task: TaskConfig = _sub(TaskConfig, "the task and its verifier")
     reward: RewardConfig = _sub(RewardConfig, "how scores become the scalar reward")

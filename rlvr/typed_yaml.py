@@ -10,6 +10,11 @@ field's help as a comment, so a run directory documents its own settings.
 Supported annotations: ``int``, ``float``, ``bool``, ``str``, ``pathlib.Path``,
 ``X | None`` and other unions, ``Literal[...]``, ``list[T]``, ``tuple[T, ...]``,
 ``tuple[A, B]``, ``dict[K, V]``, nested dataclasses and ``typing.Any``.
+
+Every ``float`` must be finite (NaN and +-inf are rejected wherever a float is
+annotated). A field's valid range is declared in its metadata with any of ``ge``,
+``gt``, ``le``, ``lt`` (``metadata={"help": ..., "ge": 1}``); it applies to the field's
+number, or to each number of a ``list``/``tuple`` field, and ``None`` is exempt.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import re
+import reprlib
 import types
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -34,6 +41,13 @@ Origins = dict[str, tuple[str, int | None]]
 # pattern demands a dot; float fields therefore also accept numeric-looking strings.
 _FLOAT_RE = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+#: a config file larger than this is refused unread (configs are a few KiB; data lives in data files)
+MAX_FILE_BYTES = 4 * 1024 * 1024
+#: YAML nodes visited at most while reading one file: bounds alias bombs ("billion laughs")
+MAX_NODES = 100_000
+#: range keywords a field's metadata may carry, with the comparison each one demands
+BOUNDS = {"ge": (">=", lambda x, b: x >= b), "gt": (">", lambda x, b: x > b),
+          "le": ("<=", lambda x, b: x <= b), "lt": ("<", lambda x, b: x < b)}
 
 
 class ConfigError(ValueError):
@@ -75,10 +89,14 @@ def _join(prefix: str, key: object) -> str:
     return f"{prefix}.{key}" if prefix else str(key)
 
 
+_SHORT_REPR = reprlib.Repr()  # bounded: a value may share sub-lists through YAML aliases
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother = 3, 64, 64
+
+
 def _describe(value: object) -> str:
     if value is None:
         return "None"
-    text = repr(value)
+    text = _SHORT_REPR.repr(value)
     return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
@@ -111,7 +129,8 @@ def _convert(tp: Any, value: Any, path: str, ctx: _Ctx) -> Any:
     if tp in (list, tuple, dict):  # bare containers hold anything
         tp = {list: list[Any], tuple: tuple[Any, ...], dict: dict[Any, Any]}[tp]
     origin, args = get_origin(tp), get_args(tp)
-    mismatch = f"expected {type_name(tp)}, got {_describe(value)}"
+    def mismatch() -> str:  # built only on error: describing a large value costs time
+        return f"expected {type_name(tp)}, got {_describe(value)}"
 
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
@@ -124,7 +143,7 @@ def _convert(tp: Any, value: Any, path: str, ctx: _Ctx) -> Any:
                 return _convert(option, value, path, ctx)
             except ConfigError:
                 pass
-        raise ctx.error(path, mismatch)
+        raise ctx.error(path, mismatch())
     if origin is Literal:
         # compare types too, so that True does not pass for Literal[1]
         for allowed in args:
@@ -133,11 +152,11 @@ def _convert(tp: Any, value: Any, path: str, ctx: _Ctx) -> Any:
         raise ctx.error(path, f"expected one of {', '.join(map(repr, args))}, got {_describe(value)}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ctx.error(path, mismatch)
+            raise ctx.error(path, mismatch())
         return [_convert(args[0], v, f"{path}[{i}]", ctx) for i, v in enumerate(value)]
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ctx.error(path, mismatch)
+            raise ctx.error(path, mismatch())
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, f"{path}[{i}]", ctx) for i, v in enumerate(value))
         if len(value) != len(args):
@@ -145,7 +164,7 @@ def _convert(tp: Any, value: Any, path: str, ctx: _Ctx) -> Any:
         return tuple(_convert(a, v, f"{path}[{i}]", ctx) for i, (a, v) in enumerate(zip(args, value)))
     if origin is dict:
         if not isinstance(value, dict):
-            raise ctx.error(path, mismatch)
+            raise ctx.error(path, mismatch())
         key_tp, val_tp = args
         return {_convert(key_tp, k, _join(path, k), ctx): _convert(val_tp, v, _join(path, k), ctx)
                 for k, v in value.items()}
@@ -155,22 +174,89 @@ def _convert(tp: Any, value: Any, path: str, ctx: _Ctx) -> Any:
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
-            return float(value)
+            number = float(value) if not isinstance(value, int) or abs(value) < 2**1023 else math.inf
+        elif isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            number = float(value)  # '1e999' parses to inf, caught below
+        if number is not None:
+            if not math.isfinite(number):
+                raise ctx.error(path, f"expected a finite float, got {_describe(value)}")
+            return number
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, (bool, int, float)):  # e.g. `name: on` or `revision: 2024`
-            raise ctx.error(path, mismatch + " (quote the value in YAML to make it a string)")
+            raise ctx.error(path, mismatch() + " (quote the value in YAML to make it a string)")
     if tp is Path and isinstance(value, (str, Path)):
         return Path(value)
     if tp is type(None) and value is None:
         return None
     if tp in (bool, int, float, str, Path, type(None)):
-        raise ctx.error(path, mismatch)
+        raise ctx.error(path, mismatch())
     raise TypeError(f"{path or '<root>'}: unsupported annotation {tp!r} in a config dataclass")
+
+
+def _number_text(bound: float) -> str:
+    if isinstance(bound, int) and bound >= 2**20 and bound & (bound - 1) == 0:
+        return f"2**{bound.bit_length() - 1}"
+    return repr(bound)
+
+
+def describe_range(metadata: Mapping[str, Any]) -> str:
+    """The range a field's metadata declares, e.g. ``>= 1`` or ``> 0 and <= 1``; '' if none."""
+    return " and ".join(f"{BOUNDS[key][0]} {_number_text(metadata[key])}"
+                        for key in BOUNDS if metadata.get(key) is not None)
+
+
+def _out_of_range(f: dataclasses.Field[Any], value: Any) -> tuple[int | None, Any] | None:
+    """``(index or None, number)`` of the first number of ``value`` outside ``f``'s range."""
+    bounds = [(key, f.metadata[key]) for key in BOUNDS if f.metadata.get(key) is not None]
+    if not bounds:
+        return None
+    items = enumerate(value) if isinstance(value, (list, tuple)) else [(None, value)]
+    for i, item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            continue
+        if not all(BOUNDS[key][1](item, bound) for key, bound in bounds):
+            return i, item
+    return None
+
+
+def _check_range(f: dataclasses.Field[Any], value: Any, path: str, ctx: _Ctx) -> None:
+    bad = _out_of_range(f, value)
+    if bad is not None:
+        i, item = bad
+        raise ctx.error(path if i is None else f"{path}[{i}]", f"must be {describe_range(f.metadata)}, got {item!r}")
+
+
+def check_ranges(obj: Any) -> None:
+    """Raise ValueError if a field of dataclass instance ``obj`` is outside its declared range
+    or is a non-finite float. Loading checks this with file and line already; a ``Params``
+    dataclass calls it from ``__post_init__`` so that objects built in code
+    (``dataclasses.replace``, tests) obey the same ranges."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+        bad = _out_of_range(f, value)
+        if bad is not None:
+            where = f.name if bad[0] is None else f"{f.name}[{bad[0]}]"
+            raise ValueError(f"{where} must be {describe_range(f.metadata)}, got {bad[1]!r}")
+
+
+def _blamed_field(cls: type, message: str, path: str, ctx: _Ctx) -> str:
+    """The field of ``cls`` that a ``__post_init__`` message names and that was set
+    explicitly (file or override), so its error points at the line to change."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    for token in re.findall(r"[A-Za-z_][\w.]*", message):
+        head = token.split(".", 1)[0]
+        if head not in names:
+            continue
+        full = _join(path, token.rstrip("."))
+        if any(o == full or o.startswith((full + ".", full + "[")) for o in ctx.origins):
+            return full
+    return path
 
 
 def _build(cls: type[T], value: Any, path: str, ctx: _Ctx) -> T:
@@ -189,6 +275,7 @@ def _build(cls: type[T], value: Any, path: str, ctx: _Ctx) -> T:
             raise ctx.error(sub, f"unknown field {key!r} in {cls.__name__}{hint} "
                                  f"(valid fields: {', '.join(fields)})")
         kwargs[key] = _convert(hints[key], raw, sub, ctx)
+        _check_range(fields[key], kwargs[key], sub, ctx)
     missing = [name for name, f in fields.items() if name not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
@@ -198,7 +285,7 @@ def _build(cls: type[T], value: Any, path: str, ctx: _Ctx) -> T:
     except ConfigError:
         raise
     except ValueError as exc:  # __post_init__ validation
-        raise ctx.error(path, f"invalid {cls.__name__}: {exc}") from exc
+        raise ctx.error(_blamed_field(cls, str(exc), path, ctx), f"invalid {cls.__name__}: {exc}") from exc
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "<dict>",
@@ -212,43 +299,78 @@ def from_dict(cls: type[T], data: Mapping[str, Any], *, source: str = "<dict>",
     """
     if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
         raise TypeError(f"from_dict needs a dataclass type, got {cls!r}")
-    return _build(cls, dict(data) if isinstance(data, Mapping) else data, "",
-                  _Ctx(source, origins or {}))
+    try:
+        return _build(cls, dict(data) if isinstance(data, Mapping) else data, "",
+                      _Ctx(source, origins or {}))
+    except RecursionError:  # e.g. an override value that refers to itself (`x=&a [*a]`)
+        raise ConfigError(f"{source}: a value is nested too deeply or refers to itself",
+                          source=source) from None
 
 
 # ----------------------------------------------------------------------------- YAML input
 
 
-def _record_lines(node: yaml.Node, path: str, lines: dict[str, int], source: str) -> None:
-    """Fill ``lines`` with the 1-based line of every mapping key and sequence item."""
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:  # merged (<<) keys first: explicit keys win
-            if key_node.tag == _MERGE_TAG:
-                merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
-                for sub in merged:
-                    _record_lines(sub, path, lines, source)
-        seen: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            if key_node.tag == _MERGE_TAG:
-                continue
-            key, line = str(key_node.value), key_node.start_mark.line + 1
-            if key in seen:  # PyYAML silently keeps the last one, hiding typos
-                raise ConfigError(f"{source} line {line}: {_join(path, key)}: duplicate key "
-                                  f"(first given at line {seen[key]})", source=source, line=line,
-                                  path=_join(path, key))
-            seen[key] = lines[_join(path, key)] = line
-            _record_lines(value_node, _join(path, key), lines, source)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            lines[f"{path}[{i}]"] = item.start_mark.line + 1
-            _record_lines(item, f"{path}[{i}]", lines, source)
+def _record_lines(root: yaml.Node, lines: dict[str, int], source: str) -> None:
+    """Fill ``lines`` with the 1-based line of every mapping key and sequence item.
+
+    Refuses an alias that refers to a node containing it (a self-referencing document)
+    and a document whose aliases expand to more than ``MAX_NODES`` nodes."""
+    active: set[int] = set()  # ids of the nodes on the current path: an alias back to one is a cycle
+    visited = 0
+
+    def fail(node: yaml.Node, path: str, message: str) -> ConfigError:
+        line = node.start_mark.line + 1
+        return ConfigError(f"{source} line {line}: {path + ': ' if path else ''}{message}",
+                           source=source, line=line, path=path or None)
+
+    def walk(node: yaml.Node, path: str) -> None:
+        nonlocal visited
+        visited += 1
+        if visited > MAX_NODES:
+            raise fail(node, path, f"the document expands to more than {MAX_NODES} values through its "
+                                   "aliases (*name); a config is a small tree, write it out")
+        if not isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            return
+        if id(node) in active:
+            raise fail(node, path, "an alias (*name) refers to a node that contains it; "
+                                   "a config cannot refer to itself")
+        active.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:  # merged (<<) keys first: explicit keys win
+                if key_node.tag == _MERGE_TAG:
+                    merged = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                    for sub in merged:
+                        walk(sub, path)
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    continue
+                key, line = str(key_node.value), key_node.start_mark.line + 1
+                if key in seen:  # PyYAML silently keeps the last one, hiding typos
+                    raise ConfigError(f"{source} line {line}: {_join(path, key)}: duplicate key "
+                                      f"(first given at line {seen[key]})", source=source, line=line,
+                                      path=_join(path, key))
+                seen[key] = lines[_join(path, key)] = line
+                walk(value_node, _join(path, key))
+        else:
+            for i, item in enumerate(node.value):
+                lines[f"{path}[{i}]"] = item.start_mark.line + 1
+                walk(item, f"{path}[{i}]")
+        active.discard(id(node))
+
+    walk(root, "")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def parse_yaml(text: str, *, source: str = "<string>") -> tuple[dict[str, Any], dict[str, int]]:
     """Parse YAML text whose top level is a mapping.
 
     Returns ``(data, lines)`` where ``lines`` maps dotted paths to 1-based line numbers.
-    An empty document is an empty mapping.
+    An empty document is an empty mapping. Self-referencing, alias-bomb and too deeply
+    nested documents are refused with a :class:`ConfigError`, like malformed ones.
     """
     loader = yaml.SafeLoader(text)
     lines: dict[str, int] = {}
@@ -260,29 +382,65 @@ def parse_yaml(text: str, *, source: str = "<string>") -> tuple[dict[str, Any], 
             line = node.start_mark.line + 1
             raise ConfigError(f"{source} line {line}: the top level must be a mapping of field "
                               f"names to values, got a {node.id}", source=source, line=line)
-        _record_lines(node, "", lines, source)
+        _record_lines(node, lines, source)
         return loader.construct_document(node), lines
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         where = f"{source} line {line}" if line else source
-        problem = " ".join(p for p in (exc.context, exc.problem) if p)
+        problem = _one_line(" ".join(p for p in (exc.context, exc.problem) if p))
         raise ConfigError(f"{where}: invalid YAML: {problem}", source=source, line=line) from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: invalid YAML: {exc}", source=source) from exc
+        raise ConfigError(f"{source}: invalid YAML: {_one_line(str(exc))}", source=source) from exc
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply for a config", source=source) from None
     finally:
         loader.dispose()
 
 
 def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
-    """Read a YAML config file; see :func:`parse_yaml`."""
+    """Read a YAML config file (UTF-8 text of at most ``MAX_FILE_BYTES``); see :func:`parse_yaml`."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found", source=str(path)) from None
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config file: {exc}", source=str(path)) from exc
+        raise ConfigError(f"{path}: cannot read config file: {_one_line(str(exc))}", source=str(path)) from exc
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: config file is larger than {MAX_FILE_BYTES // 2**20} MiB; is it a "
+                          "config? (data belongs in the task's data file)", source=str(path))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path} line {line}: not a UTF-8 text file (byte 0x{raw[exc.start]:02x} at offset "
+                          f"{exc.start}); a config is YAML text", source=str(path), line=line) from None
+    if "\x00" in text:
+        line = text[:text.index("\x00")].count("\n") + 1
+        raise ConfigError(f"{path} line {line}: a NUL byte: this is a binary file, not a YAML config",
+                          source=str(path), line=line)
     return parse_yaml(text, source=str(path))
+
+
+def _refers_to_itself(value: Any) -> bool:
+    """Whether a parsed YAML value contains itself (``&a [*a]``); shared, acyclic parts
+    (an alias used many times) are visited once."""
+    active, done = set(), set()
+
+    def visit(node: Any) -> bool:
+        if not isinstance(node, (list, dict)) or id(node) in done:
+            return False
+        if id(node) in active:
+            return True
+        active.add(id(node))
+        if any(visit(item) for item in (node.values() if isinstance(node, dict) else node)):
+            return True
+        active.discard(id(node))
+        done.add(id(node))
+        return False
+
+    return visit(value)
 
 
 def _apply_overrides(data: Mapping[str, Any], overrides: Iterable[str],
@@ -301,7 +459,11 @@ def _apply_overrides(data: Mapping[str, Any], overrides: Iterable[str],
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{src}: value is not valid YAML: {exc}", source=src) from exc
+            raise ConfigError(f"{src}: value is not valid YAML: {_one_line(str(exc))}", source=src) from exc
+        except RecursionError:
+            raise ConfigError(f"{src}: value is nested too deeply", source=src) from None
+        if _refers_to_itself(value):
+            raise ConfigError(f"{src}: the value refers to itself through an alias (*name)", source=src)
         node, path = result, ""
         for part in parts[:-1]:
             path = _join(path, part)
@@ -365,6 +527,12 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return _plain(obj)
 
 
+def _help_text(f: dataclasses.Field[Any]) -> str:
+    """A field's help with its declared range appended, e.g. ``RL steps (>= 0)``."""
+    text, valid = str(f.metadata.get("help", "")), describe_range(f.metadata)
+    return f"{text} ({valid})" if valid else text
+
+
 def _emit(obj: Any, indent: int, out: list[str]) -> None:
     pad = " " * indent
     for f in dataclasses.fields(obj):
@@ -373,7 +541,7 @@ def _emit(obj: Any, indent: int, out: list[str]) -> None:
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value) and dataclasses.fields(value) and indent == 0:
             out.append("")  # blank line before each top-level section, for readability
-        out.extend(f"{pad}# {line}".rstrip() for line in str(f.metadata.get("help", "")).splitlines())
+        out.extend(f"{pad}# {line}".rstrip() for line in _help_text(f).splitlines())
         if dataclasses.is_dataclass(value) and dataclasses.fields(value):
             key = yaml.safe_dump({f.name: 0}).rsplit(": 0", 1)[0]  # quotes names like `on`
             out.append(f"{pad}{key}:")
@@ -437,7 +605,7 @@ def _help_rows(cls: type, prefix: str, defaults: Any) -> Iterator[tuple[str, str
             yield from _help_rows(tp, path, default if isinstance(default, tp) else None)
         else:
             shown = "<required>" if default is dataclasses.MISSING else repr(default)
-            yield path, type_name(tp), shown, str(f.metadata.get("help", ""))
+            yield path, type_name(tp), shown, _help_text(f)
 
 
 def _dataclasses_in(tp: Any) -> Iterator[type]:

@@ -148,10 +148,27 @@ def test_check_names_rejects_unknown_task_param():
         check_names(bad_value)
 
 
-def test_check_names_needs_sft_for_a_fresh_model():
+def _tiny_checkpoint(path: Path, max_positions: int = 64) -> Path:
+    from rlvr.models import build_char_tokenizer, build_tiny_model
+
+    tokenizer = build_char_tokenizer()
+    build_tiny_model(tokenizer, hidden_size=16, num_layers=1, num_heads=2, intermediate_size=16,
+                     max_position_embeddings=max_positions).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_check_names_needs_sft_for_a_fresh_model(tmp_path):
     with pytest.raises(ConfigError, match="sft"):
         check_names(load_config(None, ["stages=[rl]"]))
-    check_names(load_config(None, ["stages=[rl]", "model.path=/some/checkpoint"]))
+    checkpoint = _tiny_checkpoint(tmp_path / "ckpt")
+    check_names(load_config(None, ["stages=[rl]", f"model.path={checkpoint}"]))
+    # a model.path that is not a checkpoint used to pass here and fail after the run dir existed
+    with pytest.raises(ConfigError, match=r"model\.path: '/some/checkpoint' is not a Hugging Face checkpoint"):
+        check_names(load_config(None, ["stages=[rl]", "model.path=/some/checkpoint"]))
+    # the checkpoint's own context (64 positions) is what prompts are measured against
+    with pytest.raises(ConfigError, match="> 64 positions"):
+        check_names(load_config(None, ["stages=[rl]", f"model.path={checkpoint}", "rollout.max_new_tokens=60"]))
 
 
 def test_build_task_uses_params():

@@ -76,3 +76,13 @@ def test_bad_arguments_fail_with_a_message(checkpoints, tmp_path, capsys):
     assert "unknown selector 'nope'" in capsys.readouterr().err
     assert main(["eval", str(tmp_path), *common]) == 2
     assert "neither a run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", ["", "{\"completed_st", "[1, 2]", "\xff\xfe"])
+def test_a_run_dir_with_a_damaged_state_is_a_one_line_error(tmp_path, capsys, content):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "state.json").write_bytes(content.encode("latin-1"))
+    assert main(["eval", str(run), "--task", TASK, *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "state.json is damaged" in err[0] and f"rlvr train --resume {run}" in err[0], err

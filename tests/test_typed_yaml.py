@@ -192,8 +192,10 @@ def test_nested_dataclass_must_be_mapping(tmp_path):
 def test_post_init_value_error_is_wrapped_with_file_and_path(tmp_path):
     path = write(tmp_path, "lr: 0.1\nmodel:\n  hidden_size: -4\n")
     err = error_of(load_yaml_config, RunConfig, path)
-    assert str(err) == (f"{path} line 2: model: invalid ModelConfig: "
+    # the message names hidden_size, given at line 3: the error points there, not at `model:`
+    assert str(err) == (f"{path} line 3: model.hidden_size: invalid ModelConfig: "
                         "hidden_size must be positive, got -4")
+    assert (err.path, err.line) == ("model.hidden_size", 3)
     assert isinstance(err.__cause__, ValueError)
 
 
@@ -375,3 +377,91 @@ def test_deeper_nesting_optional_and_list_of_dataclasses(tmp_path):
     assert load_yaml_config(Outer, None) == Outer()
     assert "run.model.hidden_size" in {row[0] for row in field_help(Outer)}
     assert missing_help(Outer) == []
+
+
+# ------------------------------------------------------------------ ranges, finiteness, hostile files
+
+
+@dataclass
+class Ranged:
+    steps: int = field(default=1, metadata={"help": "steps", "ge": 0})
+    rate: float = field(default=0.5, metadata={"help": "a fraction", "gt": 0, "le": 1})
+    ks: list[int] = field(default_factory=list, metadata={"help": "k values", "ge": 1})
+    cap: Optional[float] = field(default=None, metadata={"help": "optional cap", "ge": 1})
+    weights: dict[str, float] = field(default_factory=dict, metadata={"help": "weights, any sign"})
+
+
+def test_declared_range_is_checked_with_file_and_line(tmp_path):
+    path = write(tmp_path, "steps: 3\nrate: 0.0\n")
+    err = error_of(load_yaml_config, Ranged, path)
+    assert str(err) == f"{path} line 2: rate: must be > 0 and <= 1, got 0.0"
+    assert (err.path, err.line) == ("rate", 2)
+    assert str(error_of(from_dict, Ranged, {"ks": [2, 0]})) == "<dict>: ks[1]: must be >= 1, got 0"
+    assert str(error_of(from_dict, Ranged, {"cap": 0.5})) == "<dict>: cap: must be >= 1, got 0.5"
+    assert from_dict(Ranged, {"cap": None, "steps": 0, "rate": 1, "ks": [1, 5]}) == Ranged(0, 1.0, [1, 5], None)
+
+
+@pytest.mark.parametrize("text", [".nan", ".inf", "-.inf", ".NaN", "1e999", "-1e400"])
+def test_non_finite_floats_are_rejected_everywhere(text):
+    for override in (f"rate={text}", f"cap={text}", f"weights.a={text}"):
+        err = error_of(load_yaml_config, Ranged, None, [override])
+        assert "expected a finite float" in str(err) and "\n" not in str(err)
+
+
+def test_check_ranges_for_objects_built_in_code():
+    from rlvr.typed_yaml import check_ranges
+
+    check_ranges(Ranged())
+    with pytest.raises(ValueError, match=r"^rate must be > 0 and <= 1, got 2\.0$"):
+        check_ranges(Ranged(rate=2.0))
+    with pytest.raises(ValueError, match=r"^ks\[0\] must be >= 1, got 0$"):
+        check_ranges(Ranged(ks=[0]))
+    with pytest.raises(ValueError, match="cap must be a finite number, got inf"):
+        check_ranges(Ranged(cap=float("inf")))
+
+
+def test_dump_states_the_range_after_the_help():
+    text = dump_yaml(Ranged())
+    assert "# steps (>= 0)\nsteps: 1" in text
+    assert "# a fraction (> 0 and <= 1)\nrate: 0.5" in text
+    assert "# weights, any sign\nweights: {}" in text
+    assert dict((r[0], r[3]) for r in field_help(Ranged))["ks"] == "k values (>= 1)"
+
+
+@pytest.mark.parametrize("content, words", [
+    (b"\xff\xfe\x00l\x00r", "line 1: not a UTF-8 text file (byte 0xff at offset 0)"),
+    (b"lr: 1\nmode: a\x00\x00", "line 2: a NUL byte: this is a binary file"),
+    (b"lr: 1\nstages: &s [a, *s]\n", "line 2: stages[1]: an alias (*name) refers to a node that contains it"),
+    (b"extra: &m {x: *m}\n", "refers to a node that contains it"),
+    (b"- lr\n", "line 1: the top level must be a mapping"),
+    (b"just text\n", "the top level must be a mapping of field names to values, got a scalar"),
+    (b"extra:" + b" [" * 3000 + b" ]" * 3000 + b"\n", "invalid YAML: nested too deeply"),
+    (b"lr: 1\n---\nlr: 2\n", "invalid YAML: expected a single document"),
+])
+def test_hostile_files_are_one_line_config_errors(tmp_path, content, words):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content)
+    err = error_of(load_yaml_config, RunConfig, path)
+    assert str(err).startswith(str(path)) and words in str(err) and "\n" not in str(err), str(err)
+
+
+def test_alias_bomb_is_refused_quickly(tmp_path):
+    # "billion laughs": 9 levels of 10 aliases each expand to 10**9 values
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("extra:\n" + "\n".join("  " + line for line in lines) + "\n")
+    err = error_of(load_yaml_config, RunConfig, path)
+    assert "expands to more than 100000 values" in str(err)
+
+
+def test_huge_file_is_refused_unread(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_bytes(b"# padding\n" * (500_000))
+    assert "config file is larger than 4 MiB" in str(error_of(load_yaml_config, RunConfig, path))
+
+
+def test_self_referencing_override_value():
+    for override in ("extra=&a [*a]", "stages=&a [x, *a]"):
+        err = error_of(load_yaml_config, RunConfig, None, [override])
+        assert str(err) == f"command line override {override!r}: the value refers to itself through an alias (*name)"

@@ -32,7 +32,13 @@ def resolve_target(spec: str) -> Target:
     """A run directory (its final checkpoint, else its warm start) or a checkpoint directory."""
     path = Path(spec)
     if (path / "state.json").is_file():
-        state = json.loads((path / "state.json").read_text())
+        try:
+            state = json.loads((path / "state.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            state = None
+        if not isinstance(state, dict):
+            raise ConfigError(f"{path / 'state.json'} is damaged; `rlvr train --resume {path}` recovers it from "
+                              "the newest intact checkpoint, or name a checkpoint directory instead")
         checkpoint = state.get("final_checkpoint") or state.get("sft_final")
         if checkpoint is None:
             raise ConfigError(f"{path}: the run has no finished checkpoint yet")

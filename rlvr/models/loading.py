@@ -7,6 +7,7 @@ Nothing here touches the network: checkpoints load with ``local_files_only=True`
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ from transformers import (
 )
 
 from rlvr.models.tokenizer import build_char_tokenizer
+from rlvr.train.finite import NonFiniteError, describe_nonfinite, first_nonfinite
 
 _ARCHITECTURES = {"llama": LlamaConfig, "qwen2": Qwen2Config}
 
@@ -65,7 +67,8 @@ def build_tiny_model(
 
 
 def load_model_and_tokenizer(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a local Hugging Face checkpoint directory."""
+    """Load a causal LM and its tokenizer from a local Hugging Face checkpoint directory;
+    a NaN or inf in any weight is a ``NonFiniteError`` naming the directory, file and tensor."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
@@ -77,7 +80,26 @@ def load_model_and_tokenizer(path: str | Path) -> tuple[PreTrainedModel, PreTrai
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    bad = first_nonfinite(model.state_dict().items())
+    if bad is not None:
+        name, tensor = bad
+        raise NonFiniteError(
+            f"checkpoint {path}: tensor {name} in {_weights_file(path, name)} holds non-finite values "
+            f"({describe_nonfinite(tensor)}); the checkpoint is damaged or was saved after training diverged: "
+            "start from an earlier checkpoint")
     return model, tokenizer
+
+
+def _weights_file(path: Path, tensor: str) -> str:
+    """The file of a checkpoint that stores ``tensor`` (from a sharded checkpoint's index)."""
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        index = path / index_name
+        if index.is_file():
+            return json.loads(index.read_text()).get("weight_map", {}).get(tensor, index_name)
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (path / name).is_file():
+            return name
+    return "the weights file"
 
 
 def default_tokenizer() -> PreTrainedTokenizerBase:

@@ -2,13 +2,18 @@
 with the weights in ``reward.components``. Every component is logged on its own.
 
 A component that also takes an ``episode`` keyword gets the multi-turn trajectory (tool
-calls, turns, the environment's own rewards); in single-turn runs ``episode`` is None."""
+calls, turns, the environment's own rewards); in single-turn runs ``episode`` is None.
+
+A component must return a finite number. One that raises, or returns NaN, inf or a
+non-number, is a ``RewardError`` naming the component and the sample, or with
+``reward.on_error: zero`` scores 0 for that sample and is counted (``reward/failed``)."""
 
 from __future__ import annotations
 
 import inspect
+import math
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from rlvr.registry import Registry
 from rlvr.tasks.base import Problem, Score, Task
@@ -16,6 +21,23 @@ from rlvr.tasks.formats import matches_format, think_answer_format
 
 RewardFn = Callable[..., float]  # (task, problem, completion, score, **params) -> float
 REWARDS: Registry[RewardFn] = Registry("reward")
+EXCERPT_CHARS = 60  # characters of an answer quoted in a reward error
+
+
+class RewardError(RuntimeError):
+    """A reward component or shaper raised, or gave a non-finite value or a non-number.
+    ``sample`` is the batch index of the offending sample when only a batch position is known
+    (a shaper), else None."""
+
+    def __init__(self, message: str, sample: int | None = None) -> None:
+        super().__init__(message)
+        self.sample = sample
+
+
+def describe_sample(problem: Problem, completion: str) -> str:
+    """``problem 'id' (answer '…')``: which sample a reward error is about."""
+    excerpt = completion if len(completion) <= EXCERPT_CHARS else completion[:EXCERPT_CHARS - 1] + "…"
+    return f"problem {problem.id!r} (answer {excerpt!r})"
 
 
 @REWARDS.register("correctness")
@@ -61,23 +83,68 @@ def tool_calls_reward(task: Task, problem: Problem, completion: str, score: Scor
 
 
 @lru_cache(maxsize=None)
+def _signature(fn: RewardFn) -> inspect.Signature:
+    return inspect.signature(fn)
+
+
 def _takes_episode(fn: RewardFn) -> bool:
-    return "episode" in inspect.signature(fn).parameters
+    return "episode" in _signature(fn).parameters
 
 
 def compose_reward(
     weights: dict[str, float], task: Task, problem: Problem, completion: str, score: Score,
     params: dict[str, dict[str, Any]] | None = None, episode: Any = None,
+    on_error: Literal["raise", "zero"] = "raise", errors: list[str] | None = None,
 ) -> tuple[float, dict[str, float]]:
     """Weighted sum of the named components, each called with its keyword ``params`` (and
-    ``episode`` when it takes one); returns (total, {name: unweighted value})."""
+    ``episode`` when it takes one); returns (total, {name: unweighted value}).
+
+    A component that raises or returns a non-finite value or a non-number is a
+    ``RewardError`` naming it and the sample; with ``on_error="zero"`` it counts 0 instead
+    and its message is appended to ``errors`` (when given)."""
     params = params or {}
     parts = {}
     for name in weights:
         fn = REWARDS.get(name)
-        extra = {"episode": episode} if _takes_episode(fn) else {}
-        parts[name] = float(fn(task, problem, completion, score, **params.get(name, {}), **extra))
+        kwargs = {**params.get(name, {}), **({"episode": episode} if _takes_episode(fn) else {})}
+        try:  # a parameter mismatch is the config's mistake, not the sample's: never scored 0
+            _signature(fn).bind(task, problem, completion, score, **kwargs)
+        except TypeError as err:
+            raise TypeError(f"reward component {name!r}: {err} (check reward.params.{name})") from None
+        try:
+            parts[name] = _finite(fn(task, problem, completion, score, **kwargs))
+        except Exception as err:
+            message = f"reward component {name!r} {_what_went_wrong(err)} for {describe_sample(problem, completion)}"
+            if on_error != "zero":
+                raise RewardError(f"{message}; fix the function, or set reward.on_error: zero to score such "
+                                  "samples 0 and count them (metric reward/failed)") from err
+            parts[name] = 0.0
+            if errors is not None:
+                errors.append(message)
     return sum(weights[name] * value for name, value in parts.items()), parts
+
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _finite(value: Any) -> float:
+    """``value`` as a float; _NotFinite for NaN, inf, a string or anything float() refuses."""
+    if isinstance(value, (str, bytes)):
+        raise _NotFinite(f"returned {value!r}, not a number")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise _NotFinite(f"returned a {type(value).__name__}, not a number") from None
+    if not math.isfinite(number):
+        raise _NotFinite(f"returned {number}")
+    return number
+
+
+def _what_went_wrong(err: Exception) -> str:
+    if isinstance(err, _NotFinite):
+        return str(err)
+    return f"raised {type(err).__name__}: {str(err)[:200]}"
 
 
 from rlvr.rewards import otc as _otc  # noqa: E402,F401  (registers the "otc" shaper)

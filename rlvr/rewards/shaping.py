@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from rlvr.registry import Registry
+from rlvr.rewards import RewardError
 
 Shaper = Callable[..., Tensor]  # (inputs: ShapingInputs, **params) -> Tensor[N]
 REWARD_SHAPERS: Registry = Registry("reward shaping")
@@ -155,9 +156,19 @@ def apply_shapers(inputs: ShapingInputs, shapers: Sequence[tuple[Shaper, Mapping
     """Apply ``(shaper, params)`` pairs in order; each sees the previous output as ``rewards``.
 
     Returns the final total reward Tensor[N] (``inputs.rewards`` if ``shapers`` is empty).
+    A shaper that returns NaN or inf for a sample is a ``RewardError`` naming the shaper
+    and the sample's batch index (``err.sample``).
     """
     for shaper, params in shapers:
-        inputs = replace(inputs, rewards=shaper(inputs, **params))
+        rewards = shaper(inputs, **params)
+        bad = ~torch.isfinite(rewards)  # [N]
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            name = getattr(shaper, "__name__", type(shaper).__name__)
+            raise RewardError(f"reward shaper {name} returned {float(rewards[i])} for sample {i} of the batch "
+                              f"(its reward before shaping: {float(inputs.rewards[i])}); check its params "
+                              "in reward.shaping", sample=i)
+        inputs = replace(inputs, rewards=rewards)
     return inputs.rewards
 
 

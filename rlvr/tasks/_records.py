@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
 from rlvr.tasks.base import Problem, Task
+from rlvr.typed_yaml import check_ranges
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -45,17 +46,14 @@ class FileParams:
     chat: bool = field(default=True, metadata={
         "help": "render the prompt as one user chat message (true) or as plain text (false)"})
     heldout_fraction: float = field(default=0.1, metadata={
-        "help": "fraction of problems held out for evaluation, chosen by a hash of the id (0..1)"})
+        "help": "fraction of problems held out for evaluation, chosen by a hash of the id", "ge": 0, "lt": 1})
     max_problems: int | None = field(default=None, metadata={
-        "help": "read at most this many problems (the first in file order); null: all"})
+        "help": "read at most this many problems (the first in file order); null: all", "ge": 1})
 
     def __post_init__(self) -> None:
+        check_ranges(self)
         if not self.path:
             raise ValueError("path is required: a data file, a save_to_disk directory or a cached dataset name")
-        if not 0.0 <= self.heldout_fraction < 1.0:
-            raise ValueError("heldout_fraction must lie in [0, 1)")
-        if self.max_problems is not None and self.max_problems < 1:
-            raise ValueError("max_problems must be >= 1 (or null for all)")
 
 
 class FileTask(Task):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from rlvr.tasks._integer import IntegerAnswerTask, random_operands
 from rlvr.tasks.base import TASKS, Problem
+from rlvr.typed_yaml import check_ranges
 
 
 @TASKS.register("addition")
@@ -27,18 +28,17 @@ class AdditionTask(IntegerAnswerTask):
 
     @dataclass
     class Params:
-        min_digits: int = field(default=2, metadata={"help": "fewest digits of an operand"})
-        max_digits: int = field(default=4, metadata={"help": "most digits of an operand"})
+        min_digits: int = field(default=2, metadata={"help": "fewest digits of an operand", "ge": 1})
+        max_digits: int = field(default=4, metadata={"help": "most digits of an operand", "ge": 1})
         teacher_carry_error: float = field(
             default=0.0,
-            metadata={"help": "probability that a demonstration forgets an incoming carry (0..1)"},
+            metadata={"help": "probability that a demonstration forgets an incoming carry", "ge": 0, "le": 1},
         )
 
         def __post_init__(self) -> None:
-            if not 1 <= self.min_digits <= self.max_digits:
-                raise ValueError("need 1 <= min_digits <= max_digits")
-            if not 0.0 <= self.teacher_carry_error <= 1.0:
-                raise ValueError("teacher_carry_error must lie in [0, 1]")
+            check_ranges(self)
+            if self.min_digits > self.max_digits:
+                raise ValueError(f"min_digits ({self.min_digits}) must be <= max_digits ({self.max_digits})")
 
     def generate(self, rng: random.Random) -> Problem:
         p = self.params

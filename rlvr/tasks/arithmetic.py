@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from rlvr.tasks._integer import IntegerAnswerTask, random_operands
 from rlvr.tasks.base import TASKS, Problem
+from rlvr.typed_yaml import check_ranges
 
 _OPERATIONS = ("+", "-", "*")
 
@@ -32,11 +33,12 @@ class ArithmeticTask(IntegerAnswerTask):
             default_factory=lambda: ["+", "-", "*"],
             metadata={"help": "operators to draw from, a subset of '+', '-', '*'"},
         )
-        min_digits: int = field(default=1, metadata={"help": "fewest digits of an operand"})
-        max_digits: int = field(default=2, metadata={"help": "most digits of an operand"})
-        num_operands: int = field(default=3, metadata={"help": "operands per expression (2..4)"})
+        min_digits: int = field(default=1, metadata={"help": "fewest digits of an operand", "ge": 1})
+        max_digits: int = field(default=2, metadata={"help": "most digits of an operand", "ge": 1})
+        num_operands: int = field(default=3, metadata={"help": "operands per expression", "ge": 2, "le": 4})
 
         def __post_init__(self) -> None:
+            check_ranges(self)
             if not self.operations:
                 raise ValueError("operations must name at least one of '+', '-', '*'")
             unknown = [op for op in self.operations if op not in _OPERATIONS]
@@ -44,10 +46,8 @@ class ArithmeticTask(IntegerAnswerTask):
                 raise ValueError(f"operations: unknown operator(s) {unknown}; use '+', '-', '*'")
             if len(set(self.operations)) != len(self.operations):
                 raise ValueError(f"operations: {self.operations} repeats an operator")
-            if not 1 <= self.min_digits <= self.max_digits:
-                raise ValueError("need 1 <= min_digits <= max_digits")
-            if not 2 <= self.num_operands <= 4:
-                raise ValueError(f"num_operands must be 2..4, got {self.num_operands}")
+            if self.min_digits > self.max_digits:
+                raise ValueError(f"min_digits ({self.min_digits}) must be <= max_digits ({self.max_digits})")
 
     def generate(self, rng: random.Random) -> Problem:
         p = self.params

@@ -102,18 +102,14 @@ class CodeTask(FileTask):
         score_mode: Literal["fraction", "all"] = field(default="fraction", metadata={
             "help": "reward: fraction = share of tests passed (0..1), all = 1 only when every test passes"})
         timeout_s: float = field(default=2.0, metadata={
-            "help": "seconds of wall clock for one program run: per io case, or for all the asserts together"})
-        memory_mb: int = field(default=256, metadata={"help": "memory of one program run in MiB (>= 64)"})
+            "help": "seconds of wall clock for one program run: per io case, or for all the asserts together", "gt": 0})
+        memory_mb: int = field(default=256, metadata={"help": "memory of one program run in MiB (the interpreter alone needs about 30)", "ge": 64})
         prompt_template: str = field(
             default="{prompt}\n\nWrite your complete solution in Python, in one ```python code block.",
             metadata={"help": "str.format template of the prompt with {prompt}; write literal braces doubled"})
 
         def __post_init__(self) -> None:
             super().__post_init__()
-            if not self.timeout_s > 0:
-                raise ValueError("timeout_s must be > 0 seconds")
-            if self.memory_mb < 64:
-                raise ValueError("memory_mb must be >= 64 (the interpreter alone needs about 30 MiB)")
             if self.tests_field == self.io_field:
                 raise ValueError("tests_field and io_field must name different fields")
             if "{prompt}" not in self.prompt_template:

@@ -22,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from rlvr.tasks.base import TASKS, Problem, Score, Task
+from rlvr.typed_yaml import check_ranges
 
 _ALLOWED_CHARS = re.compile(r"[0-9+\-*/() ]+")
 _MAX_EXPRESSION_CHARS = 200
@@ -40,22 +41,19 @@ class CountdownTask(Task):
 
     @dataclass
     class Params:
-        num_numbers: int = field(default=4, metadata={"help": "numbers given per problem (3..6)"})
-        min_value: int = field(default=1, metadata={"help": "smallest given number"})
-        max_value: int = field(default=10, metadata={"help": "largest given number"})
-        max_target: int = field(default=100, metadata={"help": "largest target; targets lie in 1..max_target"})
+        num_numbers: int = field(default=4, metadata={"help": "numbers given per problem", "ge": 3, "le": 6})
+        min_value: int = field(default=1, metadata={"help": "smallest given number", "ge": 1})
+        max_value: int = field(default=10, metadata={"help": "largest given number", "ge": 1})
+        max_target: int = field(default=100, metadata={"help": "largest target; targets lie in 1..max_target", "ge": 2})
         use_all: bool = field(
             default=False,
             metadata={"help": "true: use every number exactly once; false: each at most once"},
         )
 
         def __post_init__(self) -> None:
-            if not 3 <= self.num_numbers <= 6:
-                raise ValueError(f"num_numbers must be 3..6, got {self.num_numbers}")
-            if not 1 <= self.min_value <= self.max_value:
-                raise ValueError("need 1 <= min_value <= max_value")
-            if self.max_target < 2:
-                raise ValueError(f"max_target must be >= 2, got {self.max_target}")
+            check_ranges(self)
+            if self.min_value > self.max_value:
+                raise ValueError(f"min_value ({self.min_value}) must be <= max_value ({self.max_value})")
 
     def generate(self, rng: random.Random) -> Problem:
         p = self.params

@@ -69,12 +69,10 @@ class MathTask(FileTask):
             "help": "str.format template of the prompt with {question}; write literal braces doubled"})
         verify_timeout_s: float = field(default=3.0, metadata={
             "help": "seconds math-verify may spend on one completion before it counts as wrong "
-                    "(SIGALRM, main thread only; 0 disables); keep it below the verifier pool's timeout"})
+                    "(SIGALRM, main thread only; 0 disables); keep it below the verifier pool's timeout", "ge": 0})
 
         def __post_init__(self) -> None:
             super().__post_init__()
-            if self.verify_timeout_s < 0:
-                raise ValueError("verify_timeout_s must be >= 0 seconds")
             if "{question}" not in self.prompt_template:
                 raise ValueError("prompt_template must contain {question}")
             try:

@@ -20,18 +20,17 @@ from typing import Any, Literal
 
 from rlvr.seeding import derive_seed
 from rlvr.tasks.base import TASKS, Problem, Score, Task
-from rlvr.typed_yaml import from_dict
+from rlvr.typed_yaml import check_ranges, from_dict
 
 
 @dataclass
 class MixComponent:
     name: str = field(metadata={"help": "registered task name (or module:Class)"})
-    weight: float = field(default=1.0, metadata={"help": "relative sampling weight (> 0)"})
+    weight: float = field(default=1.0, metadata={"help": "relative sampling weight", "gt": 0})
     params: dict[str, Any] = field(default_factory=dict, metadata={"help": "that task's params"})
 
     def __post_init__(self) -> None:
-        if self.weight <= 0:
-            raise ValueError(f"weight of {self.name!r} must be > 0")
+        check_ranges(self)
 
 
 @TASKS.register("mix")

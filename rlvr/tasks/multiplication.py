@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from rlvr.tasks._integer import IntegerAnswerTask, random_operands
 from rlvr.tasks.base import TASKS, Problem
+from rlvr.typed_yaml import check_ranges
 
 
 @TASKS.register("multiplication")
@@ -28,16 +29,15 @@ class MultiplicationTask(IntegerAnswerTask):
 
     @dataclass
     class Params:
-        min_digits: int = field(default=3, metadata={"help": "fewest digits of an operand"})
-        max_digits: int = field(default=3, metadata={"help": "most digits of an operand"})
+        min_digits: int = field(default=3, metadata={"help": "fewest digits of an operand", "ge": 1})
+        max_digits: int = field(default=3, metadata={"help": "most digits of an operand", "ge": 1})
         tool_demo_rate: float = field(
-            default=1.0, metadata={"help": "fraction of demonstrations that compute the product with a <code> tool call (0..1)"})
+            default=1.0, metadata={"help": "fraction of demonstrations that compute the product with a <code> tool call", "ge": 0, "le": 1})
 
         def __post_init__(self) -> None:
-            if not 1 <= self.min_digits <= self.max_digits:
-                raise ValueError("need 1 <= min_digits <= max_digits")
-            if not 0.0 <= self.tool_demo_rate <= 1.0:
-                raise ValueError("tool_demo_rate must lie in [0, 1]")
+            check_ranges(self)
+            if self.min_digits > self.max_digits:
+                raise ValueError(f"min_digits ({self.min_digits}) must be <= max_digits ({self.max_digits})")
 
     def generate(self, rng: random.Random) -> Problem:
         a, b = random_operands(rng, 2, self.params.min_digits, self.params.max_digits)

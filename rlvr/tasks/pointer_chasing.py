@@ -20,6 +20,7 @@ import string
 from dataclasses import dataclass, field
 
 from rlvr.tasks.base import TASKS, Problem, Score, Task
+from rlvr.typed_yaml import check_ranges
 
 _ANSWER = re.compile(r"=>\s*([a-z])(?![a-z])")
 
@@ -30,15 +31,14 @@ class PointerChaseTask(Task):
 
     @dataclass
     class Params:
-        num_nodes: int = field(default=5, metadata={"help": "nodes in the table (2..26), one arrow each"})
-        min_hops: int = field(default=1, metadata={"help": "fewest hops to follow"})
-        max_hops: int = field(default=3, metadata={"help": "most hops to follow"})
+        num_nodes: int = field(default=5, metadata={"help": "nodes in the table, one arrow each (one lowercase letter each)", "ge": 2, "le": 26})
+        min_hops: int = field(default=1, metadata={"help": "fewest hops to follow", "ge": 1})
+        max_hops: int = field(default=3, metadata={"help": "most hops to follow", "ge": 1})
 
         def __post_init__(self) -> None:
-            if not 2 <= self.num_nodes <= 26:
-                raise ValueError(f"num_nodes must be 2..26 (one lowercase letter each), got {self.num_nodes}")
-            if not 1 <= self.min_hops <= self.max_hops:
-                raise ValueError("need 1 <= min_hops <= max_hops")
+            check_ranges(self)
+            if self.min_hops > self.max_hops:
+                raise ValueError(f"min_hops ({self.min_hops}) must be <= max_hops ({self.max_hops})")
 
     def generate(self, rng: random.Random) -> Problem:
         p = self.params

@@ -62,6 +62,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rlvr.tasks.base import TASKS, Problem, Score, Task
+from rlvr.typed_yaml import check_ranges
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
@@ -92,14 +93,13 @@ class ReasoningGymTask(Task):
             default=True,
             metadata={"help": "reward 1.0 only for a raw score of exactly 1.0, else 0.0; false passes partial credit"},
         )
-        size: int = field(default=1000, metadata={"help": "items in the dataset's pool (problems drawn from it)"})
-        dataset_seed: int = field(default=0, metadata={"help": "seed of the dataset's pool of items"})
+        size: int = field(default=1000, metadata={"help": "items in the dataset's pool (problems drawn from it)", "ge": 1})
+        dataset_seed: int = field(default=0, metadata={"help": "seed of the dataset's pool of items", "ge": 0})
 
         def __post_init__(self) -> None:
+            check_ranges(self)
             if not self.dataset:
                 raise ValueError("dataset must name a reasoning-gym dataset")
-            if self.size < 1:
-                raise ValueError(f"size must be >= 1, got {self.size}")
             reserved = sorted({"seed", "size"} & set(self.config))
             if reserved:
                 raise ValueError(f"config: set {reserved} through the task's dataset_seed/size params instead")

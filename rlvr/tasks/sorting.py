@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rlvr.tasks.base import TASKS, Problem, Score, Task
+from rlvr.typed_yaml import check_ranges
 
 _ALPHABETS = {"digits": string.digits, "letters": string.ascii_lowercase}
 
@@ -39,23 +40,22 @@ class SortTask(Task):
         alphabet: Literal["digits", "letters"] = field(
             default="digits", metadata={"help": "items are single 'digits' (0-9) or lowercase 'letters' (a-z)"}
         )
-        min_length: int = field(default=3, metadata={"help": "fewest items in a list"})
-        max_length: int = field(default=4, metadata={"help": "most items in a list"})
+        min_length: int = field(default=3, metadata={"help": "fewest items in a list", "ge": 1})
+        max_length: int = field(default=4, metadata={"help": "most items in a list", "ge": 1})
         trace_max_length: int = field(
             default=6,
             metadata={"help": "longest list whose sort demonstration shows the selection trace "
-                              "(n*n+n characters); longer lists get the answer only"},
+                              "(n*n+n characters); longer lists get the answer only", "ge": 0},
         )
 
         def __post_init__(self) -> None:
+            check_ranges(self)
             if self.mode not in ("sort", "reverse"):
                 raise ValueError(f"mode must be 'sort' or 'reverse', got {self.mode!r}")
             if self.alphabet not in _ALPHABETS:
                 raise ValueError(f"alphabet must be 'digits' or 'letters', got {self.alphabet!r}")
-            if not 1 <= self.min_length <= self.max_length:
-                raise ValueError("need 1 <= min_length <= max_length")
-            if self.trace_max_length < 0:
-                raise ValueError("trace_max_length must be >= 0")
+            if self.min_length > self.max_length:
+                raise ValueError(f"min_length ({self.min_length}) must be <= max_length ({self.max_length})")
 
     def generate(self, rng: random.Random) -> Problem:
         p = self.params

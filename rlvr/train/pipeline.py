@@ -27,7 +27,7 @@ from rlvr.tasks import TASKS, Task
 from rlvr.train.loggers import Mirror, check_backends
 from rlvr.train.rl import train_rl
 from rlvr.train.rl import Verifier
-from rlvr.train.run_dir import RunDir
+from rlvr.train.run_dir import RunDir, atomic_write, model_source
 from rlvr.verify import make_verifier
 from rlvr.train.sft import train_sft
 from rlvr.typed_yaml import ConfigError, from_dict
@@ -41,7 +41,10 @@ def build_task(config: RunConfig, source: str = "config") -> Task:
 
 
 def check_names(config: RunConfig, source: str = "config") -> None:
-    """Fail before any work when a config names a component that is not registered."""
+    """Fail before any work (and before a run directory exists) when a config names a component
+    that is not registered, or its task's data cannot be read, or a sampled prompt (with
+    rollout.max_new_tokens) or SFT demonstration does not fit the model's context or holds a
+    character its tokenizer cannot encode. Cheap: one held-out split, one step of each stage."""
     checks = [("task.name", TASKS, [config.task.name]),
               ("reward.components", REWARDS, list(config.reward.components)),
               ("reward.shaping", REWARD_SHAPERS, [step.name for step in config.reward.shaping]),
@@ -58,10 +61,6 @@ def check_names(config: RunConfig, source: str = "config") -> None:
                 raise ConfigError(f"{source}: {field_name}: {err.args[0]}") from None
     task = build_task(config, source)
     try:
-        PromptSampler(task, config, frozenset())
-    except ValueError as err:
-        raise ConfigError(f"{source}: {err}") from None
-    try:
         build_environment(config.rollout.environment, task, lambda problems, texts: [], source)
     except KeyError as err:
         raise ConfigError(f"{source}: rollout.environment.name: {err.args[0]}") from None
@@ -69,20 +68,59 @@ def check_names(config: RunConfig, source: str = "config") -> None:
     if config.model.path is None and "sft" not in config.stages:
         raise ConfigError(f"{source}: stages: a freshly built tiny model needs the 'sft' stage "
                           "(or set model.path to a trained checkpoint)")
+    # The data, drawn as the run will draw it: the held-out split, RL step 0's prompts and
+    # SFT step 0's demonstrations, rendered with the run's tokenizer (a data file is read
+    # here, so a missing or malformed one fails before the run directory exists).
+    import random
+
+    from rlvr.models.prompt_fit import check_prompts_fit, checkpoint_tokenizer
+    from rlvr.seeding import derive_seed
+
+    try:
+        if config.model.path is None:
+            tokenizer, positions = build_char_tokenizer(), config.model.max_position_embeddings
+        else:
+            tokenizer, positions = checkpoint_tokenizer(config.model.path)
+    except ValueError as err:
+        raise ConfigError(f"{source}: model.path: {err}") from None
+    try:
+        heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
+        check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens, heldout, "held-out problems")
+        exclude = frozenset(p.id for p in heldout)
+        sampler = PromptSampler(task, config, exclude)
+        if "rl" in config.stages:
+            check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens,
+                              sampler.draw(config.rl.prompts_per_step, 0, 0), "RL training problems")
+        if "sft" in config.stages:
+            problems = task.sample_problems(config.sft.batch_size, derive_seed(config.seed, "sft-problems", 0), exclude)
+            demo_rng = random.Random(derive_seed(config.seed, "sft-demos", 0))
+            demos = [task.demonstration(problem, demo_rng) for problem in problems]
+            check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens, problems, "SFT problems", demos)
+    except NotImplementedError as err:
+        raise ConfigError(f"{source}: stages: the 'sft' stage needs demonstrations: {err}") from None
+    except ConfigError:
+        raise
+    except (ValueError, OSError) as err:  # the message names the file and record, or the fields
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def run_pipeline(config: RunConfig, run: RunDir) -> dict[str, Any]:
-    """Run every stage of ``config`` not yet completed in ``run``; returns the summary."""
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(config.threads or os.cpu_count() or 1)
-    mirror = Mirror(config.logging.backends, run.path, asdict(config), config.logging.project)
-    run.on_append = mirror
+    """Run every stage of ``config`` not yet completed in ``run``; returns the summary.
+    The run dir is locked for the duration (a second process gets a ``RunDirError``)."""
+    run.lock()
     try:
-        return _run_stages(config, run)
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(config.threads or os.cpu_count() or 1)
+        mirror = Mirror(config.logging.backends, run.path, asdict(config), config.logging.project)
+        run.on_append = mirror
+        try:
+            return _run_stages(config, run)
+        finally:
+            torch.set_num_threads(threads_before)
+            run.on_append = None
+            mirror.close()
     finally:
-        torch.set_num_threads(threads_before)
-        run.on_append = None
-        mirror.close()
+        run.unlock()
 
 
 def _run_stages(config: RunConfig, run: RunDir) -> dict[str, Any]:
@@ -94,14 +132,17 @@ def _run_stages(config: RunConfig, run: RunDir) -> dict[str, Any]:
 def make_task_verifier(task: Task, config: RunConfig) -> Verifier:
     v = config.verifier
     isolate = {"auto": None, "always": True, "never": False}[v.isolate]
-    return make_verifier(task, v.workers, v.timeout_s, v.memory_limit_mb, isolate)
+    return make_verifier(task, v.workers, v.timeout_s, v.memory_limit_mb, isolate, v.max_timeout_batches)
 
 
 def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verifier) -> dict[str, Any]:
-    t0 = time.perf_counter()
+    """The stages still to do. Every stage ends in a saved state (a resume point) whose model
+    is a checkpoint: sft-final, the warm-start evaluation, rl's final, the final evaluation;
+    within a stage the resume points are its checkpoints. A periodic evaluation is saved with
+    the next checkpoint, so a crash before it drops the evaluation and the resume redoes it."""
     hf_logging.disable_progress_bar()  # per-checkpoint 'Writing model shards' bars drown the run's own
     torch.manual_seed(config.seed)
-    state = run.load_state()
+    state = run.recover()
     engine = ROLLOUT_ENGINES.get(config.rollout.engine)()
     heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
     exclude = frozenset(p.id for p in heldout)
@@ -116,33 +157,35 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
         record = {"stage": "eval", "phase": phase, "step": step, **result}
         run.append("eval.jsonl", record)
         state["evals"][phase] = record
-        run.save_state(state)
         return record
 
     if "sft" in config.stages and "sft" not in state["completed_stages"]:
         train_sft(model, tokenizer, task, config, run, state, exclude, environment)
+    # Pruning after a stage is redone on every resume: a kill may have come before it.
+    run.prune("sft-step", 0)
     if "warmstart" not in state["evals"]:
         run_eval("warmstart")
+        run.save_state(state)
     if "rl" in config.stages and "rl" not in state["completed_stages"]:
         train_rl(model, tokenizer, task, engine, verifier, config, run, state, exclude,
-                 evaluate_fn=lambda phase, step: run_eval(phase, step), environment=environment)
+                 evaluate_fn=run_eval, environment=environment)
+    if "rl" in config.stages:
+        run.prune("rl-step", config.checkpoint.keep_last)
     if "rl" in config.stages and "final" not in state["evals"]:
         run_eval("final", state.get("rl_last_step", config.rl.steps))
-
-    state["wall_seconds"] = state.get("wall_seconds", 0.0) + time.perf_counter() - t0
-    run.save_state(state)
+    run.save_state(state)  # the final evaluation, and the wall time up to here
     summary = write_summary(run, state)
     plot_run(run.read("metrics.jsonl"), run.read("eval.jsonl"), run.plots)
     return summary
 
 
 def _starting_model(config: RunConfig, run: RunDir, state: dict[str, Any]):
-    """Where this invocation's model comes from: the latest checkpoint of an interrupted
-    stage, the SFT result, the configured checkpoint, or a freshly built tiny model."""
-    if state.get("checkpoint"):
-        return load_model_and_tokenizer(run.path / state["checkpoint"])
-    if state.get("sft_final"):
-        return load_model_and_tokenizer(run.path / state["sft_final"])
+    """Where this invocation's model comes from: the RL result once RL is done, the latest
+    checkpoint of an interrupted stage, the SFT result (``model_source``), else the
+    configured checkpoint or a freshly built tiny model."""
+    source = model_source(state)
+    if source:
+        return load_model_and_tokenizer(run.path / source)
     if config.model.path:
         return load_model_and_tokenizer(config.model.path)
     tokenizer = build_char_tokenizer()
@@ -171,7 +214,7 @@ def write_summary(run: RunDir, state: dict[str, Any]) -> dict[str, Any]:
     for key in sorted(k for k in final if PASS_AT_K.fullmatch(k)):
         summary[f"warmstart_{key}"] = warm.get(key)
         summary[f"final_{key}"] = final.get(key)
-    (run.path / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write(run.path / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

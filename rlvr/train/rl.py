@@ -9,9 +9,10 @@ need (``requires``: critic values, a greedy baseline) and the loop provides them
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -32,7 +33,7 @@ from rlvr.config import RunConfig
 from rlvr.data.sampler import PromptSampler
 from rlvr.data.selection import group_pass_rates, groups_to_keep
 from rlvr.eval.evaluate import accuracy_by_task
-from rlvr.rewards import compose_reward
+from rlvr.rewards import RewardError, compose_reward, describe_sample
 from rlvr.rewards.shaping import ShapingInputs, apply_shapers, build_shaper, overlong_filter_mask, void_turn_filter_mask
 from rlvr.rollout.engine import RolloutEngine
 from rlvr.rollout.environment import EnvironmentFactory
@@ -42,10 +43,11 @@ from rlvr.seeding import derive_seed
 from rlvr.tasks.base import Problem, Task
 from rlvr.train.batch import TokenBatch, make_token_batch, token_logprobs
 from rlvr.train.critic import ValueModel
+from rlvr.train.finite import UpdateGuard, clip_grad_norm, nonfinite_rows
 from rlvr.train.optim import lr_at, make_optimizer, set_lr
 from rlvr.train.progress import StageProgress
 from rlvr.train.run_dir import RunDir, load_trainer_state, restore_rng_states, rng_states
-from rlvr.verify.pool import InlineVerifier, VerifierPool
+from rlvr.verify.pool import InlineVerifier, VerifierPool, is_timeout
 
 Verifier = VerifierPool | InlineVerifier
 
@@ -64,6 +66,7 @@ class Learners:
     sampler: PromptSampler | None
     samples_generated: int = 0
     seconds: float = 0.0  # wall-clock time of the RL steps so far (rl.max_seconds)
+    guard: UpdateGuard = field(default_factory=lambda: UpdateGuard("RL", "rl", 3))  # skips non-finite updates
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "kl_coef": self.kl_coef,
@@ -71,7 +74,8 @@ class Learners:
                                  "shapers": [s.state_dict() if hasattr(s, "state_dict") else None
                                              for s, _ in self.shapers],
                                  "sampler": self.sampler.state_dict() if self.sampler else None,
-                                 "samples_generated": self.samples_generated, "seconds": self.seconds}
+                                 "samples_generated": self.samples_generated, "seconds": self.seconds,
+                                 "nonfinite_in_a_row": self.guard.in_a_row}
         if self.reference is not None:
             state["reference"] = self.reference.state_dict()
         if self.critic is not None:
@@ -86,6 +90,7 @@ class Learners:
             self.sampler.load_state_dict(state["sampler"])
         self.samples_generated = state["samples_generated"]
         self.seconds = state.get("seconds", 0.0)
+        self.guard.in_a_row = state.get("nonfinite_in_a_row", 0)
         for (shaper, _), shaper_state in zip(self.shapers, state["shapers"]):
             if shaper_state is not None:
                 shaper.load_state_dict(shaper_state)
@@ -109,6 +114,7 @@ def make_learners(model: PreTrainedModel, config: RunConfig, sampler: PromptSamp
         entropy_coef=alg.entropy.coef,
         shapers=[(build_shaper(step.name), dict(step.params)) for step in config.reward.shaping],
         sampler=sampler,
+        guard=UpdateGuard("RL", "rl", config.rl.max_nonfinite_updates),
     )
 
 
@@ -141,7 +147,10 @@ def score_trajectories(trajectories: list[Trajectory], task: Task, verifier: Ver
     trajectory in place; a verifier failure is a zero score with its error recorded.
 
     A multi-turn episode is judged on its ``answer_text`` (the policy's turns, never the
-    tool output); one that broke its environment's rules (``violation``) gets reward 0."""
+    tool output); one that broke its environment's rules (``violation``) gets reward 0.
+    A reward component that fails (raises, NaN, inf) is a ``RewardError``; with
+    ``reward.on_error: zero`` it scores 0, and the sample's ``reward_components["failed"]``
+    counts its failed components and ``error`` says why."""
     texts = tokenizer.batch_decode([t.response_ids for t in trajectories], skip_special_tokens=True)
     for traj, text in zip(trajectories, texts):
         traj.text = text
@@ -149,9 +158,13 @@ def score_trajectories(trajectories: list[Trajectory], task: Task, verifier: Ver
     scores = verifier.score_many([t.problem for t in trajectories], answers)
     for traj, answer, score in zip(trajectories, answers, scores):
         traj.correct, traj.extracted, traj.error = score.correct, score.extracted, score.error
+        errors: list[str] = []
         traj.reward, traj.reward_components = compose_reward(
             config.reward.components, task, traj.problem, answer, score, config.reward.params,
-            episode=traj if traj.answer_text is not None else None)
+            episode=traj if traj.answer_text is not None else None, on_error=config.reward.on_error, errors=errors)
+        if errors:
+            traj.reward_components["failed"] = float(len(errors))
+            traj.error = "; ".join([traj.error, *errors] if traj.error else errors)
         if traj.violation is not None:
             traj.reward = 0.0
 
@@ -172,7 +185,15 @@ def shape_rewards(trajectories: list[Trajectory], shapers: list[tuple[Any, dict[
         format_ok=torch.tensor([t.extracted is not None for t in trajectories]),
         tool_calls=torch.tensor([t.tool_calls for t in trajectories]),
     )
-    for traj, reward in zip(trajectories, apply_shapers(inputs, shapers).tolist()):
+    try:
+        shaped = apply_shapers(inputs, shapers)
+    except RewardError as err:
+        if err.sample is None:
+            raise
+        traj = trajectories[err.sample]
+        answer = traj.answer_text if traj.answer_text is not None else traj.text
+        raise RewardError(f"{err} [{describe_sample(traj.problem, answer)}]", err.sample) from None
+    for traj, reward in zip(trajectories, shaped.tolist()):
         traj.reward_components["shaping"] = reward - traj.reward
         traj.reward = reward
 
@@ -250,6 +271,9 @@ def policy_update(model: PreTrainedModel, learners: Learners, batch: TokenBatch,
     split, so each micro-batch is trimmed to similar lengths (less padding to compute; the
     sum over micro-batches is the same). ``time_logprob`` / ``time_backward`` are the seconds
     spent in the forward passes (log-probs and losses) and in backward + optimizer steps.
+
+    An update whose loss or total gradient norm is NaN/inf is skipped (``learners.guard``:
+    no optimizer step, gradients dropped) and counted in ``skipped_updates``.
     """
     rl, alg = config.rl, config.algorithm
     loss_fn = POLICY_LOSSES.get(alg.loss)
@@ -260,7 +284,8 @@ def policy_update(model: PreTrainedModel, learners: Learners, batch: TokenBatch,
     token_weighted: dict[str, float] = defaultdict(float)  # per-token statistics, weighted by token count
     stat_weights: dict[str, float] = defaultdict(float)
     loss_sum = grad_norm_sum = time_logprob = time_backward = 0.0
-    updates = 0
+    updates = skipped = 0
+    step = opt_step // (rl.epochs * rl.mini_batches) + 1  # the RL step, for messages
     lengths = batch.attention_mask.sum(-1)
     for _ in range(rl.epochs):
         order = torch.randperm(n, generator=generator)
@@ -274,6 +299,7 @@ def policy_update(model: PreTrainedModel, learners: Learners, batch: TokenBatch,
             learners.optimizer.zero_grad(set_to_none=True)
             if learners.critic is not None:
                 learners.critic_optimizer.zero_grad(set_to_none=True)
+            update_loss = 0.0
             for micro_start in range(0, len(mini), rl.micro_batch_size):
                 micro = batch.rows(mini[micro_start:micro_start + rl.micro_batch_size])
                 mask = micro.target_mask
@@ -298,7 +324,7 @@ def policy_update(model: PreTrainedModel, learners: Learners, batch: TokenBatch,
                     loss.backward()
                     time_logprob += t_backward - t_forward
                     time_backward += time.perf_counter() - t_backward
-                    loss_sum += float(loss.detach())
+                    update_loss += float(loss.detach())
                 if learners.critic is not None:
                     values = learners.critic(micro)
                     per_token_v, value_stats = clipped_value_loss(
@@ -312,20 +338,40 @@ def policy_update(model: PreTrainedModel, learners: Learners, batch: TokenBatch,
                     if value == value:  # explained variance is NaN on a micro-batch of equal returns
                         token_weighted[key] += value * weight
                         stat_weights[key] += weight
+            # Clip, then step only if the loss and the total gradient norms are finite.
+            t_step = time.perf_counter()
+            grads: list[tuple[str, torch.nn.Module, float]] = []  # (label, module, total grad norm)
             if train_policy:
-                t_step = time.perf_counter()
-                max_norm = rl.grad_clip if rl.grad_clip > 0 else float("inf")
-                grad_norm_sum += float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-                learners.optimizer.step()
-                time_backward += time.perf_counter() - t_step
+                grads.append(("policy", model, clip_grad_norm(model, rl.grad_clip)))
+                grad_norm_sum += grads[-1][2]
             if learners.critic is not None:
-                torch.nn.utils.clip_grad_norm_(learners.critic.parameters(), max(rl.grad_clip, 0.0) or float("inf"))
-                learners.critic_optimizer.step()
+                grads.append(("critic", learners.critic, clip_grad_norm(learners.critic, rl.grad_clip)))
+            if learners.guard.allow(f"step {step} (optimizer update {opt_step + updates + 1})", update_loss, grads):
+                if train_policy:
+                    learners.optimizer.step()
+                if learners.critic is not None:
+                    learners.critic_optimizer.step()
+            else:
+                learners.optimizer.zero_grad(set_to_none=True)
+                if learners.critic is not None:
+                    learners.critic_optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+            if train_policy:
+                time_backward += time.perf_counter() - t_step
+            loss_sum += update_loss
             updates += 1
     metrics = {key: value / max(stat_weights[key], 1.0) for key, value in token_weighted.items()}
     metrics.update(loss=loss_sum / updates, grad_norm=grad_norm_sum / updates, lr=lr, time_logprob=time_logprob,
-                   time_backward=time_backward)
+                   time_backward=time_backward, skipped_updates=float(skipped))
     return metrics
+
+
+def update_inputs(batch: TokenBatch) -> dict[str, torch.Tensor]:
+    """The per-token tensors of a prepared batch that enter the loss, by name."""
+    named = {"old log-probs": batch.old_logprobs, "advantages": batch.extras.get("advantages"),
+             "returns": batch.extras.get("returns"), "reference log-probs": batch.extras.get("ref_logprobs"),
+             "token weights": batch.extras.get("token_weight"), "old values": batch.extras.get("old_values")}
+    return {name: tensor for name, tensor in named.items() if tensor is not None}
 
 
 def update_coefficients(learners: Learners, model: PreTrainedModel, metrics: dict[str, float],
@@ -405,8 +451,17 @@ def learn_from(trajectories: list[Trajectory], model: PreTrainedModel, tokenizer
     t_prep = time.perf_counter() - t0 - t_gen
     shuffle = torch.Generator().manual_seed(derive_seed(config.seed, "rl-shuffle", step))
     updates_per_step = config.rl.epochs * config.rl.mini_batches
-    update = policy_update(model, learners, batch, config, shuffle, step * updates_per_step,
-                           train_policy=step >= config.algorithm.critic.warmup_steps)
+    bad = nonfinite_rows(update_inputs(batch), batch.target_mask)
+    if bad is None:
+        update = policy_update(model, learners, batch, config, shuffle, step * updates_per_step,
+                               train_policy=step >= config.algorithm.critic.warmup_steps)
+    else:  # NaN/inf advantages or log-probs: every update of this step would be non-finite
+        name, row = bad
+        traj = trajectories[row]
+        learners.guard.skip(f"step {step + 1}", f"non-finite {name} for {describe_sample(traj.problem, traj.text)}",
+                            updates_per_step)
+        update = {"skipped_updates": float(updates_per_step)}
+        batch_stats = {key: value for key, value in batch_stats.items() if math.isfinite(value)}
     elapsed = time.perf_counter() - t0
     record = step_metrics(step + 1, trajectories, config)
     record.update(batch_stats)
@@ -433,7 +488,6 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
         learners.load_state_dict(trainer_state["learners"])
         restore_rng_states(trainer_state["rng"])
         start = trainer_state["step"]
-        run.drop_records_after("rl", start)
 
     with StageProgress("RL", rl.steps, start, config.logging.progress) as progress:
         for step in range(start, rl.steps):
@@ -467,15 +521,16 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
                 evaluate_fn(f"rl-step-{step + 1}", step + 1)
             if (step + 1) % config.checkpoint.every == 0 and step + 1 < rl.steps:
                 name = f"rl-step-{step + 1:06d}"
-                run.save_model(name, model, tokenizer, {"learners": learners.state_dict(), "rng": rng_states(),
-                                                        "stage": "rl", "step": step + 1})
                 state.update(stage="rl", checkpoint=f"checkpoints/{name}")
+                run.save_model(name, model, tokenizer, {"learners": learners.state_dict(), "rng": rng_states(),
+                                                        "stage": "rl", "step": step + 1}, state=state)
+                run.prune("rl-step", config.checkpoint.keep_last)  # (a kill here: the resume takes the checkpoint's newer state)
                 run.save_state(state)
-                run.prune("rl-step", config.checkpoint.keep_last)
 
-    final = run.save_model("final", model, tokenizer)
-    state.update(stage=None, checkpoint=None, final_checkpoint=str(final.relative_to(run.path)))
+    # The stage's end: the state after it travels inside final, then becomes state.json.
+    state.update(stage=None, checkpoint=None, final_checkpoint="checkpoints/final")
     state["completed_stages"].append("rl")
+    run.save_model("final", model, tokenizer, state=state)
     run.save_state(state)
 
 
@@ -491,6 +546,9 @@ def step_metrics(step: int, trajectories: list[Trajectory], config: RunConfig) -
                               "truncated_frac": sum(t.finish_reason == "length" for t in trajectories) / n}
     for name in [*config.reward.components, *(["shaping"] if config.reward.shaping else [])]:
         record[f"reward/{name}"] = sum(t.reward_components.get(name, 0.0) for t in trajectories) / n
+    if config.reward.on_error == "zero":  # samples with a component that failed and was scored 0
+        record["reward/failed"] = float(sum("failed" in t.reward_components for t in trajectories))
+    record["verifier_timeout_frac"] = sum(is_timeout(t.error) for t in trajectories) / n
     per_task = accuracy_by_task([t.problem for t in trajectories], [t.correct for t in trajectories])
     record.update({f"accuracy/{name}": accuracy for name, accuracy in per_task.items()})
     groups: dict[int, set[float]] = defaultdict(set)

@@ -11,7 +11,6 @@ import random
 import time
 from typing import Any
 
-import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.config import RunConfig
@@ -20,6 +19,7 @@ from rlvr.rollout.trajectory import render_prompts
 from rlvr.seeding import derive_seed
 from rlvr.tasks.base import Task
 from rlvr.train.batch import make_token_batch, token_logprobs
+from rlvr.train.finite import UpdateGuard, clip_grad_norm
 from rlvr.train.optim import lr_at, make_optimizer, set_lr
 from rlvr.train.progress import StageProgress
 from rlvr.train.run_dir import RunDir, load_trainer_state, restore_rng_states, rng_states
@@ -53,7 +53,8 @@ def sft_batch(task: Task, tokenizer: PreTrainedTokenizerBase, config: RunConfig,
 def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, config: RunConfig,
               run: RunDir, state: dict[str, Any], exclude: frozenset[str],
               environment: EnvironmentFactory | None = None) -> None:
-    """Run (or continue) the SFT stage; leaves ``checkpoints/sft-final`` and updates ``state``."""
+    """Run (or continue) the SFT stage; leaves ``checkpoints/sft-final`` and updates ``state``
+    (the caller deletes the step checkpoints)."""
     cfg = config.sft
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     start = 0
@@ -62,8 +63,10 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: 
         optimizer.load_state_dict(trainer_state["optimizer"])
         restore_rng_states(trainer_state["rng"])
         start = trainer_state["step"]
-        run.drop_records_after("sft", start)
     model.train()
+    guard = UpdateGuard("SFT", "sft", cfg.max_nonfinite_updates)  # a NaN/inf loss or gradient skips the step
+    if start:
+        guard.in_a_row = trainer_state.get("nonfinite_in_a_row", 0)
     with StageProgress("SFT", cfg.steps, start, config.logging.progress) as progress:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
@@ -75,32 +78,35 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: 
             loss = -(logp * batch.target_mask).sum() / tokens
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = _clip(model, cfg.grad_clip)
-            optimizer.step()
+            grad_norm = clip_grad_norm(model, cfg.grad_clip)
+            skipped = not guard.allow(f"step {step + 1}", loss.item(), [("model", model, grad_norm)])
+            if skipped:
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                optimizer.step()
             elapsed = time.perf_counter() - t0
             record = {"stage": "sft", "step": step + 1, "loss": loss.item(), "lr": lr,
-                      "grad_norm": grad_norm, "step_time": elapsed, "tokens_per_s": tokens.item() / elapsed}
+                      "grad_norm": grad_norm, "step_time": elapsed, "tokens_per_s": tokens.item() / elapsed,
+                      "skipped_updates": float(skipped)}
             run.append("metrics.jsonl", record)
             progress.update(step + 1, loss=record["loss"])
             if (step + 1) % config.checkpoint.every == 0 and step + 1 < cfg.steps:
-                _checkpoint(run, model, tokenizer, optimizer, state, step + 1, config.checkpoint.keep_last)
-    run.save_model("sft-final", model, tokenizer)
+                _checkpoint(run, model, tokenizer, {"optimizer": optimizer.state_dict(),
+                                                    "nonfinite_in_a_row": guard.in_a_row},
+                            state, step + 1, config.checkpoint.keep_last)
+    # The stage's end: the state after it travels inside sft-final, then becomes state.json.
     state.update(stage=None, checkpoint=None, sft_final="checkpoints/sft-final")
     state["completed_stages"].append("sft")
+    run.save_model("sft-final", model, tokenizer, state=state)
     run.save_state(state)
-    run.prune("sft-step", 0)
 
 
-def _clip(model: torch.nn.Module, max_norm: float) -> float:
-    if max_norm > 0:
-        return float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
-    return float(torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]))
-
-
-def _checkpoint(run: RunDir, model, tokenizer, optimizer, state, step: int, keep_last: int) -> None:
+def _checkpoint(run: RunDir, model, tokenizer, trainer_state: dict[str, Any], state, step: int,
+                keep_last: int) -> None:
+    """A resumable SFT checkpoint: weights, ``trainer_state`` (optimizer, skip counter) and RNGs."""
     name = f"sft-step-{step:06d}"
-    run.save_model(name, model, tokenizer, {"optimizer": optimizer.state_dict(), "rng": rng_states(),
-                                            "stage": "sft", "step": step})
     state.update(stage="sft", checkpoint=f"checkpoints/{name}")
+    run.save_model(name, model, tokenizer, {**trainer_state, "rng": rng_states(), "stage": "sft", "step": step},
+                   state=state)
+    run.prune("sft-step", keep_last)  # (a kill here: the resume takes the checkpoint's newer state)
     run.save_state(state)
-    run.prune("sft-step", keep_last)

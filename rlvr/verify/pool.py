@@ -19,6 +19,11 @@ file should drop it in ``__getstate__``: workers only score). A task may define
 ``warm_up()``; a worker calls it before taking items so imports and caches do not count
 against the first item's timeout. Each worker caps its address space (RLIMIT_AS) at
 ``memory_limit_mb`` above what it has mapped once warmed up.
+
+A verifier that hangs costs ``timeout_s`` plus a worker restart per item, so the pool
+watches its timeouts (``is_timeout`` tells a timed-out Score): a warning goes to stderr
+(once) when half of a batch times out, and ``max_timeout_batches`` batches in a row in
+which every item timed out raise ``VerifierTimeoutError``.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import os
 import pickle
 import resource
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -39,6 +45,17 @@ from typing import Any
 from rlvr.tasks.base import Problem, Score, Task
 
 ERROR_CHARS = 200  # longest error message kept in a Score
+TIMEOUT_ERROR = "verifier timeout after"  # how a timed-out item's Score.error starts
+WARN_TIMEOUT_FRAC = 0.5  # warn (once per pool) when this share of one batch timed out
+
+
+class VerifierTimeoutError(RuntimeError):
+    """Every verification of ``max_timeout_batches`` batches in a row timed out."""
+
+
+def is_timeout(error: str | None) -> bool:
+    """Whether a Score's ``error`` says that its verification timed out."""
+    return error is not None and error.startswith(TIMEOUT_ERROR)
 
 
 def error_score(message: str) -> Score:
@@ -91,11 +108,13 @@ class InlineVerifier:
 
 
 def make_verifier(task: Task, workers: int = 2, timeout_s: float = 5.0,
-                  memory_limit_mb: int | None = 2048, isolate: bool | None = None) -> VerifierPool | InlineVerifier:
+                  memory_limit_mb: int | None = 2048, isolate: bool | None = None,
+                  max_timeout_batches: int = 3) -> VerifierPool | InlineVerifier:
     """A ``VerifierPool`` when ``isolate`` (default: the task's own ``isolate``), else an
     ``InlineVerifier``."""
     if getattr(task, "isolate", False) if isolate is None else isolate:
-        return VerifierPool(task, workers=workers, timeout_s=timeout_s, memory_limit_mb=memory_limit_mb)
+        return VerifierPool(task, workers=workers, timeout_s=timeout_s, memory_limit_mb=memory_limit_mb,
+                            max_timeout_batches=max_timeout_batches)
     return InlineVerifier(task)
 
 
@@ -198,11 +217,14 @@ class VerifierPool:
     """
 
     def __init__(self, task: Task, workers: int = 2, timeout_s: float = 5.0,
-                 memory_limit_mb: int | None = 2048, start_timeout_s: float = 120.0) -> None:
+                 memory_limit_mb: int | None = 2048, start_timeout_s: float = 120.0,
+                 max_timeout_batches: int = 3) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0 seconds")
+        if max_timeout_batches < 1:
+            raise ValueError("max_timeout_batches must be >= 1")
         try:
             self._task_bytes = pickle.dumps(task)
         except Exception as e:
@@ -214,6 +236,9 @@ class VerifierPool:
         self.memory_limit_mb = memory_limit_mb
         self.start_timeout_s = start_timeout_s
         self.respawns = 0  # workers replaced after a timeout or crash, for logging
+        self.max_timeout_batches = max_timeout_batches
+        self.all_timeout_batches = 0  # batches in a row in which every item timed out
+        self._warned = False
         self._ctx = multiprocessing.get_context("spawn")
         self._closed = False
         self._slots = [self._spawn() for _ in range(workers)]
@@ -245,7 +270,8 @@ class VerifierPool:
                 if not self._send(i, index, payload):
                     pending.appendleft(index)  # the worker was already gone: not this item's fault
             if not remaining:
-                return results  # type: ignore[return-value]  # every entry is filled
+                self._watch_timeouts(results)  # type: ignore[arg-type]  # every entry is filled
+                return results  # type: ignore[return-value]
             remaining -= self._wait_and_collect(results)
 
     def close(self) -> None:
@@ -275,6 +301,25 @@ class VerifierPool:
                 self.close()
             except Exception:  # at interpreter exit; daemon workers are reaped by multiprocessing anyway
                 pass
+
+    def _watch_timeouts(self, results: list[Score]) -> None:
+        """Warn once when half of a batch timed out; raise after ``max_timeout_batches``
+        batches in a row that timed out entirely."""
+        if not results:
+            return
+        timeouts = sum(is_timeout(score.error) for score in results)
+        self.all_timeout_batches = self.all_timeout_batches + 1 if timeouts == len(results) else 0
+        advice = (f"raise verifier.timeout_s (now {self.timeout_s} s) if the task is slow but finite, add "
+                  f"verifier.workers, or fix the task's score function ({self.task_name}) if it hangs")
+        if self.all_timeout_batches >= self.max_timeout_batches:
+            raise VerifierTimeoutError(
+                f"every verification of the last {self.all_timeout_batches} batches timed out "
+                f"(verifier.max_timeout_batches = {self.max_timeout_batches}); {advice}")
+        if timeouts >= WARN_TIMEOUT_FRAC * len(results) and not self._warned:
+            self._warned = True
+            print(f"rlvr: warning: {timeouts} of {len(results)} verifications in a batch timed out after "
+                  f"{self.timeout_s} s; each timeout costs that long plus a worker restart, shared by "
+                  f"{len(self._slots)} worker(s); {advice} (metric verifier_timeout_frac)", file=sys.stderr)
 
     # --------------------------------------------------------------------- workers
 
@@ -336,7 +381,7 @@ class VerifierPool:
             if dead:
                 done += self._handle_death(i, results)
             elif slot.item is not None and now >= slot.deadline:
-                results[slot.item] = error_score(f"verifier timeout after {self.timeout_s} s")
+                results[slot.item] = error_score(f"{TIMEOUT_ERROR} {self.timeout_s} s")
                 done += 1
                 self._replace(i)
             elif not slot.ready and now >= slot.started + self.start_timeout_s:

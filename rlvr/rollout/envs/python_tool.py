@@ -19,6 +19,7 @@ from typing import Literal
 from rlvr.rollout.environment import ENVIRONMENTS, Environment, StepResult
 from rlvr.sandbox import PythonSession, SandboxLimits, SandboxResult
 from rlvr.tasks.base import Problem
+from rlvr.typed_yaml import check_ranges
 
 _FENCE = re.compile(r"^\s*```(?:python|py)?\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
 
@@ -35,16 +36,15 @@ class PythonToolEnvironment(Environment):
         code_close: str = field(default="</code>", metadata={"help": "closes a tool call; generation pauses here"})
         output_open: str = field(default="<output>", metadata={"help": "opens the interpreter's output"})
         output_close: str = field(default="</output>", metadata={"help": "closes the interpreter's output"})
-        max_output_chars: int = field(default=200, metadata={"help": "output longer than this is cut (head kept, marked '...')"})
-        wall_time_s: float = field(default=5.0, metadata={"help": "wall-clock seconds per tool call"})
-        cpu_time_s: float = field(default=5.0, metadata={"help": "CPU seconds per tool call"})
-        memory_mb: int = field(default=256, metadata={"help": "memory of the trajectory's interpreter (MiB)"})
+        max_output_chars: int = field(default=200, metadata={"help": "output longer than this is cut (head kept, marked '...')", "ge": 1})
+        wall_time_s: float = field(default=5.0, metadata={"help": "wall-clock seconds per tool call", "gt": 0})
+        cpu_time_s: float = field(default=5.0, metadata={"help": "CPU seconds per tool call", "gt": 0})
+        memory_mb: int = field(default=256, metadata={"help": "memory of the trajectory's interpreter (MiB)", "ge": 64})
 
         def __post_init__(self) -> None:
+            check_ranges(self)
             if not (self.code_open and self.code_close):
                 raise ValueError("code_open and code_close must be non-empty")
-            if self.max_output_chars < 1:
-                raise ValueError("max_output_chars must be >= 1")
 
     @classmethod
     def stop_strings(cls, params: Params) -> tuple[str, ...]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from rlvr.rollout.environment import ENVIRONMENTS, Environment, StepResult
 from rlvr.tasks.base import Problem
+from rlvr.typed_yaml import check_ranges
 
 
 @ENVIRONMENTS.register("try_again")
@@ -25,14 +26,11 @@ class TryAgainEnvironment(Environment):
     @dataclass
     class Params:
         message: str = field(default="Try again.", metadata={"help": "the user's feedback after a wrong answer"})
-        decay: float = field(default=0.5, metadata={"help": "reward for success at attempt t is decay**(t-1), in (0, 1]"})
-        repetition_penalty: float = field(default=0.25, metadata={"help": "reward subtracted for an attempt that repeats an earlier answer"})
+        decay: float = field(default=0.5, metadata={"help": "reward for success at attempt t is decay**(t-1)", "gt": 0, "le": 1})
+        repetition_penalty: float = field(default=0.25, metadata={"help": "reward subtracted for an attempt that repeats an earlier answer", "ge": 0})
 
         def __post_init__(self) -> None:
-            if not 0.0 < self.decay <= 1.0:
-                raise ValueError("decay must lie in (0, 1]")
-            if self.repetition_penalty < 0:
-                raise ValueError("repetition_penalty must be >= 0")
+            check_ranges(self)
 
     def reset(self, problem: Problem) -> None:
         super().reset(problem)

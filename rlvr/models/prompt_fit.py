@@ -1,0 +1,95 @@
+"""Do a task's texts fit the model? Checked before a run or an evaluation starts.
+
+A prompt longer than the model's context leaves no room for the response (positions past
+``max_position_embeddings`` are extrapolated silently), and a character the tokenizer has
+no token for becomes ``<unk>``: the model trains on text it cannot see. Both are found by
+rendering a sample of the task's prompts (and SFT demonstrations) with the tokenizer the
+run will use, so they fail as config errors naming the problem and the character.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from rlvr.rollout.trajectory import render_prompts
+from rlvr.tasks.base import Problem
+
+
+def checkpoint_tokenizer(path: str | Path) -> tuple[PreTrainedTokenizerBase, int | None]:
+    """The tokenizer of a local checkpoint and its context length (``None`` if its config.json
+    names none), without loading the weights; ValueError if ``path`` is not a checkpoint."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{str(path)!r} is not a Hugging Face checkpoint directory (no config.json)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{str(path)!r}: cannot load its tokenizer or config.json: {err}") from None
+    positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    return tokenizer, positions if isinstance(positions, int) else None
+
+
+def _prompt_chars(problem: Problem) -> str:
+    if isinstance(problem.prompt, str):
+        return problem.prompt
+    return "".join(str(message.get("content", "")) for message in problem.prompt)
+
+
+def _unencodable(tokenizer: PreTrainedTokenizerBase, text: str) -> str | None:
+    """The first character of ``text`` that the tokenizer maps to its unknown token."""
+    unk = tokenizer.unk_token_id
+    chars = list(dict.fromkeys(text))
+    rows = tokenizer(chars, add_special_tokens=False)["input_ids"]
+    return next((ch for ch, row in zip(chars, rows) if unk in row), None)
+
+
+def _check_unknown(tokenizer: PreTrainedTokenizerBase, rows: Sequence[list[int]], texts: Sequence[str],
+                   problems: Sequence[Problem], what: str) -> None:
+    unk = tokenizer.unk_token_id
+    if unk is None:  # byte-level tokenizers encode every character
+        return
+    for problem, row, text in zip(problems, rows, texts):
+        if unk in row:
+            ch = _unencodable(tokenizer, text) or "?"
+            raise ValueError(f"{what} of problem {problem.id!r} contains {ch!r} (U+{ord(ch[0]):04X}), which the "
+                             f"tokenizer cannot encode (it would become {tokenizer.unk_token}); use a tokenizer "
+                             "that covers it or remove it from the task's data")
+
+
+def check_prompts_fit(tokenizer: PreTrainedTokenizerBase, max_positions: int | None, max_new_tokens: int,
+                      problems: Sequence[Problem], what: str,
+                      demonstrations: Sequence[str] | None = None) -> None:
+    """Raise ValueError when a prompt (+ ``max_new_tokens``) or a prompt + its SFT
+    demonstration (+ EOS) is longer than ``max_positions``, or when either holds a character
+    the tokenizer cannot encode. ``what`` names the problems in the message
+    (e.g. "held-out problems"); ``demonstrations`` pairs with ``problems`` when given."""
+    if not problems:
+        return
+    rows = render_prompts(tokenizer, list(problems))
+    _check_unknown(tokenizer, rows, [_prompt_chars(p) for p in problems], problems, f"the prompt ({what})")
+    if max_positions is not None:
+        longest = max(range(len(rows)), key=lambda i: len(rows[i]))
+        if len(rows[longest]) + max_new_tokens > max_positions:
+            too_long = sum(len(row) + max_new_tokens > max_positions for row in rows)
+            raise ValueError(
+                f"{too_long} of {len(rows)} sampled prompts ({what}) do not fit the model's context: problem "
+                f"{problems[longest].id!r} has {len(rows[longest])} prompt tokens + rollout.max_new_tokens "
+                f"{max_new_tokens} > {max_positions} positions; lower rollout.max_new_tokens or use a model "
+                "with a longer context (model.max_position_embeddings for the tiny model)")
+    if demonstrations is None:
+        return
+    demo_rows = tokenizer(list(demonstrations), add_special_tokens=False)["input_ids"]
+    _check_unknown(tokenizer, demo_rows, demonstrations, problems, f"the SFT demonstration ({what})")
+    if max_positions is not None:
+        lengths = [len(p) + len(d) + 1 for p, d in zip(rows, demo_rows)]  # + EOS
+        longest = max(range(len(lengths)), key=lengths.__getitem__)
+        if lengths[longest] > max_positions:
+            raise ValueError(
+                f"the SFT demonstration of problem {problems[longest].id!r} with its prompt is {lengths[longest]} "
+                f"tokens > {max_positions} positions of the model; use a model with a longer context "
+                "(model.max_position_embeddings for the tiny model) or a task with shorter demonstrations")
