@@ -83,7 +83,7 @@ class RewardConfig:
 @dataclass
 class VerifierConfig:
     isolate: Literal["auto", "always", "never"] = _f("auto", "score in worker processes with timeouts: auto = when the task asks for it (math, code)")
-    workers: int = _f(2, "verifier worker processes", ge=1)
+    workers: int = _f(2, "verifier worker processes (each a process of its own: a few per core at most)", ge=1, le=256)
     timeout_s: float = _f(5.0, "seconds one verification may take before its worker is killed and the score is 0", gt=0)
     memory_limit_mb: int = _f(2048, "address space a worker may add on top of its start-up size (MB)", ge=64)
     max_timeout_batches: int = _f(3, "stop the run when every verification of this many batches in a row timed out (batches; a warning comes first, once half of one batch times out)", ge=1)
@@ -107,6 +107,10 @@ class EnvironmentConfig:
     max_turns: int = _f(4, "policy turns per episode at most (rollout.max_new_tokens bounds the whole response)", ge=1)
     observation_tokens: int = _f(64, "tokens of one observation kept at most; the rest is cut", ge=1)
     filter_void_turns: bool = _f(False, "SimpleTIR: a trajectory with a turn that has neither a tool call nor an answer gets no gradient")
+
+    def __post_init__(self) -> None:
+        if self.name is None and self.params:
+            raise ValueError("params are given but no environment is named (set rollout.environment.name)")
 
 
 @dataclass
@@ -266,7 +270,7 @@ class RunConfig:
     stages: list[Literal["sft", "rl"]] = _f(["sft", "rl"], "pipeline stages in order")
     output_dir: str = _f("runs", "parent directory of run directories")
     run_name: str | None = _f(None, "run directory name; null uses <recipe>-<timestamp>")
-    threads: int = _f(0, "torch CPU threads; 0 uses every core", ge=0)
+    threads: int = _f(0, "torch CPU threads; 0 uses every core (OpenMP crashes on absurd counts such as 100000)", ge=0, le=1024)
     model: ModelConfig = _sub(ModelConfig, "the policy model")
     task: TaskConfig = _sub(TaskConfig, "the task and its verifier")
     reward: RewardConfig = _sub(RewardConfig, "how scores become the scalar reward")

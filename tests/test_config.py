@@ -227,3 +227,43 @@ def test_cli_bad_override_and_missing_file(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "config error" in err and "nope.yaml" in err and "not found" in err
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # a keyword the function does not take, one it needs, a NaN: each used to fail (or be
+    # taken) only when the first batch was scored, after the run directory existed
+    (["reward.params={correctness: {x: 1}}"], r"reward\.params: reward component 'correctness': .*'x'"),
+    (["reward.components={regex_format: 1}"], r"reward\.params: reward component 'regex_format': .*'pattern'"),
+    (["reward.components={tool_calls: -0.1}", "reward.params={tool_calls: {cap: .nan}}"],
+     r"reward component 'tool_calls': cap must be a finite number, got nan"),
+    (["reward.shaping=[{name: overlong, params: {bogus: 1}}]"], r"reward\.shaping\[0\] \(overlong\): .*'buffer'"),
+    (["reward.shaping=[{name: overlong, params: {buffer: -5}}]"], r"reward\.shaping\[0\] \(overlong\): .*got -5"),
+    (["reward.shaping=[{name: laser, params: {target_length: 8}}, {name: label_noise, params: {p: 2}}]"],
+     r"reward\.shaping\[1\] \(label_noise\): .*probability"),
+    (["reward.shaping=[{name: laser, params: {target_length: .nan}}]"],
+     r"reward\.shaping\[0\] \(laser\): target_length must be a finite number, got nan"),
+    (["reward.shaping=[{name: otc}]"], r"reward\.shaping\[0\] \(otc\): otc needs .*tool_calls"),
+])
+def test_check_names_checks_reward_and_shaper_params(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_names(load_config(None, overrides))
+
+
+def test_check_names_accepts_good_reward_and_shaper_params():
+    check_names(load_config(None, ["reward.components={correctness: 1, regex_format: 0.1}",
+                                   "reward.params={regex_format: {pattern: '.*'}}",
+                                   "reward.shaping=[{name: overlong, params: {buffer: 8}}, {name: laser_d, params: {interval: 4}}]"]))
+    check_names(load_config(None, ["rollout.environment.name=python", "reward.shaping=[{name: otc}]"]))
+
+
+def test_environment_params_without_an_environment_are_an_error():
+    with pytest.raises(ConfigError, match=r"rollout\.environment\.params: .*no environment is named"):
+        load_config(None, ["rollout.environment.params={max_output_chars: 100}"])
+
+
+def test_a_draw_larger_than_the_task_can_make_fails_in_seconds():
+    # 1-digit addition has 100 distinct problems (0-9 + 0-9); asking for 200 used to draw 21,000 times
+    # (fine), asking for 10**8 drew for hours: a long run of repeats now ends the draw
+    task = build_task(load_config(None, ["task.params={min_digits: 1, max_digits: 1}"]))
+    with pytest.raises(ValueError, match=r"could only produce 100 distinct problems of the 100000000"):
+        task.sample_problems(10**8, seed=0)

@@ -91,6 +91,22 @@ def _takes_episode(fn: RewardFn) -> bool:
     return "episode" in _signature(fn).parameters
 
 
+def check_reward_params(weights: dict[str, float], params: dict[str, dict[str, Any]]) -> None:
+    """Raise ``TypeError`` naming the component when ``params`` gives a keyword its function
+    does not take, leaves out one it needs, or gives NaN/inf: a config mistake, found before
+    any work."""
+    for name in weights:
+        fn = REWARDS.get(name)
+        kwargs = {**params.get(name, {}), **({"episode": None} if _takes_episode(fn) else {})}
+        try:
+            _signature(fn).bind(None, None, None, None, **kwargs)
+        except TypeError as err:
+            raise TypeError(f"reward component {name!r}: {err}") from None
+        for key, value in params.get(name, {}).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise TypeError(f"reward component {name!r}: {key} must be a finite number, got {value}")
+
+
 def compose_reward(
     weights: dict[str, float], task: Task, problem: Problem, completion: str, score: Score,
     params: dict[str, dict[str, Any]] | None = None, episode: Any = None,

@@ -30,6 +30,7 @@ trainer checkpoints their state.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -170,6 +171,34 @@ def apply_shapers(inputs: ShapingInputs, shapers: Sequence[tuple[Shaper, Mapping
                               "in reward.shaping", sample=i)
         inputs = replace(inputs, rewards=rewards)
     return inputs.rewards
+
+
+def check_shaper_params(steps: Sequence[tuple[str, Mapping[str, Any]]], max_new_tokens: int,
+                        tool_calls: bool) -> None:
+    """Raise ``ValueError`` / ``TypeError`` / ``RewardError`` for the first ``(name, params)``
+    step whose params its shaper refuses: a NaN/inf value, a keyword it does not take or
+    lacks, or a value it rejects when run on a small made-up batch (two groups of four, mixed
+    correctness, lengths and truncation; tool calls when ``tool_calls``, i.e. a multi-turn
+    environment runs). A config mistake, found before any work; the message starts with the
+    step's index in ``reward.shaping``."""
+    n = 8
+    lengths = torch.tensor([1, 3, max_new_tokens // 2, max_new_tokens, 2, max_new_tokens // 3, 5, max_new_tokens])
+    correct = torch.tensor([True, False, True, False, False, True, True, False])
+    inputs = ShapingInputs(rewards=correct.float(), correct=correct, lengths=lengths.clamp(max=max_new_tokens),
+                           truncated=lengths >= max_new_tokens, group_ids=torch.arange(n) // 4,
+                           max_new_tokens=max_new_tokens, generator=torch.Generator().manual_seed(0),
+                           format_ok=torch.ones(n, dtype=torch.bool),
+                           tool_calls=torch.arange(n) % 3 if tool_calls else None)
+    for i, (name, params) in enumerate(steps):
+        shaper = build_shaper(name)
+        try:
+            for key, value in params.items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(f"{key} must be a finite number, got {value}")
+            inspect.signature(shaper).bind(inputs, **params)
+            apply_shapers(inputs, [(shaper, params)])
+        except (TypeError, ValueError, RewardError) as err:
+            raise type(err)(f"[{i}] ({name}): {err}") from None
 
 
 def overlong_filter_mask(truncated: Tensor) -> Tensor:

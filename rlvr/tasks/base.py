@@ -91,17 +91,21 @@ class Task(ABC):
         rng = random.Random(seed)
         problems: list[Problem] = []
         seen = set(exclude)
-        attempts = 0
+        attempts = repeats_in_a_row = 0
         while len(problems) < count:
             attempts += 1
-            if attempts > 100 * count + 1000:
+            # A long run of repeats means the distribution is (nearly) exhausted: stop in
+            # seconds instead of drawing for hours towards a count it cannot reach.
+            if attempts > 100 * count + 1000 or repeats_in_a_row > 20_000:
                 raise ValueError(
                     f"task {self.name!r} could only produce {len(problems)} distinct problems "
                     f"of the {count} asked for; widen its params or ask for fewer"
                 )
             problem = self.generate(rng)
             if problem.id in seen:
+                repeats_in_a_row += 1
                 continue
+            repeats_in_a_row = 0
             seen.add(problem.id)
             problems.append(problem)
         return problems

@@ -20,8 +20,8 @@ from rlvr.eval.evaluate import evaluate
 from rlvr.eval.plots import PASS_AT_K, plot_run
 from rlvr.models import build_tiny_model, load_model_and_tokenizer
 from rlvr.models.tokenizer import build_char_tokenizer
-from rlvr.rewards import REWARDS
-from rlvr.rewards.shaping import REWARD_SHAPERS
+from rlvr.rewards import REWARDS, RewardError, check_reward_params
+from rlvr.rewards.shaping import REWARD_SHAPERS, check_shaper_params
 from rlvr.rollout import ROLLOUT_ENGINES, build_environment
 from rlvr.tasks import TASKS, Task
 from rlvr.train.loggers import Mirror, check_backends
@@ -64,6 +64,15 @@ def check_names(config: RunConfig, source: str = "config") -> None:
         build_environment(config.rollout.environment, task, lambda problems, texts: [], source)
     except KeyError as err:
         raise ConfigError(f"{source}: rollout.environment.name: {err.args[0]}") from None
+    try:
+        check_reward_params(config.reward.components, config.reward.params)
+    except TypeError as err:
+        raise ConfigError(f"{source}: reward.params: {err}") from None
+    try:
+        check_shaper_params([(step.name, step.params) for step in config.reward.shaping],
+                            config.rollout.max_new_tokens, tool_calls=config.rollout.environment.name is not None)
+    except (TypeError, ValueError, RewardError) as err:
+        raise ConfigError(f"{source}: reward.shaping{err}") from None
     check_backends(config.logging.backends, source)
     if config.model.path is None and "sft" not in config.stages:
         raise ConfigError(f"{source}: stages: a freshly built tiny model needs the 'sft' stage "
