@@ -242,7 +242,7 @@ def test_cli_bad_override_and_missing_file(tmp_path, monkeypatch, capsys):
      r"reward\.shaping\[1\] \(label_noise\): .*probability"),
     (["reward.shaping=[{name: laser, params: {target_length: .nan}}]"],
      r"reward\.shaping\[0\] \(laser\): target_length must be a finite number, got nan"),
-    (["reward.shaping=[{name: otc}]"], r"reward\.shaping\[0\] \(otc\): otc needs .*tool_calls"),
+    (["reward.shaping=[{name: otc, params: {c: 0}}]"], r"reward\.shaping\[0\] \(otc\): otc: c must be > 0"),
 ])
 def test_check_names_checks_reward_and_shaper_params(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -254,6 +254,7 @@ def test_check_names_accepts_good_reward_and_shaper_params():
                                    "reward.params={regex_format: {pattern: '.*'}}",
                                    "reward.shaping=[{name: overlong, params: {buffer: 8}}, {name: laser_d, params: {interval: 4}}]"]))
     check_names(load_config(None, ["rollout.environment.name=python", "reward.shaping=[{name: otc}]"]))
+    check_names(load_config(None, ["reward.shaping=[{name: otc}]"]))  # single-turn: every episode has 0 calls
 
 
 def test_environment_params_without_an_environment_are_an_error():

@@ -173,22 +173,19 @@ def apply_shapers(inputs: ShapingInputs, shapers: Sequence[tuple[Shaper, Mapping
     return inputs.rewards
 
 
-def check_shaper_params(steps: Sequence[tuple[str, Mapping[str, Any]]], max_new_tokens: int,
-                        tool_calls: bool) -> None:
+def check_shaper_params(steps: Sequence[tuple[str, Mapping[str, Any]]], max_new_tokens: int) -> None:
     """Raise ``ValueError`` / ``TypeError`` / ``RewardError`` for the first ``(name, params)``
     step whose params its shaper refuses: a NaN/inf value, a keyword it does not take or
     lacks, or a value it rejects when run on a small made-up batch (two groups of four, mixed
-    correctness, lengths and truncation; tool calls when ``tool_calls``, i.e. a multi-turn
-    environment runs). A config mistake, found before any work; the message starts with the
-    step's index in ``reward.shaping``."""
+    correctness, lengths, truncation and tool calls). A config mistake, found before any
+    work; the message starts with the step's index in ``reward.shaping``."""
     n = 8
     lengths = torch.tensor([1, 3, max_new_tokens // 2, max_new_tokens, 2, max_new_tokens // 3, 5, max_new_tokens])
     correct = torch.tensor([True, False, True, False, False, True, True, False])
     inputs = ShapingInputs(rewards=correct.float(), correct=correct, lengths=lengths.clamp(max=max_new_tokens),
                            truncated=lengths >= max_new_tokens, group_ids=torch.arange(n) // 4,
                            max_new_tokens=max_new_tokens, generator=torch.Generator().manual_seed(0),
-                           format_ok=torch.ones(n, dtype=torch.bool),
-                           tool_calls=torch.arange(n) % 3 if tool_calls else None)
+                           format_ok=torch.ones(n, dtype=torch.bool), tool_calls=torch.arange(n) % 3)
     for i, (name, params) in enumerate(steps):
         shaper = build_shaper(name)
         try:

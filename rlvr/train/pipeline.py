@@ -70,7 +70,7 @@ def check_names(config: RunConfig, source: str = "config") -> None:
         raise ConfigError(f"{source}: reward.params: {err}") from None
     try:
         check_shaper_params([(step.name, step.params) for step in config.reward.shaping],
-                            config.rollout.max_new_tokens, tool_calls=config.rollout.environment.name is not None)
+                            config.rollout.max_new_tokens)
     except (TypeError, ValueError, RewardError) as err:
         raise ConfigError(f"{source}: reward.shaping{err}") from None
     check_backends(config.logging.backends, source)
