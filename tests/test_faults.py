@@ -282,6 +282,23 @@ def test_second_process_on_a_run_dir_gets_a_lock_error(tmp_path, capsys):
         holder.unlock()
 
 
+def test_two_new_runs_in_one_dir_one_gets_the_lock_error(tmp_path, capsys):
+    # the lock is taken before RunDir.create looks for state.json: the second creator used to
+    # pass that check too and overwrite the first run's config.yaml and state.json
+    path = tmp_path / "run"
+    holder = RunDir(path)
+    holder.lock()  # the first `rlvr train --output-dir run`, between its check and its writes
+    try:
+        capsys.readouterr()
+        assert main(["train", "--output-dir", str(path), *OVERRIDES]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {path} is in use by another rlvr process (pid {os.getpid()})"), err
+        assert sorted(p.name for p in path.iterdir()) == ["lock"]
+    finally:
+        holder.unlock()
+    new_run_dir(_config(), str(path), "t")  # the lock is gone with its holder
+
+
 @pytest.mark.parametrize("kind", ["missing", "empty", "foreign"])
 def test_resume_of_something_that_is_not_a_run_is_one_line(tmp_path, capsys, kind):
     path = tmp_path / "dir"

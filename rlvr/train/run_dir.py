@@ -37,6 +37,7 @@ import random
 import shutil
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -82,14 +83,16 @@ class RunDir:
         self.plots = self.path / "plots"
         # called with (file name, records) after every append: the logging.backends mirror
         self.on_append: Callable[[str, list[dict[str, Any]]], None] | None = None
-        self._lock_fd: int | None = None
+        self._lock: weakref.finalize | None = None  # closes the lock's fd (releasing it) when called or collected
         self._clock: tuple[float, float] | None = None  # (perf_counter at start, wall seconds before it)
         self._checkpoint_bytes: dict[bool, int] = {}  # last checkpoint's size, by "resumable"
 
     @classmethod
     def create(cls, config: RunConfig, path: str | Path) -> "RunDir":
         run = cls(path)
+        run.lock()  # before the check: of two processes creating one run dir, one gets an error
         if (run.path / STATE_FILE).exists():
+            run.unlock()
             raise RunDirExistsError(
                 f"{run.path} already holds a run; resume it with `rlvr train --resume {run.path}` "
                 "or choose another --output-dir / run_name"
@@ -115,7 +118,11 @@ class RunDir:
     # ---- lock --------------------------------------------------------------------------
     def lock(self) -> None:
         """Hold the run dir for this process: a second process (a second ``--resume``) gets a
-        ``RunDirError`` naming the holder. The kernel drops the lock when the process dies."""
+        ``RunDirError`` naming the holder. The kernel drops the lock when the process dies.
+        Taking it again through the RunDir that holds it is a no-op; the lock goes when the
+        RunDir is unlocked or collected."""
+        if self._lock is not None and self._lock.alive:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -127,13 +134,12 @@ class RunDir:
                               "wait for it to finish or stop it, then resume") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._lock_fd = fd
+        self._lock = weakref.finalize(self, os.close, fd)
 
     def unlock(self) -> None:
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock()  # closing the only fd of the open file releases the flock
+            self._lock = None
 
     # ---- state -------------------------------------------------------------------------
     def load_state(self) -> dict[str, Any]:
