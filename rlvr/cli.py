@@ -123,17 +123,19 @@ def _sigterm_interrupts():
 
 
 def _write_traceback(run_dir: Path) -> str:
-    """Append the current exception's traceback to ``run_dir``/error.log; its path, or where
-    the traceback went instead when the run dir cannot take it (a full disk)."""
-    path = Path(run_dir) / "error.log"
-    try:
-        with open(path, "a") as fh:
-            fh.write(f"---- {time.strftime('%Y-%m-%d %H:%M:%S')} rlvr {' '.join(sys.argv[1:])}\n")
-            traceback.print_exc(file=fh)
-    except OSError:
-        traceback.print_exc()
-        return "printed above"
-    return str(path)
+    """Append the current exception's traceback to ``run_dir``/error.log, or to the temp
+    directory's rlvr-error.log when the run dir cannot take it (a full disk); its path."""
+    import tempfile
+
+    for path in (Path(run_dir) / "error.log", Path(tempfile.gettempdir()) / "rlvr-error.log"):
+        try:
+            with open(path, "a") as fh:
+                fh.write(f"---- {time.strftime('%Y-%m-%d %H:%M:%S')} rlvr {' '.join(sys.argv[1:])}\n")
+                traceback.print_exc(file=fh)
+            return str(path)
+        except OSError:
+            continue
+    return "not saved: no writable place for error.log"
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -291,8 +293,11 @@ def _progress_line(label: str, every_s: float = 15.0):
 def _report(args: argparse.Namespace) -> int:
     from rlvr.eval.report import write_report
 
-    path = write_report(Path(args.run_dir), Path(args.output) if args.output else None,
-                        transcripts_per_phase=args.transcripts)
+    try:
+        path = write_report(Path(args.run_dir), Path(args.output) if args.output else None,
+                            transcripts_per_phase=args.transcripts)
+    except FileNotFoundError as err:  # not a run directory
+        raise ConfigError(str(err)) from None
     print(f"report: {path} (open it in a browser)")
     return 0
 
@@ -301,10 +306,17 @@ def _limr(args: argparse.Namespace) -> int:
     from rlvr.data.limr import lim_scores, select
     from rlvr.train.run_dir import RunDir
 
+    run = RunDir(args.run_dir)
+    if not (run.path / "config.yaml").is_file():
+        raise ConfigError(f"{run.path}: not an rlvr run directory (no config.yaml)")
     curves: dict[str, list[float]] = {}
-    for record in RunDir(args.run_dir).read("pass_rates.jsonl"):
-        for problem_id, rate in record["rates"].items():
-            curves.setdefault(problem_id, []).append(rate)
+    try:
+        records = run.read("pass_rates.jsonl")
+        for record in records:
+            for problem_id, rate in record["rates"].items():
+                curves.setdefault(problem_id, []).append(rate)
+    except (ValueError, KeyError, AttributeError, TypeError) as err:
+        raise ConfigError(f"{run.path / 'pass_rates.jsonl'}: damaged ({err})") from None
     scores = lim_scores(curves)
     if not scores:
         raise ConfigError(f"{args.run_dir}: no per-prompt pass rates to score (pass_rates.jsonl is empty)")

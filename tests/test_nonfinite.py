@@ -112,6 +112,15 @@ def test_a_non_finite_environment_reward_names_the_environment_component():
                        task.score(problem, "=> 3"), episode=episode)
 
 
+def test_finite_components_whose_weighted_sum_overflows_are_a_reward_error():
+    task = AdditionTask(AdditionTask.Params())
+    problem = Problem(id="big", prompt="1+2", answer="3")
+    score = task.score(problem, "=> 3")  # correct: correctness 1.0, format 1.0
+    assert compose_reward({"correctness": 1e308, "format": 1.0}, task, problem, "=> 3", score)[0] == 1e308 + 1.0
+    with pytest.raises(RewardError, match=r"weighted sum of the reward components is inf for problem 'big'"):
+        compose_reward({"correctness": 1e308, "format": 1e308}, task, problem, "=> 3", score)
+
+
 def test_a_reward_params_mistake_is_still_a_type_error_not_a_zero():
     task = AdditionTask(AdditionTask.Params())
     problem = Problem(id="p", prompt="1+2", answer="3")

@@ -111,9 +111,31 @@ def test_report_includes_rlvr_eval_results(run_dir):
     assert page.count("data:image/png;base64,") >= 4
 
 
-def test_report_of_a_missing_run_fails_cleanly(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not an rlvr run directory"):
-        main(["report", str(tmp_path)])
+@pytest.mark.parametrize("command", [["report"], ["limr", "--output", "ids.json"]])
+def test_reading_commands_on_something_that_is_not_a_run_are_one_line(tmp_path, capsys, command):
+    # (`rlvr report` used to end in a FileNotFoundError traceback)
+    for target in (tmp_path / "missing", tmp_path):
+        assert main([command[0], str(target), *command[1:]]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("config error: ") and "not an rlvr run directory" in err[0], err
+
+
+def test_report_of_a_run_with_damaged_json_files_still_renders(run_dir, capsys):
+    (run_dir / "state.json").write_text('{"completed_st')
+    (run_dir / "summary.json").write_text("")
+    assert main(["report", str(run_dir)]) == 0
+    outline = Outline()
+    outline.feed((run_dir / "report.html").read_text())
+    text = "".join(outline.text)
+    assert "warmstart" in text and "88.0" in text  # the evaluation table still comes from eval.jsonl
+
+
+def test_limr_of_a_damaged_pass_rates_file_is_one_line(run_dir, capsys):
+    with open(run_dir / "pass_rates.jsonl", "a") as fh:
+        fh.write('not json\n{"stage": "rl", "step": 9, "rates": {}}\n')
+    assert main(["limr", str(run_dir), "--output", str(run_dir / "ids.json")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "pass_rates.jsonl: damaged" in err[0] and "not a JSON record" in err[0], err
 
 
 CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome")

@@ -87,6 +87,15 @@ def _fmt(value: Any) -> str:
     return _esc(value)
 
 
+def _read_json(path: Path, default: Any) -> Any:
+    """A JSON file's value; ``default`` when it is missing or damaged (a crash mid-write of an
+    older version, a full disk): the report shows what is left rather than failing."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return default
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -323,11 +332,10 @@ def build_report(run_dir: Path, transcripts_per_phase: int = 6) -> str:
     """The report of ``run_dir`` as one HTML string."""
     if not (run_dir / "state.json").is_file() and not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"{run_dir} is not an rlvr run directory (no state.json or config.yaml)")
-    state = json.loads((run_dir / "state.json").read_text()) if (run_dir / "state.json").is_file() else {}
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
-    config_text = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else "(missing)"
-    results_path = run_dir / "eval" / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else None
+    state = _read_json(run_dir / "state.json", {})
+    summary = _read_json(run_dir / "summary.json", {})
+    config_text = (run_dir / "config.yaml").read_text(errors="replace") if (run_dir / "config.yaml").is_file() else "(missing)"
+    results = _read_json(run_dir / "eval" / "results.json", None)
     bodies = {
         "summary": summary_section(run_dir, summary, state),
         "config": f"<details><summary>config.yaml (resolved, with every field's help)</summary>"

@@ -137,7 +137,12 @@ def compose_reward(
             parts[name] = 0.0
             if errors is not None:
                 errors.append(message)
-    return sum(weights[name] * value for name, value in parts.items()), parts
+    total = sum(weights[name] * value for name, value in parts.items())
+    if not math.isfinite(total):  # finite parts whose weighted sum overflows (1e308 * 10)
+        raise RewardError(f"the weighted sum of the reward components is {total} for "
+                          f"{describe_sample(problem, completion)} (components: {parts}, weights: {weights}); "
+                          "rescale the reward functions or their weights")
+    return total, parts
 
 
 class _NotFinite(ValueError):
