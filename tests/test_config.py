@@ -268,3 +268,29 @@ def test_a_draw_larger_than_the_task_can_make_fails_in_seconds():
     task = build_task(load_config(None, ["task.params={min_digits: 1, max_digits: 1}"]))
     with pytest.raises(ValueError, match=r"could only produce 100 distinct problems of the 100000000"):
         task.sample_problems(10**8, seed=0)
+
+
+@pytest.mark.parametrize("damage, says", [
+    ("truncate-header", "model.safetensors' is damaged"),
+    ("truncate-data", "model.safetensors' is damaged (Error while deserializing header: incomplete metadata"),
+    ("no-weights", "has no weights"),
+    ("no-tokenizer", "cannot load its tokenizer"),
+])
+def test_a_damaged_model_path_is_a_config_error_before_the_run_dir(tmp_path, capsys, damage, says):
+    checkpoint = _tiny_checkpoint(tmp_path / "ckpt")
+    weights = checkpoint / "model.safetensors"
+    if damage == "truncate-header":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "truncate-data":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif damage == "no-weights":
+        weights.unlink()
+    else:
+        for file in checkpoint.glob("tokenizer*"):
+            file.unlink()
+    run = tmp_path / "run"
+    capsys.readouterr()  # (the checkpoint writer's progress bar)
+    assert main(["train", "--output-dir", str(run), f"model.path={checkpoint}", "stages=[rl]"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("config error: ") and says in err[0], err
+    assert not run.exists()

@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from safetensors import safe_open
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from rlvr.rollout.trajectory import render_prompts
@@ -28,10 +29,28 @@ def checkpoint_tokenizer(path: str | Path) -> tuple[PreTrainedTokenizerBase, int
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError) as err:  # json.JSONDecodeError is a ValueError
-        raise ValueError(f"{str(path)!r}: cannot load its tokenizer or config.json: {err}") from None
+    except Exception as err:  # transformers raises OSError, ValueError, TypeError... with multi-line text
+        raise ValueError(f"{str(path)!r}: cannot load its tokenizer or config.json: {' '.join(str(err).split())}") \
+            from None
+    check_weight_files(path)
     positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
     return tokenizer, positions if isinstance(positions, int) else None
+
+
+def check_weight_files(path: Path) -> None:
+    """ValueError naming the file when a checkpoint's safetensors weights are missing or
+    damaged (a truncated file, a bad header): read from each file's header alone, which
+    safetensors checks against the file's length, so no tensor is loaded."""
+    files = sorted(path.glob("*.safetensors"))
+    if not files and not any(path.glob("pytorch_model*.bin")):
+        raise ValueError(f"{str(path)!r} has no weights (no *.safetensors or pytorch_model*.bin file)")
+    for file in files:
+        try:
+            with safe_open(file, framework="pt") as weights:
+                weights.keys()
+        except Exception as err:  # SafetensorError and OSError
+            raise ValueError(f"{str(file)!r} is damaged ({' '.join(str(err).split())}); "
+                             "use an intact checkpoint") from None
 
 
 def _prompt_chars(problem: Problem) -> str:
