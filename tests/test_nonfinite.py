@@ -26,7 +26,7 @@ from rlvr.tasks.addition import AdditionTask
 from rlvr.tasks.base import Problem
 from rlvr.train import sft as sft_module
 from rlvr.train.batch import make_token_batch, token_logprobs
-from rlvr.train.finite import NonFiniteError
+from rlvr.finite import NonFiniteError
 from rlvr.train.rl import learn_from, make_learners, policy_update, prepare_batch, score_trajectories, \
     shape_rewards, step_metrics
 from rlvr.train.run_dir import TRAINER_STATE, RunDir, load_trainer_state

@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from rlvr.models.tokenizer import build_char_tokenizer
-from rlvr.train.finite import NonFiniteError, describe_nonfinite, first_nonfinite
+from rlvr.finite import NonFiniteError, describe_nonfinite, first_nonfinite
 
 _ARCHITECTURES = {"llama": LlamaConfig, "qwen2": Qwen2Config}
 

@@ -46,7 +46,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.config import RunConfig, save_config
-from rlvr.train.finite import check_finite_state, check_finite_weights
+from rlvr.finite import check_finite_state, check_finite_weights
 
 STATE_FILE = "state.json"
 TRAINER_STATE = "trainer_state.pt"
