@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # Errors whose message is written for the user; other exceptions also print their type.
-USER_ERRORS = {"RewardError", "NonFiniteError", "VerifierTimeoutError"}
+USER_ERRORS = {"RewardError", "NonFiniteError", "VerifierTimeoutError", "ContextLengthError"}
 
 
 class Terminated(KeyboardInterrupt):

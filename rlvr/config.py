@@ -38,11 +38,11 @@ def _sub(cls: type, help: str) -> Any:
 class ModelConfig:
     path: str | None = _f(None, "local Hugging Face checkpoint directory to start from; null builds a tiny model from the fields below")
     architecture: Literal["llama", "qwen2"] = _f("llama", "architecture of the tiny model built when path is null")
-    hidden_size: int = _f(128, "tiny model: width of the residual stream", ge=2)
-    num_layers: int = _f(2, "tiny model: number of transformer blocks", ge=1)
-    num_heads: int = _f(4, "tiny model: attention heads per block", ge=1)
-    intermediate_size: int = _f(512, "tiny model: width of the MLP", ge=1)
-    max_position_embeddings: int = _f(128, "tiny model: longest sequence in tokens (prompt + response)", ge=2)
+    hidden_size: int = _f(128, "tiny model: width of the residual stream", ge=2, le=2**16)
+    num_layers: int = _f(2, "tiny model: number of transformer blocks", ge=1, le=1024)
+    num_heads: int = _f(4, "tiny model: attention heads per block", ge=1, le=1024)
+    intermediate_size: int = _f(512, "tiny model: width of the MLP", ge=1, le=2**18)
+    max_position_embeddings: int = _f(128, "tiny model: longest sequence in tokens (prompt + response)", ge=2, le=2**20)
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -84,8 +84,8 @@ class RewardConfig:
 class VerifierConfig:
     isolate: Literal["auto", "always", "never"] = _f("auto", "score in worker processes with timeouts: auto = when the task asks for it (math, code)")
     workers: int = _f(2, "verifier worker processes (each a process of its own: a few per core at most)", ge=1, le=256)
-    timeout_s: float = _f(5.0, "seconds one verification may take before its worker is killed and the score is 0", gt=0)
-    memory_limit_mb: int = _f(2048, "address space a worker may add on top of its start-up size (MB)", ge=64)
+    timeout_s: float = _f(5.0, "seconds one verification may take before its worker is killed and the score is 0", gt=0, le=86400)
+    memory_limit_mb: int = _f(2048, "address space a worker may add on top of its start-up size (MB)", ge=64, le=2**30)
     max_timeout_batches: int = _f(3, "stop the run when every verification of this many batches in a row timed out (batches; a warning comes first, once half of one batch times out)", ge=1)
 
 
@@ -148,7 +148,7 @@ class EntropyConfig:
 @dataclass
 class CriticConfig:
     lr: float = _f(1e-4, "critic learning rate (gae only)", gt=0)
-    value_clip: float | None = _f(0.2, "PPO value clipping range around the old value; null disables clipping", gt=0)
+    value_clip: float | None = _f(0.2, "PPO value clipping range around the old value; null disables clipping", gt=0, le=1e6)
     warmup_steps: int = _f(0, "RL steps that train only the critic, before the policy starts moving", ge=0)
 
 
@@ -158,8 +158,8 @@ class AlgorithmConfig:
     loss: str = _f("ppo", "registered policy loss (see `rlvr list`)")
     loss_agg: str = _f("token_mean", "loss aggregation: token_mean, seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm")
     clip_low: float = _f(0.2, "ratio clip below 1 (ratio >= 1 - clip_low)", ge=0, lt=1)
-    clip_high: float = _f(0.2, "ratio clip above 1 (ratio <= 1 + clip_high); DAPO clip-higher uses 0.28", ge=0)
-    clip_c: float | None = _f(None, "ppo dual-clip bound (> 1) for negative advantages (Ye et al. 2020); null disables it", gt=1)
+    clip_high: float = _f(0.2, "ratio clip above 1 (ratio <= 1 + clip_high); DAPO clip-higher uses 0.28", ge=0, le=1e6)
+    clip_c: float | None = _f(None, "ppo dual-clip bound (> 1) for negative advantages (Ye et al. 2020); null disables it", gt=1, le=1e6)
     scale_by_std: bool = _f(True, "grpo: divide advantages by the group's reward std")
     gamma: float = _f(1.0, "discount per token (gae, reinforce_pp)", ge=0, le=1)
     lam: float = _f(1.0, "GAE lambda (gae)", ge=0, le=1)
@@ -167,7 +167,7 @@ class AlgorithmConfig:
     top_entropy_fraction: float = _f(1.0, "train only on this fraction of response tokens with the highest entropy (0.2 in 'Beyond the 80/20 rule'); 1 trains on all", gt=0, le=1)
     positive_weight: float = _f(1.0, "multiplies advantages > 0 (W-REINFORCE uses 0.1: negative-sample reinforcement)", ge=0)
     negative_weight: float = _f(1.0, "multiplies advantages < 0", ge=0)
-    tis_cap: float | None = _f(None, "truncated importance sampling: recompute old log-probs in the trainer and weight tokens by min(pi_old/pi_behaviour, cap); null trusts the sampler's log-probs", ge=1)
+    tis_cap: float | None = _f(None, "truncated importance sampling: recompute old log-probs in the trainer and weight tokens by min(pi_old/pi_behaviour, cap); null trusts the sampler's log-probs", ge=1, le=1e6)
     kl: KLConfig = _sub(KLConfig, "KL regularisation to a frozen reference policy")
     entropy: EntropyConfig = _sub(EntropyConfig, "entropy bonus")
     critic: CriticConfig = _sub(CriticConfig, "value model, used by the gae estimator")

@@ -294,3 +294,38 @@ def test_a_damaged_model_path_is_a_config_error_before_the_run_dir(tmp_path, cap
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("config error: ") and says in err[0], err
     assert not run.exists()
+
+
+def test_a_tiny_model_too_large_for_memory_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"model: the tiny model would have .*B parameters and need about .* GiB"):
+        check_names(load_config(None, ["model.hidden_size=65536", "model.num_layers=64", "model.num_heads=64"]))
+
+
+def test_a_shaper_that_fails_in_another_way_on_its_params_is_a_config_error(tmp_path):
+    recipe = tmp_path / "r.yaml"  # an int too large for a tensor: OverflowError, not a ValueError
+    recipe.write_text("reward: {shaping: [{name: laser, params: {target_length: 100000000000000000000000}}]}\n")
+    with pytest.raises(ConfigError, match=r"reward\.shaping\[0\] \(laser\): OverflowError: "):
+        check_names(load_config(recipe))
+
+
+def test_a_later_batch_longer_than_the_context_stops_the_run_with_one_line(tmp_path, capsys, tiny_overrides):
+    # the start-up check renders step 0's batch (longest: 126 tokens, which fits); SFT step 5
+    # draws a 127-token demonstration: it used to be trained on silently past the positions
+    run = tmp_path / "run"
+    args = ["train", "--output-dir", str(run), *tiny_overrides, "sft.steps=6", "sft.batch_size=8",
+            "task.params={min_digits: 1, max_digits: 12, teacher_carry_error: 0.6}", "model.max_position_embeddings=126",
+            "logging.progress=false"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("error: SFT step 5: a prompt + its demonstration is 127 tokens, longer than the model's "
+                          "126 positions (1 of 8 sequences)") and err.endswith(f"(traceback: {run / 'error.log'})"), err
+
+
+def test_check_fits_context_names_the_longest_and_counts():
+    from rlvr.models.prompt_fit import ContextLengthError, check_fits_context
+
+    check_fits_context([10, 64, 3], 64, "RL step 2: a prompt + rollout.max_new_tokens")
+    check_fits_context([10_000], None, "a model without a position limit")
+    with pytest.raises(ContextLengthError, match=r"^RL step 2: a prompt \+ rollout.max_new_tokens is 70 tokens, "
+                                                 r"longer than the model's 64 positions \(2 of 3 sequences\)"):
+        check_fits_context([65, 70, 3], 64, "RL step 2: a prompt + rollout.max_new_tokens")

@@ -144,6 +144,7 @@ def test_bad_value_is_one_config_error_line_and_creates_nothing(tmp_path, monkey
 # Cross-field checks that a value at the edge of its own range needs from another field.
 COMPANIONS = {
     "model.hidden_size": ["model.num_heads=1"],
+    "model.num_heads": ["model.hidden_size=2048"],
     "data.curriculum.maximum": ["data.curriculum.minimum=0"],
     "data.curriculum.target_low": ["data.curriculum.target_high=1.0"],
     "data.curriculum.target_high": ["data.curriculum.target_low=0.0"],

@@ -244,6 +244,30 @@ def test_damaged_checkpoint_falls_back_to_newest_intact(tmp_path, reference, cap
     assert_same_run(run.path, reference)
 
 
+def test_a_fallback_deletes_the_damaged_checkpoint(tmp_path, capsys):
+    # Left in place, a damaged later step outlived the checkpoints the resume wrote: with
+    # keep_last=1, pruning by name kept the wreck and deleted each fresh checkpoint.
+    run = _crashed_run(tmp_path / "run", after("append metrics.jsonl", 5))  # SFT step 5
+    _truncate(run.checkpoints / "sft-step-000004" / "model.safetensors")
+    capsys.readouterr()
+    state = RunDir(run.path).recover()
+    assert state["checkpoint"] == "checkpoints/sft-step-000002"
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == ["sft-step-000002"]
+    err = capsys.readouterr().err
+    assert err.endswith("continuing from checkpoints/sft-step-000002 (deleted checkpoints/sft-step-000004)\n"), err
+
+
+def test_a_new_run_never_takes_over_what_an_old_run_left(tmp_path, capsys):
+    # state.json lost, checkpoints and logs still there: a new run in that directory used to
+    # resume the old run's checkpoints (their saved states outranked its fresh one)
+    run = _crashed_run(tmp_path / "run", after("append metrics.jsonl", 9))
+    (run.path / "state.json").unlink()
+    capsys.readouterr()
+    assert main(["train", "--output-dir", str(run.path), *OVERRIDES]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {run.path} already holds a run; resume it with") and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize("content", [b"", b'{"completed_stages": ["sft"], "chec', b"\x00" * 64],
                          ids=["empty", "truncated", "garbage"])
 def test_damaged_state_json_recovers_from_newest_checkpoint(tmp_path, reference, capsys, content):
@@ -386,3 +410,11 @@ def test_error_after_start_up_is_one_line_and_a_log(tmp_path, capsys):
     assert err == f"error: RuntimeError: verifier pool died (traceback: {run_dir / 'error.log'})\n"
     log = (run_dir / "error.log").read_text()
     assert "Traceback (most recent call last)" in log and "RuntimeError: verifier pool died" in log
+
+
+@pytest.mark.parametrize("where", ["a-file", "a-file/sub"])
+def test_an_output_dir_that_cannot_be_a_directory_is_one_line(tmp_path, capsys, where):
+    (tmp_path / "a-file").write_text("not a directory")
+    assert main(["train", "--output-dir", str(tmp_path / where), *OVERRIDES]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot use {tmp_path / where} as a run directory: ") and err.count("\n") == 1, err

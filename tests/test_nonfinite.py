@@ -361,3 +361,18 @@ def test_a_hanging_verifier_warns_is_measured_and_stops_the_run(tmp_path, monkey
         with pytest.raises(VerifierTimeoutError, match=r"every verification of the last 2 batches timed out "
                                                        r".*verifier.max_timeout_batches = 2.*verifier.timeout_s"):
             pool.score_many([problem], ["hang"])
+
+
+def test_a_norm_that_overflows_from_finite_gradients_is_named_as_such(capsys):
+    from rlvr.train.finite import UpdateGuard, clip_grad_norm
+
+    layer = torch.nn.Linear(4, 4)
+    for p in layer.parameters():
+        p.grad = torch.full_like(p, 1e30)  # each finite; the sum of squares overflows float32
+    norm = clip_grad_norm(layer, 1.0)
+    assert norm == float("inf")
+    assert all(torch.equal(p.grad, torch.full_like(p, 1e30)) for p in layer.parameters())  # not clipped to NaN
+    guard = UpdateGuard("RL", "rl", 3)
+    assert not guard.allow("step 1", 0.5, [("policy", layer, norm)])
+    err = capsys.readouterr().err
+    assert "policy gradient norm is inf (every gradient is finite, the norm overflowed: largest |gradient| 1e+30)" in err

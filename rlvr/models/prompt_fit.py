@@ -112,3 +112,20 @@ def check_prompts_fit(tokenizer: PreTrainedTokenizerBase, max_positions: int | N
                 f"the SFT demonstration of problem {problems[longest].id!r} with its prompt is {lengths[longest]} "
                 f"tokens > {max_positions} positions of the model; use a model with a longer context "
                 "(model.max_position_embeddings for the tiny model) or a task with shorter demonstrations")
+
+
+class ContextLengthError(ValueError):
+    """A sequence met during training does not fit the model's context (the start-up check
+    samples step 0 only; later draws, a curriculum or a mix can be longer)."""
+
+
+def check_fits_context(lengths: Sequence[int], max_positions: int | None, what: str) -> None:
+    """Raise ``ContextLengthError`` when the longest of ``lengths`` (tokens) exceeds
+    ``max_positions``; ``what`` says where the sequences come from (e.g. "RL step 7: a prompt
+    + rollout.max_new_tokens")."""
+    if max_positions is not None and lengths and max(lengths) > max_positions:
+        raise ContextLengthError(
+            f"{what} is {max(lengths)} tokens, longer than the model's {max_positions} positions "
+            f"({sum(n > max_positions for n in lengths)} of {len(lengths)} sequences); use a model with a longer "
+            "context (model.max_position_embeddings for the tiny model), lower rollout.max_new_tokens, or bound "
+            "the task's lengths (its params, data.curriculum.maximum)")

@@ -174,7 +174,7 @@ def apply_shapers(inputs: ShapingInputs, shapers: Sequence[tuple[Shaper, Mapping
 
 
 def check_shaper_params(steps: Sequence[tuple[str, Mapping[str, Any]]], max_new_tokens: int) -> None:
-    """Raise ``ValueError`` / ``TypeError`` / ``RewardError`` for the first ``(name, params)``
+    """Raise ``ValueError`` for the first ``(name, params)``
     step whose params its shaper refuses: a NaN/inf value, a keyword it does not take or
     lacks, or a value it rejects when run on a small made-up batch (two groups of four, mixed
     correctness, lengths, truncation and tool calls). A config mistake, found before any
@@ -194,8 +194,9 @@ def check_shaper_params(steps: Sequence[tuple[str, Mapping[str, Any]]], max_new_
                     raise ValueError(f"{key} must be a finite number, got {value}")
             inspect.signature(shaper).bind(inputs, **params)
             apply_shapers(inputs, [(shaper, params)])
-        except (TypeError, ValueError, RewardError) as err:
-            raise type(err)(f"[{i}] ({name}): {err}") from None
+        except Exception as err:  # whatever a shaper raises on bad params (OverflowError too)
+            kind = "" if isinstance(err, (TypeError, ValueError, RewardError)) else f"{type(err).__name__}: "
+            raise ValueError(f"[{i}] ({name}): {kind}{err}") from None
 
 
 def overlong_filter_mask(truncated: Tensor) -> Tensor:

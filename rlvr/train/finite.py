@@ -62,8 +62,11 @@ class UpdateGuard:
         else:
             for label, module, norm in grads:
                 if not math.isfinite(norm):
-                    reason = (f"{label} gradient norm is {norm} "
-                              f"(first non-finite gradient: {first_nonfinite_grad(module)})")
+                    bad = first_nonfinite_grad(module)
+                    reason = (f"{label} gradient norm is {norm} " + (
+                        f"(first non-finite gradient: {bad})" if bad is not None else
+                        f"(every gradient is finite, the norm overflowed: largest |gradient| "
+                        f"{max(float(p.grad.abs().max()) for p in module.parameters() if p.grad is not None):.3g})"))
                     break
         if reason is None:
             self.in_a_row = 0

@@ -20,7 +20,7 @@ from rlvr.eval.evaluate import evaluate
 from rlvr.eval.plots import PASS_AT_K, plot_run
 from rlvr.models import build_tiny_model, load_model_and_tokenizer
 from rlvr.models.tokenizer import build_char_tokenizer
-from rlvr.rewards import REWARDS, RewardError, check_reward_params
+from rlvr.rewards import REWARDS, check_reward_params
 from rlvr.rewards.shaping import REWARD_SHAPERS, check_shaper_params
 from rlvr.rollout import ROLLOUT_ENGINES, build_environment
 from rlvr.tasks import TASKS, Task
@@ -71,7 +71,7 @@ def check_names(config: RunConfig, source: str = "config") -> None:
     try:
         check_shaper_params([(step.name, step.params) for step in config.reward.shaping],
                             config.rollout.max_new_tokens)
-    except (TypeError, ValueError, RewardError) as err:
+    except ValueError as err:
         raise ConfigError(f"{source}: reward.shaping{err}") from None
     check_backends(config.logging.backends, source)
     if config.model.path is None and "sft" not in config.stages:
@@ -92,6 +92,8 @@ def check_names(config: RunConfig, source: str = "config") -> None:
             tokenizer, positions = checkpoint_tokenizer(config.model.path)
     except ValueError as err:
         raise ConfigError(f"{source}: model.path: {err}") from None
+    if config.model.path is None:
+        _check_tiny_model_fits_memory(config, len(tokenizer), source)
     try:
         heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
         check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens, heldout, "held-out problems")
@@ -111,6 +113,20 @@ def check_names(config: RunConfig, source: str = "config") -> None:
         raise
     except (ValueError, OSError) as err:  # the message names the file and record, or the fields
         raise ConfigError(f"{source}: {err}") from None
+
+
+def _check_tiny_model_fits_memory(config: RunConfig, vocab: int, source: str) -> None:
+    """A tiny model too large to train in this machine's memory is a config error, not an
+    allocator crash after the run dir exists. Training holds about 16 bytes per fp32
+    parameter (weights, gradients, Adam's two moments), plus 4 for a KL reference copy."""
+    m = config.model
+    params = 2 * vocab * m.hidden_size + m.num_layers * (4 * m.hidden_size ** 2 + 3 * m.hidden_size * m.intermediate_size)
+    need = params * (16 + (4 if config.algorithm.kl.coef > 0 else 0))
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise ConfigError(f"{source}: model: the tiny model would have {params / 1e9:.1f}B parameters and need about "
+                          f"{need / 2**30:.0f} GiB to train, more than this machine's {have / 2**30:.0f} GiB; "
+                          "lower model.hidden_size, num_layers or intermediate_size")
 
 
 def run_pipeline(config: RunConfig, run: RunDir) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from rlvr.config import RunConfig
 from rlvr.data.sampler import PromptSampler
 from rlvr.data.selection import group_pass_rates, groups_to_keep
 from rlvr.eval.evaluate import accuracy_by_task
+from rlvr.models.prompt_fit import check_fits_context
 from rlvr.rewards import RewardError, compose_reward, describe_sample
 from rlvr.rewards.shaping import ShapingInputs, apply_shapers, build_shaper, overlong_filter_mask, void_turn_filter_mask
 from rlvr.rollout.engine import RolloutEngine
@@ -414,6 +415,9 @@ def collect_rollouts(engine: RolloutEngine, model: PreTrainedModel, tokenizer: P
         sampler_rng = torch.Generator().manual_seed(derive_seed(config.seed, "rl-samples", step,
                                                                 *([round_] if round_ else [])))
         trajectories = rollout_groups(engine, model, tokenizer, problems, config, sampler_rng, environment)
+        check_fits_context([len(t.prompt_ids) + config.rollout.max_new_tokens for t in trajectories],
+                           getattr(model.config, "max_position_embeddings", None),
+                           f"RL step {step + 1}: a prompt + rollout.max_new_tokens")
         for traj in trajectories:
             traj.group += generated_groups
             problems_by_group[traj.group] = traj.problem

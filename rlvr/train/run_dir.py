@@ -91,7 +91,11 @@ class RunDir:
     def create(cls, config: RunConfig, path: str | Path) -> "RunDir":
         run = cls(path)
         run.lock()  # before the check: of two processes creating one run dir, one gets an error
-        if (run.path / STATE_FILE).exists():
+        # Any trace of a run counts, not only state.json: a new run must never pick up an old
+        # run's checkpoints (their saved states would outrank its own on the first resume).
+        traces = [STATE_FILE, "config.yaml", *LOGS]
+        if any((run.path / name).exists() for name in traces) or \
+                (run.checkpoints.is_dir() and any(run.checkpoints.iterdir())):
             run.unlock()
             raise RunDirExistsError(
                 f"{run.path} already holds a run; resume it with `rlvr train --resume {run.path}` "
@@ -123,8 +127,12 @@ class RunDir:
         RunDir is unlocked or collected."""
         if self._lock is not None and self._lock.alive:
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:  # a file in the way, no permission, a read-only disk
+            raise RunDirError(f"cannot use {self.path} as a run directory: {err.strerror} "
+                              f"({err.filename})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -209,12 +217,18 @@ class RunDir:
             chosen = {**fresh_state(), "logs": {}}
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         self.plots.mkdir(parents=True, exist_ok=True)
+        # A damaged checkpoint is deleted: left in place, a later (named) step's wreck would
+        # outlive the checkpoints this invocation writes when keep_last prunes by name.
+        damaged = [name for name, wrong in verified.items() if wrong not in (None, "missing")]
+        for name in damaged:
+            shutil.rmtree(self.path / name, ignore_errors=True)
         if problems:
             source = model_source(chosen)
             where = (f"continuing from {source}" if source
                      else "continuing from the configured model.path" if chosen["evals"]
                      else "restarting the run from its start")
-            print(f"resume: {'; '.join(problems)}; {where}", file=sys.stderr)
+            removed = f" (deleted {', '.join(damaged)})" if damaged else ""
+            print(f"resume: {'; '.join(problems)}; {where}{removed}", file=sys.stderr)
         chosen["seq"] = max((s.get("seq", 0) for s in candidates), default=0)  # later saves sort after all
         if "logs" in chosen:  # (a state written before log lengths were kept cuts nothing)
             self._cut_logs(chosen["logs"])

@@ -14,6 +14,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.config import RunConfig
+from rlvr.models.prompt_fit import check_fits_context
 from rlvr.rollout.environment import Environment, EnvironmentFactory
 from rlvr.rollout.trajectory import render_prompts
 from rlvr.seeding import derive_seed
@@ -73,6 +74,9 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: 
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, "cosine")
             set_lr(optimizer, lr)
             batch = sft_batch(task, tokenizer, config, step, exclude, environment)
+            check_fits_context(batch.attention_mask.sum(-1).tolist(),
+                               getattr(model.config, "max_position_embeddings", None),
+                               f"SFT step {step + 1}: a prompt + its demonstration")
             logp, _ = token_logprobs(model, batch)
             tokens = batch.target_mask.sum()
             loss = -(logp * batch.target_mask).sum() / tokens
