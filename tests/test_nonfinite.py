@@ -376,3 +376,15 @@ def test_a_norm_that_overflows_from_finite_gradients_is_named_as_such(capsys):
     assert not guard.allow("step 1", 0.5, [("policy", layer, norm)])
     err = capsys.readouterr().err
     assert "policy gradient norm is inf (every gradient is finite, the norm overflowed: largest |gradient| 1e+30)" in err
+
+
+def test_log_records_are_strict_json_with_null_for_non_finite_values(tmp_path):
+    # a skipped update's loss is NaN; json.dumps used to write the bare token NaN, which
+    # strict JSON readers (jq, JavaScript, most dashboards) refuse
+    run = RunDir(tmp_path)
+    run.append("metrics.jsonl", [{"step": 1, "loss": float("nan"), "skipped_updates": 1.0,
+                                  "by": {"policy": float("-inf"), "list": [float("inf"), 2.5]}},
+                                 {"step": 2, "loss": 0.25}])
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert lines[0] == '{"step": 1, "loss": null, "skipped_updates": 1.0, "by": {"policy": null, "list": [null, 2.5]}}'
+    assert lines[1] == '{"step": 2, "loss": 0.25}'

@@ -32,6 +32,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -248,10 +249,12 @@ class RunDir:
 
     # ---- logs --------------------------------------------------------------------------
     def append(self, name: str, records: list[dict[str, Any]] | dict[str, Any]) -> None:
+        """Append records as JSON lines; a NaN or inf (the loss of a skipped update) is written
+        as null, so every line is strict JSON that any reader accepts."""
         if isinstance(records, dict):
             records = [records]
         with open(self.path / name, "a") as fh:
-            fh.write("".join(json.dumps(record) + "\n" for record in records))
+            fh.write("".join(_json_line(record) for record in records))
         if self.on_append is not None:
             self.on_append(name, records)
 
@@ -372,6 +375,23 @@ def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
     state = torch.load(checkpoint / TRAINER_STATE, weights_only=False)
     check_finite_state(state, f"checkpoint {checkpoint}: {TRAINER_STATE}")
     return state
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    try:
+        return json.dumps(record, allow_nan=False) + "\n"
+    except ValueError:  # a non-finite float somewhere in the record
+        return json.dumps(_finite_or_none(record), allow_nan=False) + "\n"
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
 
 
 def _durable_size(path: Path) -> int:
