@@ -197,6 +197,16 @@ def test_missing_field_names_file_line_and_field(tmp_path):
         _ = _task(path).problems
 
 
+def test_a_null_field_and_non_utf8_bytes_name_file_and_line(tmp_path):
+    path = _write_jsonl(tmp_path / "n.jsonl", [{"question": "a", "answer": "1"}, {"question": "b", "answer": None}])
+    with pytest.raises(ValueError, match=r"n\.jsonl line 2: field 'answer' is null"):
+        _ = _task(path).problems
+    binary = tmp_path / "b.jsonl"
+    binary.write_bytes(b'{"question": "a", "answer": "1"}\n{"question": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"b\.jsonl line 2: not UTF-8 text \(byte 0xff at column 15\)"):
+        _ = _task(binary).problems
+
+
 def test_gsm8k_answer_without_hashes_names_line(tmp_path):
     path = _write_jsonl(tmp_path / "p.jsonl", [{"question": "a", "answer": "#### 1"}, {"question": "b", "answer": "2"}])
     with pytest.raises(ValueError, match=r"p\.jsonl line 2: answer has no '####"):

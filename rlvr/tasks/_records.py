@@ -164,9 +164,11 @@ def text_id(text: str, prefix: str = "q") -> str:
 def require_field(record: dict[str, Any], name: str, where: str, param: str) -> Any:
     """``record[name]``, or an error naming the place, the missing field, the fields there
     are and the parameter that chooses the field."""
-    if name not in record or record[name] is None:
+    if name not in record:
         fields = ", ".join(sorted(map(str, record))) or "none"
         raise ValueError(f"{where}: no field {name!r} (fields: {fields}); set {param}")
+    if record[name] is None:
+        raise ValueError(f"{where}: field {name!r} is null; fill it in or drop the record")
     return record[name]
 
 
@@ -201,11 +203,15 @@ def _check_record(record: Any, where: str) -> dict[str, Any]:
 
 
 def _jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            where = f"{path} line {line_no}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
             if not line.strip():
                 continue
-            where = f"{path} line {line_no}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
@@ -216,6 +222,8 @@ def _jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 def _json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} line {e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(data, list):
