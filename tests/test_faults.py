@@ -348,7 +348,7 @@ def test_no_disk_room_stops_before_a_checkpoint_and_resumes(tmp_path, reference,
     monkeypatch.setattr(shutil, "disk_usage", second_checkpoint_does_not_fit)
     assert main(["train", "--output-dir", str(run_dir), *OVERRIDES]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: no disk room for checkpoint sft-step-000004: 0 MiB free") and err.count("\n") == 1
+    assert err.startswith("error: no disk room for checkpoint sft-step-000004: 0.0 MiB free") and err.count("\n") == 1
     assert f"--resume {run_dir}" in err
     assert not (run_dir / "checkpoints" / ".sft-step-000004.tmp").exists()
     monkeypatch.undo()

@@ -312,8 +312,8 @@ class RunDir:
         need = self._checkpoint_bytes.get(resumable) or weights * (4 if resumable else 1) + 2**20
         free = shutil.disk_usage(self.checkpoints).free
         if free < need:
-            raise RunDirError(f"no disk room for checkpoint {name}: {free / 2**20:.0f} MiB free under "
-                              f"{self.checkpoints}, about {need / 2**20:.0f} MiB needed; free some space "
+            raise RunDirError(f"no disk room for checkpoint {name}: {free / 2**20:.1f} MiB free under "
+                              f"{self.checkpoints}, about {need / 2**20:.1f} MiB needed; free some space "
                               f"and continue with `rlvr train --resume {self.path}`")
 
     def prune(self, prefix: str, keep_last: int) -> None:
