@@ -36,7 +36,7 @@ def _sub(cls: type, help: str) -> Any:
 
 @dataclass
 class ModelConfig:
-    path: str | None = _f(None, "local Hugging Face checkpoint directory to start from; null builds a tiny model from the fields below")
+    path: str | None = _f(None, "Hugging Face checkpoint to start from: a local directory, or a hub id (org/name) found in the Hugging Face cache (HF_HUB_CACHE / HF_HOME; fetched unless HF_HUB_OFFLINE=1); null builds a tiny model from the fields below")
     architecture: Literal["llama", "qwen2"] = _f("llama", "architecture of the tiny model built when path is null")
     hidden_size: int = _f(128, "tiny model: width of the residual stream", ge=2, le=2**16)
     num_layers: int = _f(2, "tiny model: number of transformer blocks", ge=1, le=1024)

@@ -16,6 +16,7 @@ import numpy as np
 from rlvr.eval.bootstrap import bootstrap_mean_ci
 from rlvr.eval.passk import pass_at_k_array
 from rlvr.eval.sample_cache import ProblemSamples
+from rlvr.models.hub import is_hub_id, resolve_model_path
 from rlvr.typed_yaml import ConfigError
 
 
@@ -43,6 +44,11 @@ def resolve_target(spec: str) -> Target:
         if checkpoint is None:
             raise ConfigError(f"{path}: the run has no finished checkpoint yet")
         return Target(Path(checkpoint).name, path / checkpoint, path)
+    if is_hub_id(spec):
+        try:
+            return Target(spec.split("/")[-1], resolve_model_path(spec), None)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if not (path / "config.json").is_file():
         raise ConfigError(f"{path}: neither a run directory (state.json) nor a checkpoint (config.json)")
     run = path.parent.parent if path.parent.name == "checkpoints" else None

@@ -20,6 +20,7 @@ from transformers import (
     Qwen2Config,
 )
 
+from rlvr.models.hub import resolve_model_path
 from rlvr.models.tokenizer import build_char_tokenizer
 from rlvr.finite import NonFiniteError, describe_nonfinite, first_nonfinite
 
@@ -67,9 +68,10 @@ def build_tiny_model(
 
 
 def load_model_and_tokenizer(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a local Hugging Face checkpoint directory;
-    a NaN or inf in any weight is a ``NonFiniteError`` naming the directory, file and tensor."""
-    path = Path(path)
+    """Load a causal LM and its tokenizer from a local Hugging Face checkpoint directory or a
+    hub id found in the Hugging Face cache (``rlvr.models.hub``); a NaN or inf in any weight
+    is a ``NonFiniteError`` naming the directory, file and tensor."""
+    path = resolve_model_path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"model.path {str(path)!r} is not a Hugging Face checkpoint directory (no config.json)"

@@ -16,14 +16,16 @@ from pathlib import Path
 from safetensors import safe_open
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from rlvr.models.hub import resolve_model_path
 from rlvr.rollout.trajectory import render_prompts
 from rlvr.tasks.base import Problem
 
 
 def checkpoint_tokenizer(path: str | Path) -> tuple[PreTrainedTokenizerBase, int | None]:
-    """The tokenizer of a local checkpoint and its context length (``None`` if its config.json
-    names none), without loading the weights; ValueError if ``path`` is not a checkpoint."""
-    path = Path(path)
+    """The tokenizer of a checkpoint (a local directory or a hub id) and its context length
+    (``None`` if its config.json names none), without loading the weights; ValueError if
+    ``path`` is not a checkpoint or a hub id cannot be had."""
+    path = resolve_model_path(path)
     if not (path / "config.json").is_file():
         raise ValueError(f"{str(path)!r} is not a Hugging Face checkpoint directory (no config.json)")
     try:
