@@ -91,17 +91,25 @@ def _takes_episode(fn: RewardFn) -> bool:
     return "episode" in _signature(fn).parameters
 
 
+def _component_kwargs(name: str, fn: RewardFn, params: dict[str, dict[str, Any]], episode: Any,
+                      *args: Any) -> dict[str, Any]:
+    """The keywords ``fn`` is called with (its params, and ``episode`` when it takes one),
+    checked against its signature with positional ``args``: a mismatch is the config's
+    mistake, a ``TypeError`` naming the component (never a sample scored 0)."""
+    kwargs = {**params.get(name, {}), **({"episode": episode} if _takes_episode(fn) else {})}
+    try:
+        _signature(fn).bind(*args, **kwargs)
+    except TypeError as err:
+        raise TypeError(f"reward component {name!r}: {err} (check reward.params.{name})") from None
+    return kwargs
+
+
 def check_reward_params(weights: dict[str, float], params: dict[str, dict[str, Any]]) -> None:
     """Raise ``TypeError`` naming the component when ``params`` gives a keyword its function
     does not take, leaves out one it needs, or gives NaN/inf: a config mistake, found before
     any work."""
     for name in weights:
-        fn = REWARDS.get(name)
-        kwargs = {**params.get(name, {}), **({"episode": None} if _takes_episode(fn) else {})}
-        try:
-            _signature(fn).bind(None, None, None, None, **kwargs)
-        except TypeError as err:
-            raise TypeError(f"reward component {name!r}: {err}") from None
+        _component_kwargs(name, REWARDS.get(name), params, None, None, None, None, None)
         for key, value in params.get(name, {}).items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise TypeError(f"reward component {name!r}: {key} must be a finite number, got {value}")
@@ -122,11 +130,7 @@ def compose_reward(
     parts = {}
     for name in weights:
         fn = REWARDS.get(name)
-        kwargs = {**params.get(name, {}), **({"episode": episode} if _takes_episode(fn) else {})}
-        try:  # a parameter mismatch is the config's mistake, not the sample's: never scored 0
-            _signature(fn).bind(task, problem, completion, score, **kwargs)
-        except TypeError as err:
-            raise TypeError(f"reward component {name!r}: {err} (check reward.params.{name})") from None
+        kwargs = _component_kwargs(name, fn, params, episode, task, problem, completion, score)
         try:
             parts[name] = _finite(fn(task, problem, completion, score, **kwargs))
         except Exception as err:

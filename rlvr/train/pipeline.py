@@ -29,7 +29,7 @@ from rlvr.train.rl import train_rl
 from rlvr.train.rl import Verifier
 from rlvr.train.run_dir import RunDir, atomic_write, model_source
 from rlvr.verify import make_verifier
-from rlvr.train.sft import train_sft
+from rlvr.train.sft import sft_demonstrations, train_sft
 from rlvr.typed_yaml import ConfigError, from_dict
 
 
@@ -80,10 +80,7 @@ def check_names(config: RunConfig, source: str = "config") -> None:
     # The data, drawn as the run will draw it: the held-out split, RL step 0's prompts and
     # SFT step 0's demonstrations, rendered with the run's tokenizer (a data file is read
     # here, so a missing or malformed one fails before the run directory exists).
-    import random
-
     from rlvr.models.prompt_fit import check_prompts_fit, checkpoint_tokenizer
-    from rlvr.seeding import derive_seed
 
     try:
         if config.model.path is None:
@@ -103,9 +100,7 @@ def check_names(config: RunConfig, source: str = "config") -> None:
             check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens,
                               sampler.draw(config.rl.prompts_per_step, 0, 0), "RL training problems")
         if "sft" in config.stages:
-            problems = task.sample_problems(config.sft.batch_size, derive_seed(config.seed, "sft-problems", 0), exclude)
-            demo_rng = random.Random(derive_seed(config.seed, "sft-demos", 0))
-            demos = [task.demonstration(problem, demo_rng) for problem in problems]
+            problems, demos = sft_demonstrations(task, config, 0, exclude)
             check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens, problems, "SFT problems", demos)
     except NotImplementedError as err:
         raise ConfigError(f"{source}: stages: the 'sft' stage needs demonstrations: {err}") from None

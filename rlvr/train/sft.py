@@ -18,12 +18,22 @@ from rlvr.models.prompt_fit import check_fits_context
 from rlvr.rollout.environment import Environment, EnvironmentFactory
 from rlvr.rollout.trajectory import render_prompts
 from rlvr.seeding import derive_seed
-from rlvr.tasks.base import Task
+from rlvr.tasks.base import Problem, Task
 from rlvr.train.batch import make_token_batch, token_logprobs
 from rlvr.train.finite import UpdateGuard, clip_grad_norm
 from rlvr.train.optim import lr_at, make_optimizer, set_lr
 from rlvr.train.progress import StageProgress
 from rlvr.train.run_dir import RunDir, load_trainer_state, restore_rng_states, rng_states
+
+
+def sft_demonstrations(task: Task, config: RunConfig, step: int,
+                       exclude: frozenset[str]) -> tuple[list[Problem], list[str]]:
+    """Step ``step``'s problems and their demonstration texts, drawn from seeds derived from
+    (run seed, step): the same at every call, so a resumed run and the start-up check see
+    exactly the batches an uninterrupted run trains on."""
+    problems = task.sample_problems(config.sft.batch_size, derive_seed(config.seed, "sft-problems", step), exclude)
+    demo_rng = random.Random(derive_seed(config.seed, "sft-demos", step))
+    return problems, [task.demonstration(problem, demo_rng) for problem in problems]
 
 
 def sft_batch(task: Task, tokenizer: PreTrainedTokenizerBase, config: RunConfig, step: int,
@@ -33,10 +43,8 @@ def sft_batch(task: Task, tokenizer: PreTrainedTokenizerBase, config: RunConfig,
     With a multi-turn environment a demonstration is split into policy and observation
     segments (tool output really produced by running the demonstration's code); each
     segment is tokenized on its own, as the rollout loop does, and observations are masked."""
-    problems = task.sample_problems(config.sft.batch_size, derive_seed(config.seed, "sft-problems", step), exclude)
-    demo_rng = random.Random(derive_seed(config.seed, "sft-demos", step))
+    problems, texts = sft_demonstrations(task, config, step, exclude)
     prompts = render_prompts(tokenizer, problems)
-    texts = [task.demonstration(problem, demo_rng) for problem in problems]
     demonstrations = (Environment.demonstrations(None, texts) if environment is None
                       else environment.cls.demonstrations(environment.params, texts))
     responses, masks = [], []
