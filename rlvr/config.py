@@ -8,6 +8,7 @@ needs no file. Units are spelled out because RL configs mix them: *prompts* per 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +44,9 @@ class ModelConfig:
     num_heads: int = _f(4, "tiny model: attention heads per block", ge=1, le=1024)
     intermediate_size: int = _f(512, "tiny model: width of the MLP", ge=1, le=2**18)
     max_position_embeddings: int = _f(128, "tiny model: longest sequence in tokens (prompt + response)", ge=2, le=2**20)
+    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "compute precision of forward passes (autocast); weights, gradients and optimizer state stay float32 (master weights) whatever this says; float16 adds dynamic loss scaling")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = _f("sdpa", "attention kernel of the model's own forward (transformers' attn_implementation); flash_attention_2 needs the flash-attn package and a CUDA device. rlvr's packed forward and KV-cache decoder use SDPA")
+    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (less memory, ~30% more compute); training forwards then use the model's own forward, not the packed one")
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -270,6 +274,7 @@ class RunConfig:
     stages: list[Literal["sft", "rl"]] = _f(["sft", "rl"], "pipeline stages in order")
     output_dir: str = _f("runs", "parent directory of run directories")
     run_name: str | None = _f(None, "run directory name; null uses <recipe>-<timestamp>")
+    device: str = _f("auto", "where the model runs: auto (cuda when a GPU is visible, else cpu), cpu, cuda, or cuda:N")
     threads: int = _f(0, "torch CPU threads; 0 uses every core (OpenMP crashes on absurd counts such as 100000)", ge=0, le=1024)
     model: ModelConfig = _sub(ModelConfig, "the policy model")
     task: TaskConfig = _sub(TaskConfig, "the task and its verifier")
@@ -289,6 +294,8 @@ class RunConfig:
             raise ValueError("stages must name at least one stage")
         if "sft" in self.stages and "rl" in self.stages and self.stages.index("sft") > self.stages.index("rl"):
             raise ValueError("stages: sft must come before rl")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.algorithm.pass_k > self.rl.samples_per_prompt:
             raise ValueError("algorithm.pass_k must be <= rl.samples_per_prompt")
 

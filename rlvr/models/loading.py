@@ -37,6 +37,7 @@ def build_tiny_model(
     intermediate_size: int = 512,
     max_position_embeddings: int = 256,
     seed: int = 0,
+    attn_implementation: str = "sdpa",
 ) -> PreTrainedModel:
     """A randomly initialised decoder-only transformer sized for CPU training.
 
@@ -61,13 +62,14 @@ def build_tiny_model(
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attn_implementation)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model
 
 
-def load_model_and_tokenizer(path: str | Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model_and_tokenizer(path: str | Path, *, attn_implementation: str = "sdpa",
+                             ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer from a local Hugging Face checkpoint directory or a
     hub id found in the Hugging Face cache (``rlvr.models.hub``); a NaN or inf in any weight
     is a ``NonFiniteError`` naming the directory, file and tensor."""
@@ -81,7 +83,9 @@ def load_model_and_tokenizer(path: str | Path) -> tuple[PreTrainedModel, PreTrai
         # Many base checkpoints ship without a pad token; EOS is the conventional stand-in.
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    # float32 whatever the checkpoint's dtype: these are the master weights (rlvr.train.precision)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32,
+                                                 attn_implementation=attn_implementation)
     bad = first_nonfinite(model.state_dict().items())
     if bad is not None:
         name, tensor = bad
@@ -106,3 +110,18 @@ def _weights_file(path: Path, tensor: str) -> str:
 
 def default_tokenizer() -> PreTrainedTokenizerBase:
     return build_char_tokenizer()
+
+
+def eos_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Every token id that ends a generation: the model's generation config's
+    ``eos_token_id`` (an id or a list, as Qwen2.5-Instruct's ``[<|im_end|>, <|endoftext|>]`` and
+    Llama 3's ``[<|end_of_text|>, <|eot_id|>]``), then the tokenizer's EOS; duplicates dropped,
+    first occurrence kept. ValueError when neither names one."""
+    listed = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = [] if listed is None else [listed] if isinstance(listed, int) else list(listed)
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError("neither the model's generation_config.eos_token_id nor the tokenizer's eos_token names "
+                         "an end-of-sequence token; set one so generation can stop")
+    return list(dict.fromkeys(int(i) for i in ids))

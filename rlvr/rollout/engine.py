@@ -42,15 +42,31 @@ class RolloutEngine(ABC):
         max_new_tokens: int,
         temperature: float,
         top_p: float,
-        eos_token_id: int,
+        eos_token_id: int | Sequence[int],
         pad_token_id: int,
         generator: torch.Generator | None = None,
         stop_sequences: Sequence[Sequence[int]] = (),
     ) -> list[Generation]:
         """Sample one response per prompt; ``temperature == 0`` means greedy decoding.
 
-        A row also finishes when its response ends with one of ``stop_sequences`` (token ids;
-        multi-turn loops pause there to run a tool call)."""
+        A row finishes ("eos") at any of the ids in ``eos_token_id`` (one id, or several as a
+        chat checkpoint's generation config lists them; ``eos_ids`` reads either). A row also
+        finishes when its response ends with one of ``stop_sequences`` (token ids; multi-turn
+        loops pause there to run a tool call)."""
+
+
+def eos_ids(eos_token_id: int | Sequence[int]) -> list[int]:
+    """The EOS ids an engine stops at, from its ``eos_token_id`` argument (one id or several)."""
+    ids = [int(eos_token_id)] if isinstance(eos_token_id, int) else [int(i) for i in eos_token_id]
+    if not ids:
+        raise ValueError("eos_token_id is empty: give at least one end-of-sequence token id")
+    return ids
+
+
+def eos_argument(ids: Sequence[int]) -> int | list[int]:
+    """What to pass as an engine's ``eos_token_id`` for ``ids``: the id itself when there is
+    one (engines written when the argument was always one id keep working), else the list."""
+    return int(ids[0]) if len(ids) == 1 else [int(i) for i in ids]
 
 
 ROLLOUT_ENGINES: Registry[type[RolloutEngine]] = Registry("rollout engine")

@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel
 
-from rlvr.rollout.engine import ROLLOUT_ENGINES, Generation, RolloutEngine
+from rlvr.rollout.engine import ROLLOUT_ENGINES, Generation, RolloutEngine, eos_ids
 from rlvr.rollout.steppers import make_stepper
 
 
@@ -43,7 +43,9 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
     cumulative distribution at a uniform draw: the same distribution as ``torch.multinomial``
     at a fraction of its cost on CPU. A zero-probability entry is never drawn."""
     cdf = probs.cumsum(-1)
-    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    # drawn where the generator lives (a CPU generator serves a GPU run: the same draws either way)
+    where = generator.device if generator is not None else cdf.device
+    u = torch.rand((probs.shape[0], 1), generator=generator, dtype=cdf.dtype, device=where).to(cdf.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
@@ -94,7 +96,7 @@ class KVCacheEngine(RolloutEngine):
         max_new_tokens: int,
         temperature: float,
         top_p: float,
-        eos_token_id: int,
+        eos_token_id: int | Sequence[int],
         pad_token_id: int,
         generator: torch.Generator | None = None,
         stop_sequences: Sequence[Sequence[int]] = (),
@@ -103,6 +105,8 @@ class KVCacheEngine(RolloutEngine):
             return []
         device = next(model.parameters()).device
         stops = [torch.tensor(list(seq), dtype=torch.long, device=device) for seq in stop_sequences if len(seq)]
+        eos_list = eos_ids(eos_token_id)
+        eos = torch.tensor(eos_list, dtype=torch.long, device=device)
         batch = len(prompts)
         width = max(len(p) for p in prompts)
         prompt_lengths = [len(p) for p in prompts]
@@ -157,7 +161,7 @@ class KVCacheEngine(RolloutEngine):
             step_rows.append(rows)
             step_logprobs.append(logp_all.gather(-1, next_tok[:, None]))
             step_neg_entropies.append((probs * logp_all).sum(-1))
-            finished = next_tok == eos_token_id
+            finished = torch.isin(next_tok, eos)
             for seq in stops:
                 if step + 1 >= len(seq):
                     finished |= (tokens[rows, step + 1 - len(seq):step + 1] == seq).all(-1)
@@ -195,7 +199,7 @@ class KVCacheEngine(RolloutEngine):
         for row in range(batch):
             n = int(lengths[row])
             response = tokens_list[row][:n]
-            if response and response[-1] == eos_token_id:
+            if response and response[-1] in eos_list:
                 reason = "eos"
             elif any(len(seq) <= n and response[n - len(seq):] == seq for seq in stop_lists):
                 reason = "stop"

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlvr.rollout.engine import RolloutEngine
+from rlvr.models.loading import eos_token_ids
+from rlvr.rollout.engine import RolloutEngine, eos_argument
 from rlvr.rollout.environment import Environment, EnvironmentFactory, StepResult
 from rlvr.rollout.trajectory import Trajectory, render_prompts
 from rlvr.tasks.base import Problem
@@ -98,13 +99,14 @@ def run_episodes(engine: RolloutEngine, model: PreTrainedModel, tokenizer: PreTr
         episodes.append(_Episode(problem, group, prompt, env))
     stop_strings = factory.cls.stop_strings(factory.params)
     stops = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in stop_strings]
+    eos = eos_argument(eos_token_ids(model, tokenizer))  # a chat checkpoint may list several
     try:
         with ThreadPoolExecutor(_STEP_THREADS) as pool:
             while active := [e for e in episodes if not e.done]:
                 budget = [max_new_tokens - len(e.response_ids) for e in active]
                 gens = engine.generate(
                     model, [e.prompt_ids + e.response_ids for e in active], max_new_tokens=max(budget),
-                    temperature=temperature, top_p=top_p, eos_token_id=tokenizer.eos_token_id,
+                    temperature=temperature, top_p=top_p, eos_token_id=eos,
                     pad_token_id=tokenizer.pad_token_id, generator=generator, stop_sequences=stops)
                 turns = []
                 for episode, gen, room in zip(active, gens, budget):

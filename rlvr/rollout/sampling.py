@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from rlvr.rollout.engine import RolloutEngine
+from rlvr.models.loading import eos_token_ids
+from rlvr.rollout.engine import RolloutEngine, eos_argument
 from rlvr.rollout.trajectory import Trajectory, render_prompts
 from rlvr.tasks.base import Problem
 
@@ -73,7 +74,8 @@ def _single_turn(engine: RolloutEngine, model: PreTrainedModel, tokenizer: PreTr
                  top_p: float, generator: torch.Generator | None) -> list[Trajectory]:
     prompts = render_prompts(tokenizer, problems)
     gens = engine.generate(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                           eos_token_id=eos_argument(eos_token_ids(model, tokenizer)),
+                           pad_token_id=tokenizer.pad_token_id,
                            generator=generator)
     return [Trajectory(problem=problem, group=group, prompt_ids=prompt, response_ids=g.response_ids,
                        logprobs=g.logprobs, loss_mask=[1] * len(g.response_ids), finish_reason=g.finish_reason,

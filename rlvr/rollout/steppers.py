@@ -16,6 +16,8 @@ them with the model's full forward and with ``generate``).
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 
 import torch
@@ -85,7 +87,9 @@ def interleaved_rows(heads: int, head_dim: int) -> torch.Tensor:
 
 def _rotate(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     """Rotary embedding of interleaved heads x [..., D] by rotation [..., D/2] (complex)."""
-    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * rotation).flatten(-2)
+    # float32 (a no-op for float32 weights): complex bf16 does not exist on CUDA, and the
+    # rotation is as exact as the position table
+    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2)).float()) * rotation).flatten(-2)
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -110,19 +114,25 @@ class LlamaStepper:
 
     @staticmethod
     def supports(model: PreTrainedModel) -> bool:
+        return LlamaStepper.unsupported_reason(model) is None
+
+    @staticmethod
+    def unsupported_reason(model: PreTrainedModel) -> str | None:
+        """Why this decoder cannot run ``model`` exactly (None when it can)."""
         cfg = model.config
         inner = getattr(model, "model", None)
-        if cfg.model_type not in _LLAMA_LAYOUT or inner is None or getattr(cfg, "hidden_act", None) != "silu":
-            return False
-        if getattr(cfg, "pretraining_tp", 1) != 1 or getattr(cfg, "use_sliding_window", False):
-            return False
-        if cfg.model_type == "mistral" and getattr(cfg, "sliding_window", None) is not None:
-            return False
+        if cfg.model_type not in _LLAMA_LAYOUT or inner is None:
+            return f"model type {cfg.model_type!r} is not of the Llama layout"
+        if getattr(cfg, "hidden_act", None) != "silu":
+            return f"activation {getattr(cfg, 'hidden_act', None)!r} is not silu"
+        if getattr(cfg, "pretraining_tp", 1) != 1 or getattr(cfg, "use_sliding_window", False) or (
+                cfg.model_type == "mistral" and getattr(cfg, "sliding_window", None) is not None):
+            return "sliding-window attention or tensor-parallel pretraining slices"
         if any(kind != "full_attention" for kind in getattr(cfg, "layer_types", None) or []):
-            return False
+            return "some layers are not full attention"
         rope = getattr(getattr(inner, "rotary_emb", None), "rope_type", None)
         if rope not in _TABLE_ROPE:
-            return False
+            return f"rope type {rope!r}"
         try:  # plain Linear layers only: adapters or quantised layers would be read wrongly
             norms = [inner.norm] + [n for layer in inner.layers
                                     for n in (layer.input_layernorm, layer.post_attention_layernorm)]
@@ -131,9 +141,12 @@ class LlamaStepper:
                                            (layer.mlp, ("gate_proj", "up_proj", "down_proj")))
                        for name in names]
         except AttributeError:
-            return False
-        return all(type(lin) is torch.nn.Linear for lin in linears) and all(
-            type(n).__name__.endswith("RMSNorm") and hasattr(n, "variance_epsilon") for n in norms)
+            return "the layers are not named like Llama's"
+        if not all(type(lin) is torch.nn.Linear for lin in linears):
+            return "a projection is not a plain Linear (an adapter or a quantised layer)"
+        if not all(type(n).__name__.endswith("RMSNorm") and hasattr(n, "variance_epsilon") for n in norms):
+            return "a norm is not an RMSNorm"
+        return None
 
     def __init__(self, model: PreTrainedModel, batch: int, capacity: int, max_rows: int | None = None,
                  storage: list[torch.Tensor] | None = None) -> None:
@@ -172,10 +185,13 @@ class LlamaStepper:
         # first ones), reusing ``storage`` from an earlier call when it is large enough:
         # fresh buffers cost more in first-touch page faults than the copies into them.
         shape = (2, max(batch, max_rows or 0), self.kv_heads, capacity, self.head_dim)
+        # under autocast the cache holds the compute dtype (bf16 keys and values: half the memory)
+        device_type = weight.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else weight.dtype
         fits = storage is not None and len(storage) == len(self.layers) and all(
-            s.dtype == weight.dtype and s.device == weight.device and s.shape[2] == shape[2]
+            s.dtype == dtype and s.device == weight.device and s.shape[2] == shape[2]
             and s.shape[4] == shape[4] and s.shape[1] >= shape[1] and s.shape[3] >= shape[3] for s in storage)
-        self.storage = storage if fits else [weight.new_empty(shape) for _ in self.layers]
+        self.storage = storage if fits else [weight.new_empty(shape, dtype=dtype) for _ in self.layers]
         self.buffers = [s[:, :shape[1], :, :capacity] for s in self.storage]
         self._view(batch)
         self.filled = 0
@@ -243,6 +259,14 @@ def make_stepper(model: PreTrainedModel, batch: int, capacity: int, max_rows: in
     """The fastest stepper that supports ``model``: ``batch`` rows to prefill, ``capacity``
     positions, at most ``max_rows`` rows after a ``keep`` (default ``batch``), and an earlier
     ``LlamaStepper``'s ``storage`` to reuse for the KV cache if it is large enough."""
-    if LlamaStepper.supports(model):
+    reason = LlamaStepper.unsupported_reason(model)
+    if reason is None:
         return LlamaStepper(model, batch, capacity, max_rows, storage)
+    warn_fallback("the KV-cache decoder", reason)
     return HFStepper(model)
+
+
+def warn_fallback(fast_path: str, reason: str) -> None:
+    """Say once per reason (Python's default warning filter) that a fast path gave way to the
+    model's own forward: the result is the same, only slower."""
+    warnings.warn(f"rlvr: {fast_path} uses the model's own forward: {reason}", RuntimeWarning, stacklevel=3)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel
 
-from rlvr.train.packed import packed_supported, packed_token_logprobs
+from rlvr.rollout.steppers import warn_fallback
+from rlvr.train.packed import packed_token_logprobs, packed_unsupported_reason
 
 
 @dataclass
@@ -31,6 +32,16 @@ class TokenBatch:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     prompt_lengths: torch.Tensor | None = None
     prompt_ids: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> "TokenBatch":
+        """The same batch on ``device`` (itself when already there)."""
+        if self.input_ids.device == torch.device(device):
+            return self
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return TokenBatch(move(self.input_ids), move(self.attention_mask), move(self.targets),
+                          move(self.target_mask), move(self.old_logprobs),
+                          {k: move(v) for k, v in self.extras.items()}, move(self.prompt_lengths),
+                          move(self.prompt_ids))
 
     def rows(self, index: torch.Tensor) -> "TokenBatch":
         """The selected rows, trimmed to the longest of them (less padding to compute)."""
@@ -116,9 +127,12 @@ def token_logprobs(
     each prefix rows share computed once, the LM head on counted targets only) unless
     ``packed`` is False;
     other models through their own forward over the padded batch."""
-    if packed and packed_supported(model):
-        return packed_token_logprobs(model, batch, temperature, with_entropy=with_entropy,
-                                     entropy_grad=entropy_grad)
+    if packed:
+        reason = packed_unsupported_reason(model)
+        if reason is None:
+            return packed_token_logprobs(model, batch, temperature, with_entropy=with_entropy,
+                                         entropy_grad=entropy_grad)
+        warn_fallback("the packed forward", reason)
     positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     logits = model(
         input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions

@@ -23,7 +23,7 @@ class ValueModel(nn.Module):
     def __init__(self, policy: PreTrainedModel) -> None:
         super().__init__()
         self.trunk = copy.deepcopy(policy.base_model)
-        self.head = nn.Linear(policy.config.hidden_size, 1)
+        self.head = nn.Linear(policy.config.hidden_size, 1, device=next(policy.parameters()).device)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 

@@ -39,12 +39,16 @@ if TYPE_CHECKING:
 
 def packed_supported(model: PreTrainedModel) -> bool:
     """Whether ``packed_token_logprobs`` computes exactly what ``model(...)`` would."""
-    cfg = model.config
-    if model.training and getattr(cfg, "attention_dropout", 0.0):
-        return False
+    return packed_unsupported_reason(model) is None
+
+
+def packed_unsupported_reason(model: PreTrainedModel) -> str | None:
+    """Why the packed forward cannot stand in for ``model(...)`` (None when it can)."""
+    if model.training and getattr(model.config, "attention_dropout", 0.0):
+        return "attention dropout in training mode"
     if any(getattr(module, "gradient_checkpointing", False) for module in model.modules()):
-        return False
-    return LlamaStepper.supports(model)
+        return "gradient checkpointing is on (model.gradient_checkpointing)"
+    return LlamaStepper.unsupported_reason(model)
 
 
 def _first_row(ids: torch.Tensor) -> torch.Tensor:
@@ -176,7 +180,8 @@ def packed_hidden(model: PreTrainedModel, input_ids: torch.Tensor, layout: Packe
         # split, not slicing: the backward of a split is one cat, that of each slice a
         # zero-filled full-size tensor plus a sum
         qk, v = qkv.split([qk_heads, kv_heads], dim=1)
-        qk = torch.view_as_real(torch.view_as_complex(qk.unflatten(-1, (half, 2))) * rotation)
+        # float32 under autocast too (a no-op otherwise): CUDA has no complex bf16
+        qk = torch.view_as_real(torch.view_as_complex(qk.unflatten(-1, (half, 2)).float()) * rotation)
         # index_select, not indexing: the backward of x[index] on CPU is a sort-based
         # index_put that cost more than the attention itself
         qk = qk.flatten(-2).index_select(0, source)

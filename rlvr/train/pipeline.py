@@ -27,6 +27,8 @@ from rlvr.tasks import TASKS, Task
 from rlvr.train.loggers import Mirror, check_backends
 from rlvr.train.rl import train_rl
 from rlvr.train.rl import Verifier
+from rlvr.train.precision import (DeviceError, check_precision, enable_gradient_checkpointing, forward_autocast,
+                                   resolve_device)
 from rlvr.train.run_dir import RunDir, atomic_write, model_source
 from rlvr.verify import make_verifier
 from rlvr.train.sft import sft_demonstrations, train_sft
@@ -74,6 +76,10 @@ def check_names(config: RunConfig, source: str = "config") -> None:
     except ValueError as err:
         raise ConfigError(f"{source}: reward.shaping{err}") from None
     check_backends(config.logging.backends, source)
+    try:
+        check_precision(resolve_device(config.device), config.model.dtype, config.model.attn_implementation)
+    except DeviceError as err:
+        raise ConfigError(f"{source}: {err}") from None
     if config.model.path is None and "sft" not in config.stages:
         raise ConfigError(f"{source}: stages: a freshly built tiny model needs the 'sft' stage "
                           "(or set model.path to a trained checkpoint)")
@@ -170,10 +176,11 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
     environment = build_environment(config.rollout.environment, task, verifier.score_many)
 
     def run_eval(phase: str, step: int = 0) -> dict[str, Any]:
-        result = evaluate(model, tokenizer, task, heldout, engine, verifier=verifier, samples=config.eval.samples,
-                          environment=environment, ks=config.eval.ks or None,
-                          temperature=config.eval.temperature, max_new_tokens=config.rollout.max_new_tokens,
-                          batch_size=config.eval.batch_size, seed=config.eval.seed)
+        with forward_autocast(config):
+            result = evaluate(model, tokenizer, task, heldout, engine, verifier=verifier,
+                              samples=config.eval.samples, environment=environment, ks=config.eval.ks or None,
+                              temperature=config.eval.temperature, max_new_tokens=config.rollout.max_new_tokens,
+                              batch_size=config.eval.batch_size, seed=config.eval.seed)
         record = {"stage": "eval", "phase": phase, "step": step, **result}
         run.append("eval.jsonl", record)
         state["evals"][phase] = record
@@ -202,19 +209,23 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
 def _starting_model(config: RunConfig, run: RunDir, state: dict[str, Any]):
     """Where this invocation's model comes from: the RL result once RL is done, the latest
     checkpoint of an interrupted stage, the SFT result (``model_source``), else the
-    configured checkpoint or a freshly built tiny model."""
-    source = model_source(state)
-    if source:
-        return load_model_and_tokenizer(run.path / source)
-    if config.model.path:
-        return load_model_and_tokenizer(config.model.path)
-    tokenizer = build_char_tokenizer()
+    configured checkpoint or a freshly built tiny model. Float32 master weights on
+    ``config.device`` (``rlvr.train.precision``)."""
     m = config.model
-    model = build_tiny_model(tokenizer, architecture=m.architecture, hidden_size=m.hidden_size,
-                             num_layers=m.num_layers, num_heads=m.num_heads,
-                             intermediate_size=m.intermediate_size,
-                             max_position_embeddings=m.max_position_embeddings, seed=config.seed)
-    return model, tokenizer
+    source = model_source(state)
+    if source or m.path:
+        model, tokenizer = load_model_and_tokenizer(run.path / source if source else m.path,
+                                                    attn_implementation=m.attn_implementation)
+    else:
+        tokenizer = build_char_tokenizer()
+        model = build_tiny_model(tokenizer, architecture=m.architecture, hidden_size=m.hidden_size,
+                                 num_layers=m.num_layers, num_heads=m.num_heads,
+                                 intermediate_size=m.intermediate_size,
+                                 max_position_embeddings=m.max_position_embeddings, seed=config.seed,
+                                 attn_implementation=m.attn_implementation)
+    if m.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model.to(resolve_device(config.device)), tokenizer
 
 
 def write_summary(run: RunDir, state: dict[str, Any]) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from rlvr.train.batch import TokenBatch, make_token_batch, token_logprobs
 from rlvr.train.critic import ValueModel
 from rlvr.train.finite import UpdateGuard, clip_grad_norm, nonfinite_rows
 from rlvr.train.optim import lr_at, make_optimizer, set_lr
+from rlvr.train.precision import Precision, forward_autocast
 from rlvr.train.progress import StageProgress
 from rlvr.train.run_dir import RunDir, load_trainer_state, restore_rng_states, rng_states
 from rlvr.verify.pool import InlineVerifier, VerifierPool, is_timeout
@@ -68,6 +69,7 @@ class Learners:
     samples_generated: int = 0
     seconds: float = 0.0  # wall-clock time of the RL steps so far (rl.max_seconds)
     guard: UpdateGuard = field(default_factory=lambda: UpdateGuard("RL", "rl", 3))  # skips non-finite updates
+    precision: Precision = field(default_factory=Precision.cpu_float32)  # device, autocast dtype, fp16 loss scale
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "kl_coef": self.kl_coef,
@@ -76,7 +78,8 @@ class Learners:
                                              for s, _ in self.shapers],
                                  "sampler": self.sampler.state_dict() if self.sampler else None,
                                  "samples_generated": self.samples_generated, "seconds": self.seconds,
-                                 "nonfinite_in_a_row": self.guard.in_a_row}
+                                 "nonfinite_in_a_row": self.guard.in_a_row,
+                                 "precision": self.precision.state_dict()}
         if self.reference is not None:
             state["reference"] = self.reference.state_dict()
         if self.critic is not None:
@@ -92,6 +95,7 @@ class Learners:
         self.samples_generated = state["samples_generated"]
         self.seconds = state.get("seconds", 0.0)
         self.guard.in_a_row = state.get("nonfinite_in_a_row", 0)
+        self.precision.load_state_dict(state.get("precision"))
         for (shaper, _), shaper_state in zip(self.shapers, state["shapers"]):
             if shaper_state is not None:
                 shaper.load_state_dict(shaper_state)
@@ -116,6 +120,7 @@ def make_learners(model: PreTrainedModel, config: RunConfig, sampler: PromptSamp
         shapers=[(build_shaper(step.name), dict(step.params)) for step in config.reward.shaping],
         sampler=sampler,
         guard=UpdateGuard("RL", "rl", config.rl.max_nonfinite_updates),
+        precision=Precision.from_config(config),
     )
 
 
@@ -125,19 +130,21 @@ def rollout_groups(engine: RolloutEngine, model: PreTrainedModel, tokenizer: Pre
     """``samples_per_prompt`` responses (episodes, with an environment) for each problem;
     group i holds problem i's samples."""
     group_size = config.rl.samples_per_prompt
-    return sample_trajectories(
-        engine, model, tokenizer, [p for p in problems for _ in range(group_size)],
-        groups=[i for i in range(len(problems)) for _ in range(group_size)],
-        max_new_tokens=config.rollout.max_new_tokens, temperature=config.rollout.temperature,
-        top_p=config.rollout.top_p, generator=generator, environment=environment)
+    with forward_autocast(config):
+        return sample_trajectories(
+            engine, model, tokenizer, [p for p in problems for _ in range(group_size)],
+            groups=[i for i in range(len(problems)) for _ in range(group_size)],
+            max_new_tokens=config.rollout.max_new_tokens, temperature=config.rollout.temperature,
+            top_p=config.rollout.top_p, generator=generator, environment=environment)
 
 
 def greedy_baseline(engine: RolloutEngine, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                     problems: list[Problem], task: Task, verifier: Verifier, config: RunConfig,
                     environment: EnvironmentFactory | None = None) -> torch.Tensor:
     """Reward of each problem's greedy response (ReMax's baseline), one value per problem."""
-    trajectories = sample_trajectories(engine, model, tokenizer, problems, environment=environment,
-                                       max_new_tokens=config.rollout.max_new_tokens, temperature=0.0)
+    with forward_autocast(config):
+        trajectories = sample_trajectories(engine, model, tokenizer, problems, environment=environment,
+                                           max_new_tokens=config.rollout.max_new_tokens, temperature=0.0)
     score_trajectories(trajectories, task, verifier, tokenizer, config)
     return torch.tensor([t.reward for t in trajectories], dtype=torch.float32)
 
@@ -217,11 +224,13 @@ def prepare_batch(trajectories: list[Trajectory], model: PreTrainedModel, learne
     if config.rollout.environment.filter_void_turns:
         keep = void_turn_filter_mask(torch.tensor([t.void_turns for t in trajectories]))
         batch.target_mask = batch.target_mask * keep[:, None]
+    device = learners.precision.device
+    batch = batch.to(device)
     mask, stats = batch.target_mask, {}
-    rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float32)
-    group_ids = torch.tensor([t.group for t in trajectories], dtype=torch.long)
+    rewards = torch.tensor([t.reward for t in trajectories], dtype=torch.float32, device=device)
+    group_ids = torch.tensor([t.group for t in trajectories], dtype=torch.long, device=device)
 
-    with torch.no_grad():
+    with torch.no_grad(), learners.precision.autocast():
         if alg.tis_cap is not None:
             # The trainer's own log-probs are the proximal policy; the sampler's are the behaviour.
             behaviour = batch.old_logprobs
@@ -245,8 +254,8 @@ def prepare_batch(trajectories: list[Trajectory], model: PreTrainedModel, learne
         if "baseline" in estimator.requires:
             first_of_group = {t.group: t.problem for t in reversed(trajectories)}
             order = {g: i for i, g in enumerate(first_of_group)}
-            per_group = baseline(list(first_of_group.values()))
-            inputs["baseline"] = per_group[torch.tensor([order[t.group] for t in trajectories])]
+            per_group = baseline(list(first_of_group.values())).to(device)
+            inputs["baseline"] = per_group[torch.tensor([order[t.group] for t in trajectories], device=device)]
         adv, returns = estimator(rewards, group_ids, mask, token_rewards=token_rewards, gamma=alg.gamma,
                                  lam=alg.lam, scale_by_std=alg.scale_by_std, k=alg.pass_k, **inputs)
         adv = adv * sample_weights(adv, alg.positive_weight, alg.negative_weight)
@@ -287,7 +296,8 @@ def policy_update(model: PreTrainedModel, learners: Learners, batch: TokenBatch,
     loss_sum = grad_norm_sum = time_logprob = time_backward = 0.0
     updates = skipped = 0
     step = opt_step // (rl.epochs * rl.mini_batches) + 1  # the RL step, for messages
-    lengths = batch.attention_mask.sum(-1)
+    precision = learners.precision
+    lengths = batch.attention_mask.sum(-1).cpu()  # indexes the CPU permutation below
     for _ in range(rl.epochs):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, mini_size):
@@ -307,31 +317,35 @@ def policy_update(model: PreTrainedModel, learners: Learners, batch: TokenBatch,
                 stats: dict[str, torch.Tensor] = {}
                 if train_policy:
                     t_forward = time.perf_counter()
-                    logp, entropy = token_logprobs(model, micro, config.rollout.temperature, with_entropy=True,
-                                                   entropy_grad=entropy_coef > 0)
-                    per_token, stats = loss_fn(logp, micro.old_logprobs, micro.extras["advantages"], mask,
-                                               clip_low=alg.clip_low, clip_high=alg.clip_high, clip_c=alg.clip_c)
-                    if "token_weight" in micro.extras:  # truncated IS and/or token selection
-                        per_token = per_token * micro.extras["token_weight"]
-                    loss = aggregate_loss(per_token, mask, alg.loss_agg, **agg)
-                    if kl_fn is not None:
-                        kl = kl_fn(logp, micro.extras["ref_logprobs"]) * mask
-                        loss = loss + learners.kl_coef * aggregate_loss(kl, mask, alg.loss_agg, **agg)
-                        stats["kl"] = kl.sum() / mask.sum().clamp(min=1)
-                    if entropy_coef > 0:
-                        loss = loss - entropy_coef * aggregate_loss(entropy * mask, mask, alg.loss_agg, **agg)
-                    stats["entropy"] = (entropy * mask).sum() / mask.sum().clamp(min=1)
+                    with precision.autocast():  # the forward and the loss; never the backward
+                        logp, entropy = token_logprobs(model, micro, config.rollout.temperature, with_entropy=True,
+                                                       entropy_grad=entropy_coef > 0)
+                        per_token, stats = loss_fn(logp, micro.old_logprobs, micro.extras["advantages"], mask,
+                                                   clip_low=alg.clip_low, clip_high=alg.clip_high,
+                                                   clip_c=alg.clip_c)
+                        if "token_weight" in micro.extras:  # truncated IS and/or token selection
+                            per_token = per_token * micro.extras["token_weight"]
+                        loss = aggregate_loss(per_token, mask, alg.loss_agg, **agg)
+                        if kl_fn is not None:
+                            kl = kl_fn(logp, micro.extras["ref_logprobs"]) * mask
+                            loss = loss + learners.kl_coef * aggregate_loss(kl, mask, alg.loss_agg, **agg)
+                            stats["kl"] = kl.sum() / mask.sum().clamp(min=1)
+                        if entropy_coef > 0:
+                            loss = loss - entropy_coef * aggregate_loss(entropy * mask, mask, alg.loss_agg, **agg)
+                        stats["entropy"] = (entropy * mask).sum() / mask.sum().clamp(min=1)
                     t_backward = time.perf_counter()
-                    loss.backward()
+                    precision.backward(loss)
                     time_logprob += t_backward - t_forward
                     time_backward += time.perf_counter() - t_backward
                     update_loss += float(loss.detach())
                 if learners.critic is not None:
-                    values = learners.critic(micro)
-                    per_token_v, value_stats = clipped_value_loss(
-                        values, micro.extras["old_values"], micro.extras["returns"], micro.target_mask,
-                        clip=alg.critic.value_clip)
-                    aggregate_loss(per_token_v, micro.target_mask, "token_mean", **agg).backward()
+                    with precision.autocast():
+                        values = learners.critic(micro)
+                        per_token_v, value_stats = clipped_value_loss(
+                            values, micro.extras["old_values"], micro.extras["returns"], micro.target_mask,
+                            clip=alg.critic.value_clip)
+                        value_loss = aggregate_loss(per_token_v, micro.target_mask, "token_mean", **agg)
+                    precision.backward(value_loss)
                     stats.update(value_stats)
                 weight = float(mask.sum())
                 for key, value in stats.items():
@@ -342,20 +356,25 @@ def policy_update(model: PreTrainedModel, learners: Learners, batch: TokenBatch,
             # Clip, then step only if the loss and the total gradient norms are finite.
             t_step = time.perf_counter()
             grads: list[tuple[str, torch.nn.Module, float]] = []  # (label, module, total grad norm)
+            optimizers = ([learners.optimizer] if train_policy else []) + (
+                [learners.critic_optimizer] if learners.critic is not None else [])
+            precision.unscale(*optimizers)
             if train_policy:
                 grads.append(("policy", model, clip_grad_norm(model, rl.grad_clip)))
                 grad_norm_sum += grads[-1][2]
             if learners.critic is not None:
                 grads.append(("critic", learners.critic, clip_grad_norm(learners.critic, rl.grad_clip)))
-            if learners.guard.allow(f"step {step} (optimizer update {opt_step + updates + 1})", update_loss, grads):
-                if train_policy:
-                    learners.optimizer.step()
-                if learners.critic is not None:
-                    learners.critic_optimizer.step()
+            if precision.overflowed(update_loss, [norm for _, _, norm in grads]):
+                precision.update()  # float16: the scale was too high; back off and skip, not a divergence
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+            elif learners.guard.allow(f"step {step} (optimizer update {opt_step + updates + 1})", update_loss, grads):
+                precision.step(*optimizers)
             else:
-                learners.optimizer.zero_grad(set_to_none=True)
-                if learners.critic is not None:
-                    learners.critic_optimizer.zero_grad(set_to_none=True)
+                precision.update()
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
                 skipped += 1
             if train_policy:
                 time_backward += time.perf_counter() - t_step
@@ -364,6 +383,8 @@ def policy_update(model: PreTrainedModel, learners: Learners, batch: TokenBatch,
     metrics = {key: value / max(stat_weights[key], 1.0) for key, value in token_weighted.items()}
     metrics.update(loss=loss_sum / updates, grad_norm=grad_norm_sum / updates, lr=lr, time_logprob=time_logprob,
                    time_backward=time_backward, skipped_updates=float(skipped))
+    if precision.scaler is not None:
+        metrics.update(loss_scale=precision.scaler.get_scale(), loss_scale_backoffs=float(precision.loss_scale_backoffs))
     return metrics
 
 
@@ -514,6 +535,8 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
             out_of_time = 0 < rl.max_seconds <= learners.seconds
             record.update(rollout_stats, samples_generated_total=learners.samples_generated,
                           rl_seconds_total=learners.seconds)
+            if learners.precision.device.type == "cuda":
+                record["gpu_memory_peak_gib"] = torch.cuda.max_memory_allocated(learners.precision.device) / 2**30
             run.append("metrics.jsonl", record)
             shown = {"reward": "reward_mean", "acc": "accuracy", "tok_s": "tokens_per_s"}
             progress.update(step + 1, **{label: record[key] for label, key in shown.items() if key in record})

@@ -372,7 +372,9 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 def load_trainer_state(checkpoint: Path) -> dict[str, Any]:
     # Our own file, written by save_model; it holds optimizer tensors and RNG tuples.
-    state = torch.load(checkpoint / TRAINER_STATE, weights_only=False)
+    # map_location: a GPU run resumes on a CPU-only machine too (load_state_dict moves the
+    # optimizer's tensors to its parameters' device).
+    state = torch.load(checkpoint / TRAINER_STATE, weights_only=False, map_location="cpu")
     check_finite_state(state, f"checkpoint {checkpoint}: {TRAINER_STATE}")
     return state
 

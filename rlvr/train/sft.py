@@ -22,6 +22,7 @@ from rlvr.tasks.base import Problem, Task
 from rlvr.train.batch import make_token_batch, token_logprobs
 from rlvr.train.finite import UpdateGuard, clip_grad_norm
 from rlvr.train.optim import lr_at, make_optimizer, set_lr
+from rlvr.train.precision import Precision
 from rlvr.train.progress import StageProgress
 from rlvr.train.run_dir import RunDir, load_trainer_state, restore_rng_states, rng_states
 
@@ -66,10 +67,12 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: 
     (the caller deletes the step checkpoints)."""
     cfg = config.sft
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    precision = Precision.from_config(config)
     start = 0
     if state.get("checkpoint") and state.get("stage") == "sft":
         trainer_state = load_trainer_state(run.path / state["checkpoint"])
         optimizer.load_state_dict(trainer_state["optimizer"])
+        precision.load_state_dict(trainer_state.get("precision"))
         restore_rng_states(trainer_state["rng"])
         start = trainer_state["step"]
     model.train()
@@ -81,30 +84,38 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: 
             t0 = time.perf_counter()
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, "cosine")
             set_lr(optimizer, lr)
-            batch = sft_batch(task, tokenizer, config, step, exclude, environment)
+            batch = sft_batch(task, tokenizer, config, step, exclude, environment).to(precision.device)
             check_fits_context(batch.attention_mask.sum(-1).tolist(),
                                getattr(model.config, "max_position_embeddings", None),
                                f"SFT step {step + 1}: a prompt + its demonstration")
-            logp, _ = token_logprobs(model, batch)
-            tokens = batch.target_mask.sum()
-            loss = -(logp * batch.target_mask).sum() / tokens
+            with precision.autocast():
+                logp, _ = token_logprobs(model, batch)
+                tokens = batch.target_mask.sum()
+                loss = -(logp * batch.target_mask).sum() / tokens
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            precision.backward(loss)
+            precision.unscale(optimizer)
             grad_norm = clip_grad_norm(model, cfg.grad_clip)
-            skipped = not guard.allow(f"step {step + 1}", loss.item(), [("model", model, grad_norm)])
+            skipped = (precision.overflowed(loss.item(), [grad_norm])  # float16: the loss scale backs off
+                       or not guard.allow(f"step {step + 1}", loss.item(), [("model", model, grad_norm)]))
             if skipped:
+                precision.update()
                 optimizer.zero_grad(set_to_none=True)
             else:
-                optimizer.step()
+                precision.step(optimizer)
             elapsed = time.perf_counter() - t0
             record = {"stage": "sft", "step": step + 1, "loss": loss.item(), "lr": lr,
                       "grad_norm": grad_norm, "step_time": elapsed, "tokens_per_s": tokens.item() / elapsed,
                       "skipped_updates": float(skipped)}
+            if precision.scaler is not None:
+                record.update(loss_scale=precision.scaler.get_scale(),
+                              loss_scale_backoffs=float(precision.loss_scale_backoffs))
             run.append("metrics.jsonl", record)
             progress.update(step + 1, loss=record["loss"])
             if (step + 1) % config.checkpoint.every == 0 and step + 1 < cfg.steps:
                 _checkpoint(run, model, tokenizer, {"optimizer": optimizer.state_dict(),
-                                                    "nonfinite_in_a_row": guard.in_a_row},
+                                                    "nonfinite_in_a_row": guard.in_a_row,
+                                                    "precision": precision.state_dict()},
                             state, step + 1, config.checkpoint.keep_last)
     # The stage's end: the state after it travels inside sft-final, then becomes state.json.
     state.update(stage=None, checkpoint=None, sft_final="checkpoints/sft-final")
