@@ -95,8 +95,9 @@ def run_rlvr(args: argparse.Namespace, model_dir: Path) -> dict:
     from rlvr.models import load_model_and_tokenizer
     from rlvr.rollout import ROLLOUT_ENGINES
     from rlvr.train.pipeline import build_task
-    from rlvr.train.rl import collect_rollouts, learn_from, make_learners
-    from rlvr.train.run_dir import RunDir
+    from rlvr.rollout.sampler import Sampler
+    from rlvr.train.judge import Judge
+    from rlvr.train.rl import Learner, RLRoles, rl_step
     from rlvr.verify import make_verifier
 
     config = base_config(args, str(model_dir))
@@ -106,9 +107,8 @@ def run_rlvr(args: argparse.Namespace, model_dir: Path) -> dict:
     model, tokenizer = load_model_and_tokenizer(model_dir)
     model.train()
     engine = ROLLOUT_ENGINES.get(config.rollout.engine)()
-    learners = make_learners(model, config)
 
-    class FixedSampler:  # the same prompts TRL gets, in the same order
+    class FixedPrompts:  # the same prompts TRL gets, in the same order
         problems = step_problems(config, task, args.steps)
 
         def draw(self, count, step, round_):
@@ -118,20 +118,15 @@ def run_rlvr(args: argparse.Namespace, model_dir: Path) -> dict:
             return {}
 
     records = []
-    with tempfile.TemporaryDirectory() as tmp, make_verifier(task, isolate=False) as verifier:
-        run = RunDir.create(config, Path(tmp) / "run")
+    with make_verifier(task, isolate=False) as verifier:
+        roles = RLRoles(Sampler(engine, model, tokenizer), Judge(task, verifier, tokenizer, config),
+                        Learner.build(model, config, tokenizer.pad_token_id), FixedPrompts())
         for step in range(args.steps):
-            t0 = time.perf_counter()
-            trajectories, _ = collect_rollouts(engine, model, tokenizer, task, verifier, learners, FixedSampler(),
-                                               config, run, step)
-            t_gen = time.perf_counter() - t0
-            record = learn_from(trajectories, model, tokenizer, task, engine, verifier, learners, config, step,
-                                t0, t_gen)
-            record["step_time"] = time.perf_counter() - t0
+            record, trajectories, _ = rl_step(roles, step)
             record["completion_tokens"] = sum(len(t.response_ids) for t in trajectories)
             records.append(record)
-    keys = ["step_time", "reward_mean", "completion_tokens", "time_generation", "time_scoring", "time_update",
-            "time_logprob", "time_backward"]
+    keys = ["step_time", "reward_mean", "completion_tokens", "time_generation", "time_scoring", "time_prepare",
+            "time_update", "time_logprob", "time_backward"]
     return {"steps": [{k: r[k] for k in keys if k in r} for r in records]}
 
 

@@ -160,16 +160,17 @@ def _train(args: argparse.Namespace) -> int:
     args.active_run = run.path  # main() names it in interrupt and error messages
     print(f"run dir: {run.path}")
     summary = run_pipeline(config, run)
-    _print_summary(summary, "rl" in config.stages)
+    _print_summary(summary, config.stages)
     return 0
 
 
-def _print_summary(summary: dict, after_rl: bool) -> None:
+def _print_summary(summary: dict, stages: list[str]) -> None:
     warm, final = summary["warmstart_accuracy"], summary["final_accuracy"]
-    if after_rl:
-        line = f"held-out accuracy: {100 * warm:.1f}% (after SFT) -> {100 * final:.1f}% (after RL)"
+    start = "after SFT" if "sft" in stages else "before RL"
+    if "rl" in stages:
+        line = f"held-out accuracy: {100 * warm:.1f}% ({start}) -> {100 * final:.1f}% (after RL)"
     else:
-        line = f"held-out accuracy: {100 * warm:.1f}% (after SFT)"
+        line = f"held-out accuracy: {100 * warm:.1f}% ({start})"
     print(f"{line}, {summary['wall_seconds']:.0f} s, run dir: {summary['run_dir']}")
 
 

@@ -123,6 +123,7 @@ class RolloutConfig:
     max_new_tokens: int = _f(40, "longest response in tokens; longer ones are truncated (finish_reason=length)", ge=1)
     temperature: float = _f(1.0, "sampling temperature (greedy is for evaluation); log-probs for the loss use the same temperature", gt=0)
     top_p: float = _f(1.0, "nucleus sampling mass in (0, 1]", gt=0, le=1)
+    max_logprob_gap: float | None = _f(0.5, "stop the run when the rollout engine's log-probs differ from the trainer's on the same tokens by more than this (mean |difference| per token, nats; logged every step as logprob_gap_mean/max): the engine is not sampling from the trainer's weights; null never stops", gt=0)
     environment: EnvironmentConfig = _sub(EnvironmentConfig, "multi-turn episodes (tool use, feedback turns); off by default")
 
 

@@ -16,7 +16,8 @@ from rlvr.train import sft as sft_module
 from rlvr.train.pipeline import new_run_dir, run_pipeline
 from rlvr.train.run_dir import RunDir
 
-TIMING_KEYS = {"step_time", "time_generation", "time_scoring", "time_update", "time_logprob", "time_backward",
+TIMING_KEYS = {"step_time", "time_generation", "time_scoring", "time_prepare", "time_update", "time_sync",
+               "time_baseline", "time_logprob", "time_backward",
                "tokens_per_s", "rl_seconds_total"}
 
 

@@ -19,7 +19,7 @@ from rlvr.rollout.steppers import HFStepper, LlamaStepper, make_stepper
 from rlvr.rollout.trajectory import Trajectory
 from rlvr.tasks.base import Problem
 from rlvr.train.batch import make_token_batch, token_logprobs
-from rlvr.train.rl import make_learners, policy_update, prepare_batch
+from rlvr.train.rl import Learner, policy_update
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,7 @@ def test_behaviour_logprobs_give_the_recomputed_loss(tok):
     model = _model(tok)
     trajectories = _rollout(tok, model, temperature=0.8)
     config = load_config(None, ["rollout.temperature=0.8"])
-    batch, _ = prepare_batch(trajectories, model, make_learners(model, config), tok, config, baseline=None)
+    batch, _ = Learner.build(model, config, tok.pad_token_id).prepare(trajectories)
     mask = batch.target_mask
     with torch.no_grad():
         recomputed, _ = token_logprobs(model, batch, 0.8)
@@ -237,11 +237,11 @@ def test_length_sorted_micro_batches_equal_one_micro_batch(tok):
         # a normally initialised policy is trained on them (the large-weight sampler is ill-conditioned)
         model = build_tiny_model(tok, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64, seed=1)
         config = load_config(None, ["rl.mini_batches=1", f"rl.micro_batch_size={micro}", "rl.lr=0.01"])
-        learners = make_learners(model, config)
-        batch, _ = prepare_batch(trajectories, model, learners, tok, config, baseline=None)
+        learners = Learner.build(model, config, tok.pad_token_id)
+        batch, _ = learners.prepare(trajectories)
         with torch.no_grad():
             batch.old_logprobs = token_logprobs(model, batch)[0] * batch.target_mask
-        metrics = policy_update(model, learners, batch, config, torch.Generator().manual_seed(0), 0)
+        metrics = policy_update(learners, batch, torch.Generator().manual_seed(0), 0)
         results.append((metrics, [p.detach().clone() for p in model.parameters()]))
     (m_small, g_small), (m_one, g_one) = results
     for key in ("loss", "grad_norm", "entropy", "clip_frac"):

@@ -42,7 +42,8 @@ OVERRIDES = [
     "logging.progress=false", "threads=1",
 ]
 # Fields that measure time, not what the run computed.
-VOLATILE = {"step_time", "time_generation", "time_scoring", "time_update", "time_logprob", "time_backward",
+VOLATILE = {"step_time", "time_generation", "time_scoring", "time_prepare", "time_update", "time_sync",
+            "time_baseline", "time_logprob", "time_backward",
             "tokens_per_s", "rl_seconds_total", "wall_seconds", "run_dir", "final_checkpoint"}
 
 # Every file write of the run above, in order: the boundaries a kill is tried at.

@@ -44,9 +44,9 @@ def test_mirror_forwards_numeric_fields_of_metrics_and_evals(tmp_path, monkeypat
     _replay(run)
     (recorder,) = mirror.loggers
     assert recorder.logged == [
-        ("sft", 1, {"sft/loss": 2.5, "sft/lr": 1e-3}),
-        ("rl", 1, {"rl/reward_mean": 0.25, "rl/clip_frac": 0.1}),  # text and NaN are left out
-        ("rl", 2, {"rl/reward_mean": 0.5, "rl/clip_frac": 0.0}),
+        ("sft", 1, {"sft/loss/loss": 2.5, "sft/loss/lr": 1e-3}),  # metric namespaces: rollout/, loss/, timing/
+        ("rl", 1, {"rl/rollout/reward_mean": 0.25, "rl/loss/clip_frac": 0.1}),  # text and NaN are left out
+        ("rl", 2, {"rl/rollout/reward_mean": 0.5, "rl/loss/clip_frac": 0.0}),
         ("eval", 2, {"eval/greedy_accuracy": 0.75, "eval/pass@4": 0.9}),  # samples.jsonl is not mirrored
     ]
     mirror.close()
@@ -73,7 +73,7 @@ def test_tensorboard_event_files(tmp_path):
     mirror.close()
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
-    assert [(s.step, s.value) for s in events.Scalars("rl/reward_mean")] == [(1, 0.25), (2, 0.5)]
+    assert [(s.step, s.value) for s in events.Scalars("rl/rollout/reward_mean")] == [(1, 0.25), (2, 0.5)]
     assert events.Scalars("eval/pass@4")[0].value == pytest.approx(0.9)
 
 
@@ -87,7 +87,7 @@ def test_mlflow_local_file_store(tmp_path):
 
     client = mlflow.MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri())
     (found,) = client.search_runs([client.get_experiment_by_name("tests").experiment_id])
-    history = client.get_metric_history(found.info.run_id, "rl/reward_mean")
+    history = client.get_metric_history(found.info.run_id, "rl/rollout/reward_mean")
     assert sorted((m.step, m.value) for m in history) == [(1, 0.25), (2, 0.5)]
     assert client.get_metric_history(found.info.run_id, "eval/pass_at_4")[0].value == pytest.approx(0.9)
     assert found.data.params["rl.steps"] == "2"

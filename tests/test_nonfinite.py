@@ -27,8 +27,8 @@ from rlvr.tasks.base import Problem
 from rlvr.train import sft as sft_module
 from rlvr.train.batch import make_token_batch, token_logprobs
 from rlvr.finite import NonFiniteError
-from rlvr.train.rl import learn_from, make_learners, policy_update, prepare_batch, score_trajectories, \
-    shape_rewards, step_metrics
+from rlvr.train.judge import score_trajectories, shape_rewards
+from rlvr.train.rl import Learner, policy_update, step_metrics
 from rlvr.train.run_dir import TRAINER_STATE, RunDir, load_trainer_state
 from rlvr.train.sft import train_sft
 from rlvr.verify import InlineVerifier, VerifierPool, VerifierTimeoutError
@@ -211,11 +211,11 @@ def test_non_finite_loss_skips_the_update_and_stops_after_n_in_a_row(monkeypatch
 
     monkeypatch.setitem(POLICY_LOSSES._entries, "sometimes_inf", sometimes_inf)
     model, tokenizer, config, trajectories = _rl_setup(["algorithm.loss=sometimes_inf", "rl.max_nonfinite_updates=3"])
-    learners = make_learners(model, config)
-    batch, _ = prepare_batch(trajectories, model, learners, tokenizer, config, baseline=None)
+    learners = Learner.build(model, config, tokenizer.pad_token_id)
+    batch, _ = learners.prepare(trajectories)
 
     def update(step):
-        return policy_update(model, learners, batch, config, torch.Generator().manual_seed(0), step)
+        return policy_update(learners, batch, torch.Generator().manual_seed(0), step)
 
     assert update(0)["skipped_updates"] == 0.0  # a finite update first, so Adam has moments to keep
     poisoned["on"] = True
@@ -236,23 +236,24 @@ def test_non_finite_loss_skips_the_update_and_stops_after_n_in_a_row(monkeypatch
 
 def test_a_non_finite_gradient_names_its_parameter(monkeypatch):
     model, tokenizer, config, trajectories = _rl_setup(["rl.max_nonfinite_updates=1"])
-    learners = make_learners(model, config)
-    batch, _ = prepare_batch(trajectories, model, learners, tokenizer, config, baseline=None)
+    learners = Learner.build(model, config, tokenizer.pad_token_id)
+    batch, _ = learners.prepare(trajectories)
     before = _snapshot(model, learners)
     weight = model.model.layers[0].mlp.up_proj.weight
     weight.register_hook(lambda grad: grad * float("nan"))
     with pytest.raises(NonFiniteError, match=r"policy gradient norm is nan \(first non-finite gradient: "
                                              r"model.layers.0.mlp.up_proj.weight\)"):
-        policy_update(model, learners, batch, config, torch.Generator().manual_seed(0), 0)
+        policy_update(learners, batch, torch.Generator().manual_seed(0), 0)
     _assert_identical(before, model, learners)
 
 
 def test_non_finite_log_probs_skip_the_step_before_any_update(capsys):
     model, tokenizer, config, trajectories = _rl_setup()
     trajectories[2].logprobs = [float("-inf")]  # e.g. a sampler that produced an impossible token
-    learners = make_learners(model, config)
+    learners = Learner.build(model, config, tokenizer.pad_token_id)
     before = _snapshot(model, learners)
-    record = learn_from(trajectories, model, tokenizer, None, None, None, learners, config, 0, time.perf_counter(), 0.0)
+    batch, _ = learners.prepare(trajectories)
+    record = learners.update(batch, 0, trajectories)
     assert record["skipped_updates"] == 1.0 and "loss" not in record
     _assert_identical(before, model, learners)
     assert "non-finite old log-probs for problem 'p'" in capsys.readouterr().err
@@ -303,9 +304,9 @@ def test_loading_a_checkpoint_with_a_nan_weight_names_the_file_and_tensor(tmp_pa
 
 def test_resuming_from_a_trainer_state_with_nan_moments_is_an_error(tmp_path):
     model, tokenizer, config, trajectories = _rl_setup()
-    learners = make_learners(model, config)
-    batch, _ = prepare_batch(trajectories, model, learners, tokenizer, config, baseline=None)
-    policy_update(model, learners, batch, config, torch.Generator().manual_seed(0), 0)
+    learners = Learner.build(model, config, tokenizer.pad_token_id)
+    batch, _ = learners.prepare(trajectories)
+    policy_update(learners, batch, torch.Generator().manual_seed(0), 0)
     state = {"learners": learners.state_dict(), "step": 1}
     state["learners"]["optimizer"]["state"][2]["exp_avg"].view(-1)[5] = float("nan")
     torch.save(state, tmp_path / TRAINER_STATE)

@@ -14,7 +14,7 @@ from rlvr.config import load_config
 from rlvr.models import build_char_tokenizer, build_tiny_model
 from rlvr.train.batch import make_token_batch, token_logprobs
 from rlvr.train.packed import PackedLayout, packed_supported
-from rlvr.train.rl import make_learners, policy_update
+from rlvr.train.rl import Learner, policy_update
 
 
 @pytest.fixture(scope="module")
@@ -149,14 +149,14 @@ def test_policy_update_packed_equals_plain(tok, monkeypatch):
     for packed in (True, False):
         model = _model(tok)
         config = load_config(None, ["rl.mini_batches=2", "rl.micro_batch_size=3", "rl.lr=0.001"])
-        learners = make_learners(model, config)
+        learners = Learner.build(model, config, tok.pad_token_id)
         batch = _batch(tok)
         with torch.no_grad():
             batch.old_logprobs = token_logprobs(model, batch, packed=False)[0].detach() * batch.target_mask
             batch.old_logprobs -= 0.1 * batch.target_mask  # ratios away from 1: clipping engages
         batch.extras["advantages"] = torch.linspace(-1, 1, batch.input_ids.shape[0])[:, None] * batch.target_mask
         monkeypatch.setattr(rl_module, "token_logprobs", functools.partial(token_logprobs, packed=packed))
-        metrics = policy_update(model, learners, batch, config, torch.Generator().manual_seed(0), 0)
+        metrics = policy_update(learners, batch, torch.Generator().manual_seed(0), 0)
         results.append((metrics, torch.cat([p.detach().flatten() for p in model.parameters()])))
     (m_packed, w_packed), (m_plain, w_plain) = results
     for key in ("loss", "grad_norm", "entropy", "clip_frac"):

@@ -11,7 +11,7 @@ from rlvr.models import build_char_tokenizer, build_tiny_model
 from rlvr.rollout.trajectory import Trajectory
 from rlvr.tasks.base import Problem
 from rlvr.train.batch import make_token_batch, token_logprobs
-from rlvr.train.rl import make_learners, prepare_batch
+from rlvr.train.rl import Learner
 
 
 def _setup(overrides):
@@ -37,7 +37,7 @@ def _setup(overrides):
 
 def test_truncated_importance_weights():
     model, tokenizer, config, trajectories, true_logp = _setup(["algorithm.tis_cap=1.5"])
-    batch, stats = prepare_batch(trajectories, model, make_learners(model, config), tokenizer, config, baseline=None)
+    batch, stats = Learner.build(model, config, tokenizer.pad_token_id).prepare(trajectories)
     mask = batch.target_mask
     # The trainer's own log-probs become the ratio's denominator ...
     torch.testing.assert_close(batch.old_logprobs * mask, true_logp.detach() * mask)
@@ -48,7 +48,7 @@ def test_truncated_importance_weights():
 
 def test_grpo_advantages_broadcast_on_response_tokens_only():
     model, tokenizer, config, trajectories, _ = _setup([])
-    batch, _ = prepare_batch(trajectories, model, make_learners(model, config), tokenizer, config, baseline=None)
+    batch, _ = Learner.build(model, config, tokenizer.pad_token_id).prepare(trajectories)
     adv = batch.extras["advantages"]
     # Group 0 rewards (1, 0) and group 1 rewards (0, 1): mean 0.5, sample std 0.7071 -> +-0.7071.
     expected_rows = [0.70710, -0.70710, -0.70710, 0.70710]
@@ -60,7 +60,7 @@ def test_grpo_advantages_broadcast_on_response_tokens_only():
 
 def test_high_entropy_selection_keeps_normaliser_and_picks_top_tokens():
     model, tokenizer, config, trajectories, _ = _setup(["algorithm.top_entropy_fraction=0.2"])
-    batch, stats = prepare_batch(trajectories, model, make_learners(model, config), tokenizer, config, baseline=None)
+    batch, stats = Learner.build(model, config, tokenizer.pad_token_id).prepare(trajectories)
     # Entropies are 0.1 * (i + 1) * (row + 1): row 0 [.1 .2], row 1 [.2 .4 .6], row 2 [.3],
     # row 3 [.4 .8 1.2 1.6]. 10 tokens -> ceil(0.2 * 10) = 2 selected: row 3's 1.2 and 1.6.
     weight = batch.extras["token_weight"]

@@ -23,7 +23,8 @@ class Trajectory:
     pieces), the counts of ``turns``, ``tool_calls``, ``tool_errors`` and ``void_turns``
     (turns with neither a tool call nor an answer), ``env_reward`` (the environment's
     per-turn rewards, summed) and ``violation`` (why the episode broke the environment's
-    rules, e.g. a tool call where tools are forbidden).
+    rules, e.g. a tool call where tools are forbidden). ``policy_version`` is the weight
+    version of the sampler that generated it (the RL step whose update it saw last).
     """
 
     problem: Problem
@@ -48,6 +49,7 @@ class Trajectory:
     void_turns: int = 0
     env_reward: float = 0.0
     violation: str | None = None
+    policy_version: int = 0
 
     def judged_text(self, tokenizer: PreTrainedTokenizerBase) -> str:
         """The text the verifier judges: a multi-turn episode's ``answer_text`` (the policy's
@@ -73,6 +75,7 @@ class Trajectory:
             "finish_reason": self.finish_reason,
             "response_tokens": len(self.response_ids),
             "error": self.error,
+            "policy_version": self.policy_version,
             **({"turns": self.turns, "tool_calls": self.tool_calls, "tool_errors": self.tool_errors,
                 "segments": self.segments, "violation": self.violation} if self.segments else {}),
         }

@@ -2,7 +2,8 @@
 Biases, MLflow (``logging.backends``; each needs its extra, e.g. ``pip install rlvr[wandb]``).
 
 The run directory stays the record; a backend only mirrors the numeric fields of what the
-run appends to ``metrics.jsonl`` (tags ``sft/<key>``, ``rl/<key>``, x = the stage's step) and
+run appends to ``metrics.jsonl`` (tags ``sft/<namespace>/<key>``, ``rl/<namespace>/<key>`` with
+namespaces ``rollout``, ``loss`` and ``timing`` (``metric_tag``), x = the stage's step) and
 ``eval.jsonl`` (``eval/<key>``, x = RL step). Every backend writes under the run directory
 and needs no network: TensorBoard event files in ``tensorboard/``, W&B in offline mode in
 ``wandb/`` (``WANDB_MODE=online`` in the environment syncs instead), MLflow's local file
@@ -77,6 +78,8 @@ class WandbLogger:
         for stage in ("sft", "rl", "eval"):
             self.run.define_metric(f"{stage}/step")
             self.run.define_metric(f"{stage}/*", step_metric=f"{stage}/step")
+            for space in ("rollout", "loss", "timing"):
+                self.run.define_metric(f"{stage}/{space}/*", step_metric=f"{stage}/step")
 
     def log(self, tag_values: dict[str, float], step: int, stage: str) -> None:
         self.run.log({**tag_values, f"{stage}/step": step})
@@ -127,6 +130,29 @@ def check_backends(backends: list[str], source: str = "config") -> None:
                               f"not installed; pip install 'rlvr[{name}]' or remove it from logging.backends")
 
 
+TIMING = {"step_time", "tokens_per_s", "rl_seconds_total", "gpu_memory_peak_gib"}
+ROLLOUT = {"reward_mean", "reward_std", "accuracy", "response_length", "truncated_frac", "zero_variance_groups",
+           "verifier_timeout_frac", "filter_kept_frac", "rollout_rounds", "samples_generated",
+           "samples_generated_total", "turns", "tool_calls", "tool_use_frac", "tool_error_rate", "void_turn_frac",
+           "violation_frac", "observation_token_frac", "logprob_gap_mean", "logprob_gap_max"}
+
+
+def metric_tag(stage: str, key: str) -> str:
+    """A metric's dashboard tag: ``<stage>/<namespace>/<key>`` with namespaces ``rollout/``
+    (samples, rewards, the engine's log-prob gap), ``timing/`` (seconds, throughput, memory)
+    and ``loss/`` (the update: losses, gradients, KL, clipping, coefficients), so dashboards
+    group them; evaluation metrics are ``eval/<key>``. The JSONL files keep the plain keys."""
+    if stage == "eval":
+        return f"eval/{key}"
+    if key in TIMING or key.startswith("time_"):
+        space = "timing"
+    elif key in ROLLOUT or key.startswith(("reward/", "accuracy/", "curriculum", "pass_rate")):
+        space = "rollout"
+    else:
+        space = "loss"
+    return f"{stage}/{space}/{key}"
+
+
 class Mirror:
     """Forwards the records a run appends to its JSONL logs to every configured backend."""
 
@@ -140,7 +166,7 @@ class Mirror:
             return
         for record in records:
             stage = "eval" if stream == "eval.jsonl" else str(record.get("stage", "train"))
-            values = {f"{stage}/{key}": value for key, value in scalars(record).items()}
+            values = {metric_tag(stage, key): value for key, value in scalars(record).items()}
             for logger in self.loggers:
                 logger.log(values, int(record.get("step", 0)), stage)
 

@@ -25,8 +25,9 @@ from rlvr.rewards.shaping import REWARD_SHAPERS, check_shaper_params
 from rlvr.rollout import ROLLOUT_ENGINES, build_environment
 from rlvr.tasks import TASKS, Task
 from rlvr.train.loggers import Mirror, check_backends
+from rlvr.rollout.sampler import Sampler
+from rlvr.train.judge import Judge, Verifier
 from rlvr.train.rl import train_rl
-from rlvr.train.rl import Verifier
 from rlvr.train.precision import (DeviceError, check_precision, enable_gradient_checkpointing, forward_autocast,
                                    resolve_device)
 from rlvr.train.run_dir import RunDir, atomic_write, model_source
@@ -194,8 +195,9 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
         run_eval("warmstart")
         run.save_state(state)
     if "rl" in config.stages and "rl" not in state["completed_stages"]:
-        train_rl(model, tokenizer, task, engine, verifier, config, run, state, exclude,
-                 evaluate_fn=run_eval, environment=environment)
+        sampler = Sampler(engine, model, tokenizer, environment, autocast=lambda: forward_autocast(config))
+        train_rl(model, tokenizer, Judge(task, verifier, tokenizer, config), sampler, config, run, state, exclude,
+                 evaluate_fn=run_eval)
     if "rl" in config.stages:
         run.prune("rl-step", config.checkpoint.keep_last)
     if "rl" in config.stages and "final" not in state["evals"]:
