@@ -185,9 +185,10 @@ def _eval(args: argparse.Namespace) -> int:
     from rlvr.eval.sample_cache import SamplingSettings, collect_samples
     from rlvr.eval.selectors import SELECTORS
     from rlvr.models import load_model_and_tokenizer
-    from rlvr.models.prompt_fit import check_prompts_fit, checkpoint_tokenizer
+    from rlvr.models.prompt_fit import check_prompts_fit, checkpoint_head_dim, checkpoint_tokenizer
     from rlvr.rollout import ROLLOUT_ENGINES, build_environment
     from rlvr.train.pipeline import build_task, make_task_verifier
+    from rlvr.train.precision import DeviceError, check_precision, forward_autocast, resolve_device
 
     overrides = [a for a in args.targets if "=" in a and not Path(a).exists()]
     targets = unique_labels([resolve_target(a) for a in args.targets if a not in overrides],
@@ -221,9 +222,15 @@ def _eval(args: argparse.Namespace) -> int:
     cache_dir = None if args.no_cache else Path(args.cache_dir) if args.cache_dir else output_dir / "cache"
 
     try:
-        engine = ROLLOUT_ENGINES.get(config.rollout.engine)()
+        engine_cls = ROLLOUT_ENGINES.get(config.rollout.engine)
+        for target in targets:
+            engine_cls.check(config, checkpoint_head_dim(target.checkpoint))
+        device = resolve_device(config.device)
+        check_precision(device, config.model.dtype, config.model.attn_implementation)
     except KeyError as err:
         raise ConfigError(f"{source}: rollout.engine: {err.args[0]}") from None
+    except (ValueError, DeviceError) as err:
+        raise ConfigError(f"{source}: {err}") from None
     task = build_task(config, source)
     try:  # the data and each model's tokenizer and context, checked before any model loads
         heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
@@ -236,7 +243,8 @@ def _eval(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as err:
         raise ConfigError(f"{source}: {err}") from None
     settings = SamplingSettings(temperature=config.eval.temperature, max_new_tokens=config.rollout.max_new_tokens,
-                                batch_size=config.eval.batch_size, seed=config.eval.seed, top_p=config.rollout.top_p)
+                                batch_size=config.eval.batch_size, seed=config.eval.seed, top_p=config.rollout.top_p,
+                                engine=config.rollout.engine, dtype=config.model.dtype)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     hf_logging.disable_progress_bar()  # per-checkpoint 'Loading weights' bars drown the eval's own lines
@@ -245,13 +253,20 @@ def _eval(args: argparse.Namespace) -> int:
         with make_task_verifier(task, config) as verifier:
             environment = build_environment(config.rollout.environment, task, verifier.score_many, source)
             for target in targets:
-                model, tokenizer = load_model_and_tokenizer(target.checkpoint)
+                model, tokenizer = load_model_and_tokenizer(target.checkpoint,
+                                                            attn_implementation=config.model.attn_implementation)
+                model = model.to(device)
                 cache = open_cache(cache_dir, model, tokenizer, task, settings, environment)
                 log(f"{target.label}: {len(heldout)} problems x (1 greedy + {n} sampled) from {target.checkpoint}"
                     + (f", cache {cache.directory}" if cache.directory else ""))
-                per_problem, generated = collect_samples(model, tokenizer, heldout, engine, verifier, settings,
-                                                         samples=n, cache=cache, environment=environment,
-                                                         progress=_progress_line(target.label))
+                engine = engine_cls.build(config, model, tokenizer)
+                try:
+                    with forward_autocast(config):
+                        per_problem, generated = collect_samples(
+                            model, tokenizer, heldout, engine, verifier, settings, samples=n, cache=cache,
+                            environment=environment, progress=_progress_line(target.label))
+                finally:
+                    engine.close()
                 log(f"{target.label}: generated {generated} sequences, "
                     f"{len(heldout) * (1 + n) - generated} reused from the cache")
                 metrics = summarize(per_problem, ks=ks or None, seed=config.eval.seed, strategy=args.strategy,

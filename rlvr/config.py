@@ -117,12 +117,34 @@ class EnvironmentConfig:
             raise ValueError("params are given but no environment is named (set rollout.environment.name)")
 
 
+DEFAULT_TIS_CAP = 2.0  # truncated IS cap with a separate engine (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL training")
+
+
+@dataclass
+class VLLMConfig:
+    mode: Literal["colocated", "server"] = _f("colocated", "colocated: a vllm.LLM inside the trainer's process; server: a `vllm serve` process (started by rlvr, or the one at url)")
+    url: str | None = _f(None, "server mode: the base URL of a running `vllm serve` (started with VLLM_SERVER_DEV_MODE=1); null starts one")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f("auto", "the engine's weight dtype; auto = model.dtype")
+    gpu_memory_utilization: float = _f(0.5, "GPU: fraction of the device's memory vLLM may take (weights + KV cache); the trainer needs the rest when colocated", gt=0, le=1)
+    kv_cache_gib: float = _f(1.0, "CPU: KV-cache size in GiB (vLLM would otherwise reserve most of the machine's memory)", gt=0, le=4096)
+    tensor_parallel_size: int = _f(1, "GPUs one engine is split over", ge=1, le=64)
+    max_num_seqs: int = _f(256, "sequences vLLM schedules at once", ge=1, le=65536)
+    enable_prefix_caching: bool = _f(True, "reuse the KV cache of shared prefixes (a GRPO group's prompt)")
+    enforce_eager: bool = _f(True, "skip torch.compile and CUDA graphs (minutes of start-up on a CPU; on a GPU false is faster once started)")
+    sleep_level: int = _f(0, "GPU, colocated: put the engine to sleep while the trainer trains (1: weights offloaded to CPU, 2: discarded; they are re-sent at the next sync); 0 never", ge=0, le=2)
+    verify_every: int = _f(1, "check the engine's weights against the trainer's by checksum every this many syncs (version and a SHA-256 per tensor); 0 never", ge=0)
+    startup_timeout_s: float = _f(900.0, "seconds the engine may take to start", gt=0, le=86400)
+    generate_timeout_s: float = _f(3600.0, "seconds one generate call may take before the run stops with every thread's stack", gt=0, le=86400)
+    call_timeout_s: float = _f(600.0, "seconds any other engine call (weight sync, checksum, ping) may take", gt=0, le=86400)
+
+
 @dataclass
 class RolloutConfig:
     engine: str = _f("kv_cache", "registered rollout engine name (see `rlvr list`)")
     max_new_tokens: int = _f(40, "longest response in tokens; longer ones are truncated (finish_reason=length)", ge=1)
     temperature: float = _f(1.0, "sampling temperature (greedy is for evaluation); log-probs for the loss use the same temperature", gt=0)
     top_p: float = _f(1.0, "nucleus sampling mass in (0, 1]", gt=0, le=1)
+    vllm: VLLMConfig = _sub(VLLMConfig, "the vllm engine (rollout.engine: vllm)")
     max_logprob_gap: float | None = _f(0.5, "stop the run when the rollout engine's log-probs differ from the trainer's on the same tokens by more than this (mean |difference| per token, nats; logged every step as logprob_gap_mean/max): the engine is not sampling from the trainer's weights; null never stops", gt=0)
     environment: EnvironmentConfig = _sub(EnvironmentConfig, "multi-turn episodes (tool use, feedback turns); off by default")
 
@@ -172,7 +194,7 @@ class AlgorithmConfig:
     top_entropy_fraction: float = _f(1.0, "train only on this fraction of response tokens with the highest entropy (0.2 in 'Beyond the 80/20 rule'); 1 trains on all", gt=0, le=1)
     positive_weight: float = _f(1.0, "multiplies advantages > 0 (W-REINFORCE uses 0.1: negative-sample reinforcement)", ge=0)
     negative_weight: float = _f(1.0, "multiplies advantages < 0", ge=0)
-    tis_cap: float | None = _f(None, "truncated importance sampling: recompute old log-probs in the trainer and weight tokens by min(pi_old/pi_behaviour, cap); null trusts the sampler's log-probs", ge=1, le=1e6)
+    tis_cap: float | None = _f(None, "truncated importance sampling: recompute old log-probs in the trainer and weight tokens by min(pi_old/pi_behaviour, cap); null = 2.0 with an engine that holds its own weights (vllm), else off (the own engine samples from the trainer's weights)", ge=1, le=1e6)
     kl: KLConfig = _sub(KLConfig, "KL regularisation to a frozen reference policy")
     entropy: EntropyConfig = _sub(EntropyConfig, "entropy bonus")
     critic: CriticConfig = _sub(CriticConfig, "value model, used by the gae estimator")
@@ -289,6 +311,13 @@ class RunConfig:
     eval: EvalConfig = _sub(EvalConfig, "held-out evaluation")
     checkpoint: CheckpointConfig = _sub(CheckpointConfig, "checkpointing for resume")
     logging: LoggingConfig = _sub(LoggingConfig, "metrics, samples and progress display")
+
+    def tis_cap(self) -> float | None:
+        """``algorithm.tis_cap``, or its default for the engine: 2.0 with vllm (its log-probs
+        come from another copy of the weights and another kernel), None otherwise."""
+        if self.algorithm.tis_cap is not None:
+            return self.algorithm.tis_cap
+        return DEFAULT_TIS_CAP if self.rollout.engine == "vllm" else None
 
     def __post_init__(self) -> None:
         if not self.stages:

@@ -60,6 +60,9 @@ def open_cache(cache_dir: str | Path | None, model: PreTrainedModel, tokenizer: 
            "temperature": settings.temperature, "top_p": settings.top_p,
            "max_new_tokens": settings.max_new_tokens, "seed": settings.seed,
            "environment": environment_description(environment)}
+    # only when they differ from the defaults, so caches written before they existed stay valid
+    key.update({name: value for name, value, default in (("engine", settings.engine, "kv_cache"),
+                                                          ("dtype", settings.dtype, "float32")) if value != default})
     return SampleCache(cache_dir, key)
 
 

@@ -169,6 +169,8 @@ class SamplingSettings:
     batch_size: int
     seed: int
     top_p: float = 1.0
+    engine: str = "kv_cache"  # another engine draws other samples from the same seed
+    dtype: str = "float32"  # the forward precision (model.dtype)
 
 
 def collect_samples(

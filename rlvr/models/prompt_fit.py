@@ -39,6 +39,19 @@ def checkpoint_tokenizer(path: str | Path) -> tuple[PreTrainedTokenizerBase, int
     return tokenizer, positions if isinstance(positions, int) else None
 
 
+def checkpoint_head_dim(path: str | Path) -> int | None:
+    """The attention head size a checkpoint's config.json declares (``head_dim``, else
+    hidden_size / num_attention_heads); None when it says neither."""
+    try:
+        config = json.loads((resolve_model_path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(config.get("head_dim"), int):
+        return config["head_dim"]
+    hidden, heads = config.get("hidden_size"), config.get("num_attention_heads")
+    return hidden // heads if isinstance(hidden, int) and isinstance(heads, int) and heads else None
+
+
 def check_weight_files(path: Path) -> None:
     """ValueError naming the file when a checkpoint's safetensors weights are missing or
     damaged (a truncated file, a bad header): read from each file's header alone, which

@@ -52,9 +52,10 @@ class CheckpointShape:
     about: str  # one line for --help
 
 
+# The tiny shapes use head dimension 32: vLLM's CPU attention supports 32, 64, 80, ... only.
 SHAPES: dict[str, CheckpointShape] = {
     "qwen2-tiny": CheckpointShape(
-        "qwen2", "chatml", vocab_size=4096, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+        "qwen2", "chatml", vocab_size=4096, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
         intermediate_size=176, max_position_embeddings=2048, rope_theta=1e6, rms_norm_eps=1e-6,
         tie_word_embeddings=True, about="Qwen2 layout, 0.36M parameters: fast on a CPU, for tests"),
     "qwen2-50m": CheckpointShape(
@@ -69,7 +70,7 @@ SHAPES: dict[str, CheckpointShape] = {
         intermediate_size=4864, max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6,
         tie_word_embeddings=True, about="Qwen2.5-0.5B's dimensions with a 32768-token vocabulary, 387M parameters"),
     "llama3-tiny": CheckpointShape(
-        "llama", "llama3", vocab_size=4096, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+        "llama", "llama3", vocab_size=4096, hidden_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
         intermediate_size=192, max_position_embeddings=2048, rope_theta=5e5, rms_norm_eps=1e-5,
         tie_word_embeddings=True, about="Llama 3 layout and chat template, 0.37M parameters, for tests"),
 }

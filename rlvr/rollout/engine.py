@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from transformers import PreTrainedModel
@@ -31,7 +31,28 @@ class Generation:
 
 
 class RolloutEngine(ABC):
-    """Generates responses for a batch of tokenised prompts."""
+    """Generates responses for a batch of tokenised prompts.
+
+    An engine either samples from the module it is handed (``owns_weights = False``: the
+    own KV-cache engine, which reads the trainer's weights in place) or holds a copy of its
+    own (``owns_weights = True``: vLLM), which then also implements
+    ``load_weights(named_tensors, version)`` and ``verify_sync(named_tensors, version)``."""
+
+    owns_weights = False
+
+    @classmethod
+    def build(cls, config: Any, model: PreTrainedModel, tokenizer: Any) -> "RolloutEngine":
+        """The engine for a run's ``config``, starting from ``model``'s current weights."""
+        return cls()
+
+    @classmethod
+    def check(cls, config: Any, head_dim: int | None) -> None:
+        """Raise ``ValueError`` (one line naming the field) when ``config`` asks this engine for
+        something it cannot do; run before any work. ``head_dim``: the policy's attention
+        head size, when known."""
+
+    def close(self) -> None:
+        """Release what the engine holds (processes, memory); a no-op for in-process engines."""
 
     @abstractmethod
     def generate(

@@ -39,17 +39,20 @@ class Sampler:
         self.environment, self.autocast, self.verify_every = environment, autocast, verify_every
         self.version = 0
         self.syncs = 0
+        self.asleep = False
 
     def generate(self, problems: list[Problem], *, max_new_tokens: int, temperature: float, top_p: float = 1.0,
                  groups: list[int] | None = None, generator: torch.Generator | None = None,
                  batch_size: int | None = None) -> list[Trajectory]:
         """One trajectory per problem (repeat a problem for a group), each tagged with the
         weight version that produced it."""
+        self._wake()
         with self.autocast():
             trajectories = sample_trajectories(
                 self.engine, self.policy, self.tokenizer, problems, max_new_tokens=max_new_tokens,
                 temperature=temperature, top_p=top_p, generator=generator, groups=groups, batch_size=batch_size,
                 environment=self.environment)
+        self._sleep()
         for trajectory in trajectories:
             trajectory.policy_version = self.version
         return trajectories
@@ -58,6 +61,7 @@ class Sampler:
         """Sample from ``policy``'s current weights from now on, as version ``version``."""
         if getattr(self.engine, "owns_weights", False):
             named = list(policy.state_dict().items())
+            self._wake()
             self.engine.load_weights(named, version)
             self.syncs += 1
             if self.verify_every and self.syncs % self.verify_every == 0:
@@ -65,3 +69,18 @@ class Sampler:
         elif policy is not self.policy:
             raise ValueError("a local engine samples from the trainer's own module: load_weights got another one")
         self.version = version
+
+    def _wake(self) -> None:
+        if self.asleep:
+            self.engine.wake_up()
+            self.asleep = False
+
+    def _sleep(self) -> None:
+        """Colocated on a GPU (``rollout.vllm.sleep_level``): free the engine's memory while the
+        trainer trains; it wakes for the next sync or rollout."""
+        if getattr(self.engine, "sleep_level", None):
+            self.engine.sleep()
+            self.asleep = True
+
+    def close(self) -> None:
+        self.engine.close()

@@ -87,7 +87,7 @@ def check_names(config: RunConfig, source: str = "config") -> None:
     # The data, drawn as the run will draw it: the held-out split, RL step 0's prompts and
     # SFT step 0's demonstrations, rendered with the run's tokenizer (a data file is read
     # here, so a missing or malformed one fails before the run directory exists).
-    from rlvr.models.prompt_fit import check_prompts_fit, checkpoint_tokenizer
+    from rlvr.models.prompt_fit import check_prompts_fit, checkpoint_head_dim, checkpoint_tokenizer
 
     try:
         if config.model.path is None:
@@ -98,6 +98,12 @@ def check_names(config: RunConfig, source: str = "config") -> None:
         raise ConfigError(f"{source}: model.path: {err}") from None
     if config.model.path is None:
         _check_tiny_model_fits_memory(config, len(tokenizer), source)
+    head_dim = (config.model.hidden_size // config.model.num_heads if config.model.path is None
+                else checkpoint_head_dim(config.model.path))
+    try:
+        ROLLOUT_ENGINES.get(config.rollout.engine).check(config, head_dim)
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from None
     try:
         heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
         check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens, heldout, "held-out problems")
@@ -170,38 +176,44 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
     hf_logging.disable_progress_bar()  # per-checkpoint 'Writing model shards' bars drown the run's own
     torch.manual_seed(config.seed)
     state = run.recover()
-    engine = ROLLOUT_ENGINES.get(config.rollout.engine)()
     heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
     exclude = frozenset(p.id for p in heldout)
     model, tokenizer = _starting_model(config, run, state)
     environment = build_environment(config.rollout.environment, task, verifier.score_many)
 
-    def run_eval(phase: str, step: int = 0) -> dict[str, Any]:
-        with forward_autocast(config):
-            result = evaluate(model, tokenizer, task, heldout, engine, verifier=verifier,
-                              samples=config.eval.samples, environment=environment, ks=config.eval.ks or None,
-                              temperature=config.eval.temperature, max_new_tokens=config.rollout.max_new_tokens,
-                              batch_size=config.eval.batch_size, seed=config.eval.seed)
-        record = {"stage": "eval", "phase": phase, "step": step, **result}
-        run.append("eval.jsonl", record)
-        state["evals"][phase] = record
-        return record
-
     if "sft" in config.stages and "sft" not in state["completed_stages"]:
         train_sft(model, tokenizer, task, config, run, state, exclude, environment)
     # Pruning after a stage is redone on every resume: a kill may have come before it.
     run.prune("sft-step", 0)
-    if "warmstart" not in state["evals"]:
-        run_eval("warmstart")
-        run.save_state(state)
-    if "rl" in config.stages and "rl" not in state["completed_stages"]:
-        sampler = Sampler(engine, model, tokenizer, environment, autocast=lambda: forward_autocast(config))
-        train_rl(model, tokenizer, Judge(task, verifier, tokenizer, config), sampler, config, run, state, exclude,
-                 evaluate_fn=run_eval)
-    if "rl" in config.stages:
-        run.prune("rl-step", config.checkpoint.keep_last)
-    if "rl" in config.stages and "final" not in state["evals"]:
-        run_eval("final", state.get("rl_last_step", config.rl.steps))
+    # The rollout engine starts from the weights evaluation and RL begin with (after SFT);
+    # one that holds its own copy gets every later update pushed (Sampler.load_weights).
+    engine = ROLLOUT_ENGINES.get(config.rollout.engine).build(config, model, tokenizer)
+    sampler = Sampler(engine, model, tokenizer, environment, autocast=lambda: forward_autocast(config),
+                      verify_every=config.rollout.vllm.verify_every)
+    try:
+        def run_eval(phase: str, step: int = 0) -> dict[str, Any]:
+            with forward_autocast(config):
+                result = evaluate(model, tokenizer, task, heldout, engine, verifier=verifier,
+                                  samples=config.eval.samples, environment=environment, ks=config.eval.ks or None,
+                                  temperature=config.eval.temperature, max_new_tokens=config.rollout.max_new_tokens,
+                                  batch_size=config.eval.batch_size, seed=config.eval.seed)
+            record = {"stage": "eval", "phase": phase, "step": step, **result}
+            run.append("eval.jsonl", record)
+            state["evals"][phase] = record
+            return record
+
+        if "warmstart" not in state["evals"]:
+            run_eval("warmstart")
+            run.save_state(state)
+        if "rl" in config.stages and "rl" not in state["completed_stages"]:
+            train_rl(model, tokenizer, Judge(task, verifier, tokenizer, config), sampler, config, run, state,
+                     exclude, evaluate_fn=run_eval)
+        if "rl" in config.stages:
+            run.prune("rl-step", config.checkpoint.keep_last)
+        if "rl" in config.stages and "final" not in state["evals"]:
+            run_eval("final", state.get("rl_last_step", config.rl.steps))
+    finally:
+        sampler.close()
     run.save_state(state)  # the final evaluation, and the wall time up to here
     summary = write_summary(run, state)
     plot_run(run.read("metrics.jsonl"), run.read("eval.jsonl"), run.plots)

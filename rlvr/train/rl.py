@@ -147,16 +147,16 @@ class Learner:
 
         with torch.no_grad(), self.precision.autocast():
             needs_entropy = alg.top_entropy_fraction < 1.0 and not sampler_entropies
-            if alg.tis_cap is not None or needs_entropy:
+            if config.tis_cap() is not None or needs_entropy:
                 # The trainer's own log-probs are the proximal policy; the sampler's are the behaviour.
                 behaviour = batch.old_logprobs
                 trainer, entropy = token_logprobs(model, batch, temperature, with_entropy=needs_entropy)
                 if needs_entropy:
                     batch.extras["entropy"] = entropy
                 stats.update(logprob_gap(trainer, behaviour, mask))
-                if alg.tis_cap is not None:
+                if config.tis_cap() is not None:
                     batch.old_logprobs = trainer
-                    tis_weight = torch.exp(trainer - behaviour).clamp(max=alg.tis_cap) * mask  # [N, L-1]
+                    tis_weight = torch.exp(trainer - behaviour).clamp(max=config.tis_cap()) * mask  # [N, L-1]
                     batch.extras["token_weight"] = tis_weight
                     stats["tis_weight_mean"] = float(tis_weight.sum() / mask.sum())
             token_rewards = None
@@ -276,7 +276,7 @@ def policy_update(learner: Learner, batch: TokenBatch, generator: torch.Generato
     step = opt_step // (rl.epochs * rl.mini_batches) + 1  # the RL step, for messages
     lengths = batch.attention_mask.sum(-1).cpu()  # indexes the CPU permutation below
     # the sampler's log-probs against the trainer's before any step (TIS measured it already)
-    gaps: list[torch.Tensor] | None = [] if alg.tis_cap is None and train_policy else None
+    gaps: list[torch.Tensor] | None = [] if config.tis_cap() is None and train_policy else None
     for _ in range(rl.epochs):
         order = torch.randperm(n, generator=generator)
         for start in range(0, n, mini_size):
