@@ -19,11 +19,12 @@ def _records(run_dir, stage="rl"):
     return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["stage"] == stage]
 
 
-def test_rl_on_a_random_qwen2_chatml_checkpoint_through_vllm(tmp_path):
+@pytest.mark.parametrize("mode", ["colocated", "server"])
+def test_rl_on_a_random_qwen2_chatml_checkpoint_through_vllm(tmp_path, mode):
     checkpoint = write_random_checkpoint(tmp_path / "qwen2-tiny", shape="qwen2-tiny")
     run_dir = tmp_path / "run"
     assert main(["train", "--output-dir", str(run_dir), f"model.path={checkpoint}", "stages=[rl]",
-                 "rollout.engine=vllm", "rl.steps=3", "rl.prompts_per_step=4", "rl.samples_per_prompt=4",
+                 "rollout.engine=vllm", f"rollout.vllm.mode={mode}", "rl.steps=3", "rl.prompts_per_step=4", "rl.samples_per_prompt=4",
                  "rollout.max_new_tokens=16", "eval.problems=8", "eval.samples=2", "logging.progress=false",
                  "threads=1", "reward.shaping=[{name: random_reward}]"]) == 0
     records = _records(run_dir)

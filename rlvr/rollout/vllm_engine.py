@@ -447,6 +447,10 @@ class VLLMEngine(RolloutEngine):
 
     @classmethod
     def check(cls, config: Any, head_dim: int | None) -> None:
+        if config.rollout.vllm.mode == "server" and config.rollout.vllm.url is not None:
+            from rlvr.rollout.vllm_server import VLLMServerEngine
+
+            return VLLMServerEngine.check(config, head_dim)  # a remote server: not this machine's vLLM
         try:
             import vllm  # noqa: F401
         except ImportError:
@@ -467,6 +471,10 @@ class VLLMEngine(RolloutEngine):
         """The engine of a run (``config.rollout.vllm``), loaded from ``model``'s current weights
         (written to a temporary checkpoint directory that is deleted once vLLM has read it)."""
         v = config.rollout.vllm
+        if v.mode == "server":  # `vllm serve` over HTTP (rlvr/rollout/vllm_server.py)
+            from rlvr.rollout.vllm_server import VLLMServerEngine
+
+            return VLLMServerEngine.build(config, model, tokenizer)
         dtype = config.model.dtype if v.dtype == "auto" else v.dtype
         with tempfile.TemporaryDirectory(prefix="rlvr-vllm-") as tmp:
             model.save_pretrained(tmp)
