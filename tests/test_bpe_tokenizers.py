@@ -193,7 +193,8 @@ def test_save_and_load_round_trip(template, chatml, llama3, tmp_path):
 @pytest.mark.parametrize("template", ["chatml", "llama3"])
 def test_task_prompts_render_through_the_templates(template, chatml, llama3):
     """render_prompts: the chat template with the assistant turn opened, special strings as
-    single ids, exactly one BOS for Llama 3 (the template's; none added on top) and none for Qwen."""
+    single ids, exactly one BOS for Llama 3 (the template's; none added on top) and none for Qwen;
+    a plain-text prompt gets what ``tokenizer(text)`` puts in front (Llama 3's BOS)."""
     tok = {"chatml": chatml, "llama3": llama3}[template]
     header = _ids(tok, "<|im_start|>assistant\n" if template == "chatml"
                   else "<|start_header_id|>assistant<|end_header_id|>\n\n")
@@ -201,8 +202,9 @@ def test_task_prompts_render_through_the_templates(template, chatml, llama3):
                 for p in TASKS.get(name)().sample_problems(2, 0)]
     problems.append(Problem(id="plain", prompt="12+3=", answer="15"))
     for problem, ids in zip(problems, render_prompts(tok, problems)):
-        if isinstance(problem.prompt, str):
-            assert ids == _ids(tok, "12+3=")
+        if isinstance(problem.prompt, str):  # Llama 3 puts its BOS in front of plain text, Qwen nothing
+            assert ids == ([tok.bos_token_id] if template == "llama3" else []) + _ids(tok, "12+3=")
+            assert ids == tok("12+3=")["input_ids"]
             continue
         text = tok.apply_chat_template(problem.prompt, add_generation_prompt=True, tokenize=False)
         assert tok.decode(ids) == text
@@ -429,3 +431,20 @@ def test_cli_bad_shape_is_one_line_and_exit_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "unknown shape 'qwen9'" in result.stderr, result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_plain_text_prefix_takes_leading_specials_only():
+    """A tokenizer that wraps text as ``<s> text </s>`` gives plain prompts its ``<s>`` but
+    never the ``</s>``: a prompt must not end the sequence."""
+    from tokenizers.processors import TemplateProcessing
+
+    from rlvr.rollout.trajectory import plain_text_prefix
+
+    tok = build_bpe_tokenizer("chatml", 1000)
+    start, end = tok.convert_tokens_to_ids("<|im_start|>"), tok.convert_tokens_to_ids("<|im_end|>")
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|im_start|> $A <|im_end|>", special_tokens=[("<|im_start|>", start), ("<|im_end|>", end)])
+    assert tok("12")["input_ids"] == [start] + _ids(tok, "12") + [end]
+    assert plain_text_prefix(tok) == [start]
+    ids = render_prompts(tok, [Problem(id="p", prompt="12+3=", answer="15")])[0]
+    assert ids == [start] + _ids(tok, "12+3=")

@@ -283,3 +283,50 @@ def test_params_validation():
     with pytest.raises(ConfigError, match="difficulty"):
         from_dict(P, {"difficulty": {"num_terms": "hard"}}, source="task.params")
     assert TASKS.get("reasoning_gym") is ReasoningGymTask
+
+
+def _all_datasets():
+    from reasoning_gym.factory import DATASETS
+
+    return sorted(set(DATASETS) - {"composite"})
+
+
+def test_every_dataset_builds_pickles_and_scores_its_gold_answer():
+    """Every dataset the task advertises (all of reasoning-gym's): the task builds, survives
+    the pickle round trip the verifier workers need (arc_1d and string_manipulation hold
+    lambdas; the sympy guards were closures), its problems pickle, and the gold answer of a
+    problem drawn from the unpickled task scores 1.0."""
+    import pickle
+
+    failures = []
+    for name in _all_datasets():
+        try:
+            task = pickle.loads(pickle.dumps(ReasoningGymTask(ReasoningGymTask.Params(dataset=name, size=5))))
+            problem = pickle.loads(pickle.dumps(task.sample_problems(1, seed=0)[0]))
+            if problem.answer is None:
+                continue  # boxnet, graph_color, ...: no gold answer to score
+            score = task.score(problem, f"<answer>{problem.answer}</answer>")
+            if score.reward != 1.0:
+                failures.append(f"{name}: gold scored {score.reward} ({score.error})")
+        except Exception as exc:
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+    assert len(_all_datasets()) >= 100
+    assert not failures, "\n".join(failures)
+
+
+def test_countdown_scores_in_the_verifier_pool():
+    """The blocker users hit: countdown (sympy-guarded) scored in spawned verifier workers."""
+    from rlvr.verify.pool import VerifierPool
+
+    task = _task("countdown")
+    problems = task.sample_problems(3, seed=1)
+    completions = [f"<answer>{p.answer}</answer>" for p in problems[:2]] + ["<answer>__import__('os')</answer>"]
+    with VerifierPool(task, workers=1, timeout_s=30) as pool:
+        scores = pool.score_many(problems, completions)
+    assert [s.reward for s in scores] == [1.0, 1.0, 0.0]
+    assert "not passed" in scores[2].error
+
+
+def test_composite_is_refused_with_the_mix_task_named():
+    with pytest.raises(ValueError, match="composite.*`mix` task"):
+        ReasoningGymTask(ReasoningGymTask.Params(dataset="composite"))

@@ -175,8 +175,18 @@ def test_empty_batch_length_mismatch_and_close(pool):
 def test_unpicklable_task_fails_at_construction():
     task = MisbehavingTask()
     task.callback = lambda: None
-    with pytest.raises(TypeError, match="cannot be pickled"):
+    with pytest.raises(TypeError, match="cannot be pickled.*define it at module level"):
         VerifierPool(task)
+
+
+def test_unpicklable_builtin_task_is_reported_as_our_bug_not_the_users():
+    from rlvr.tasks.addition import AdditionTask
+
+    task = AdditionTask()
+    task.callback = lambda: None
+    with pytest.raises(TypeError, match="built-in task AdditionTask cannot be pickled.*bug in rlvr") as info:
+        VerifierPool(task)
+    assert "module level" not in str(info.value)
 
 
 def test_task_that_cannot_load_in_a_worker_raises():

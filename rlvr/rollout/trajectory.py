@@ -92,9 +92,32 @@ def _prompt_text(tokenizer: PreTrainedTokenizerBase, problem: Problem) -> str:
     return tokenizer.apply_chat_template(problem.prompt, add_generation_prompt=True, tokenize=False)
 
 
+def plain_text_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The special tokens the tokenizer puts in front of a text (Llama 3's
+    ``<|begin_of_text|>``; none for Qwen or the character tokenizer).
+
+    A plain-text prompt gets them, as ``tokenizer(text)``, HF ``generate`` users and vLLM's
+    text prompts do: a base Llama prompted without its BOS is out of distribution. A chat
+    prompt does not: the template writes them itself. Trailing specials (an EOS some
+    tokenizers append) are never taken: a prompt must not end the sequence."""
+    cached = getattr(tokenizer, "_rlvr_plain_text_prefix", None)
+    if cached is None:
+        probe = "a"
+        plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+        full = tokenizer(probe)["input_ids"]
+        start = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), 0)
+        cached = list(full[:start])
+        try:
+            tokenizer._rlvr_plain_text_prefix = cached
+        except AttributeError:  # a tokenizer that refuses attributes is probed per call
+            pass
+    return list(cached)
+
+
 def render_prompt(tokenizer: PreTrainedTokenizerBase, problem: Problem) -> list[int]:
     """Token ids of the problem's prompt: chat messages go through the tokenizer's chat
-    template with the assistant turn opened; plain text is tokenised as is."""
+    template with the assistant turn opened; plain text is tokenised after the tokenizer's
+    leading special tokens (`plain_text_prefix`)."""
     return render_prompts(tokenizer, [problem])[0]
 
 
@@ -107,5 +130,7 @@ def render_prompts(tokenizer: PreTrainedTokenizerBase, problems: list[Problem]) 
     distinct = list({id(problem): problem for problem in problems}.values())
     texts = [_prompt_text(tokenizer, problem) for problem in distinct]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    rendered = {id(problem): list(row) for problem, row in zip(distinct, ids)}
+    prefix = plain_text_prefix(tokenizer)
+    rendered = {id(problem): (prefix if isinstance(problem.prompt, str) else []) + list(row)
+                for problem, row in zip(distinct, ids)}
     return [rendered[id(problem)] for problem in problems]

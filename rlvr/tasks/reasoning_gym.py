@@ -115,6 +115,17 @@ class ReasoningGymTask(Task):
         self._guard = _GUARDS.get(self.params.dataset)
         self._entries: dict[int, dict[str, Any]] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without the dataset object (some hold lambdas, e.g. arc_1d and
+        string_manipulation): it is a pure function of the params and is rebuilt on load."""
+        state = dict(self.__dict__)
+        del state["dataset"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.dataset = build_dataset(self.params)
+
     def entry(self, index: int) -> dict[str, Any]:
         """Item ``index`` of the pool (cached: some generators take tens of milliseconds)."""
         if index not in self._entries:
@@ -210,6 +221,9 @@ def build_dataset(params: ReasoningGymTask.Params) -> Any:
         raise ImportError("the reasoning_gym task needs the reasoning-gym package: pip install reasoning-gym") from exc
 
     name = params.dataset
+    if name == "composite":  # its sub-datasets would bypass the per-dataset safety guards below
+        raise ValueError("dataset: 'composite' is reasoning-gym's mixer; mix datasets with rlvr's `mix` task "
+                         "over one reasoning_gym task per dataset (each keeps its scorer's guard and its metrics)")
     if name not in DATASETS:
         close = difflib.get_close_matches(name, list(DATASETS), n=3)
         hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
@@ -320,25 +334,44 @@ _MAX_NUMERIC_EXPONENT = 100  # of a base without symbols, which sympy computes o
 _MAX_NUMERIC_BASE = 10**6  # literals in such a base: at most ~600 digits per power
 
 
-def sympy_guard(names: bool, functions: frozenset[str] = frozenset(),
-                max_chars: int = 20_000) -> Callable[[str], str | None]:
+@dataclass(frozen=True)
+class SympyGuard:
     """Guard for scorers that run ``sympy.parse_expr`` (an ``eval``) on the answer.
 
     Allowed: int/float literals; + - * /; unary + -; and, when ``names``, one-letter symbols,
     ``pi``, ``oo`` and calls of ``functions`` with positional arguments; ``a**b`` where the
     exponent has no power and literals of at most 1000 (at most 100, with base literals of at
     most 10**6, when the base has no symbol) and powers nest at most two deep, so no answer
-    makes sympy build a huge number. Returns None when the text is allowed, else the reason.
+    makes sympy build a huge number. Calling it returns None when the text is allowed, else
+    the reason.
+
+    A frozen dataclass, not a closure: the task holding it is pickled for the verifier
+    workers, and a closure cannot be.
     """
 
-    def check(node: ast.AST, bound: tuple[float, str] | None, pow_depth: int) -> None:
+    names: bool
+    functions: frozenset[str] = frozenset()
+    max_chars: int = 20_000
+
+    def __call__(self, text: str) -> str | None:
+        try:
+            self._check(_parse(text, self.max_chars), None, 0)
+        except _Refused as exc:
+            return str(exc)
+        except RecursionError:
+            return "expression nested too deeply"
+        return None
+
+    def _check(self, node: ast.AST, bound: tuple[float, str] | None, pow_depth: int) -> None:
+        check = self._check
         if isinstance(node, ast.Constant):
             if type(node.value) not in (int, float):
                 raise _Refused(f"literal {node.value!r} is not a number")
             if bound is not None and abs(node.value) > bound[0]:
                 raise _Refused(f"{node.value} is too large for {bound[1]} (at most {bound[0]:g})")
         elif isinstance(node, ast.Name):
-            if not names or not (node.id in _MATH_CONSTANTS or (len(node.id) == 1 and node.id in string.ascii_letters)):
+            if not self.names or not (node.id in _MATH_CONSTANTS
+                                      or (len(node.id) == 1 and node.id in string.ascii_letters)):
                 raise _Refused(f"name {node.id!r} is not allowed")
         elif isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
             check(node.operand, bound, pow_depth)
@@ -353,23 +386,17 @@ def sympy_guard(names: bool, functions: frozenset[str] = frozenset(),
             numeric = not any(isinstance(sub, ast.Name) for sub in ast.walk(node.left))
             check(node.left, (_MAX_NUMERIC_BASE, "a number raised to a power") if numeric else bound, pow_depth + 1)
             check(node.right, (_MAX_NUMERIC_EXPONENT if numeric else _MAX_EXPONENT, "an exponent"), pow_depth)
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in functions \
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in self.functions \
                 and not node.keywords and not any(isinstance(a, ast.Starred) for a in node.args):
             for arg in node.args:
                 check(arg, bound, pow_depth)
         else:
             raise _Refused(f"{type(node).__name__} is not allowed where the scorer runs sympy.parse_expr")
 
-    def guard(text: str) -> str | None:
-        try:
-            check(_parse(text, max_chars), None, 0)
-        except _Refused as exc:
-            return str(exc)
-        except RecursionError:
-            return "expression nested too deeply"
-        return None
 
-    return guard
+def sympy_guard(names: bool, functions: frozenset[str] = frozenset(), max_chars: int = 20_000) -> SympyGuard:
+    """A `SympyGuard` (kept for callers that built guards with this function)."""
+    return SympyGuard(names, frozenset(functions), max_chars)
 
 
 _GUARDS: dict[str, Callable[[str], str | None]] = {

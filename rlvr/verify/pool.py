@@ -228,6 +228,10 @@ class VerifierPool:
         try:
             self._task_bytes = pickle.dumps(task)
         except Exception as e:
+            if type(task).__module__.startswith("rlvr."):  # ours: the user can do nothing about it
+                raise TypeError(
+                    f"built-in task {type(task).__name__} cannot be pickled for the verifier workers "
+                    f"({describe_exception(e)}): this is a bug in rlvr, please report it") from None
             raise TypeError(
                 f"task {type(task).__name__} cannot be pickled for the verifier workers ({describe_exception(e)}); "
                 "define it at module level and keep its attributes plain data") from None
