@@ -16,6 +16,16 @@ from pathlib import Path
 from rlvr.typed_yaml import ConfigError
 
 
+def _import_from_working_directory() -> None:
+    """Let ``task.name=my_tasks:Double`` (and reward ``module:function``) find ``my_tasks.py``
+    in the directory the command runs in, as ``python -m`` would: a console script's
+    ``sys.path`` starts at its own bin directory. Appended, so a file there never shadows an
+    installed package. Spawned verifier workers inherit the parent's ``sys.path``."""
+    cwd = os.getcwd()
+    if not any(entry in ("", ".", cwd) for entry in sys.path):
+        sys.path.append(cwd)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rlvr", description="RL with verifiable rewards for reasoning LMs",
                                      allow_abbrev=False)
@@ -65,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.targets += extra
     args.active_run = None  # the run directory being written, set by _train once it exists
+    _import_from_working_directory()
     try:
         with _sigterm_interrupts():
             if args.command in ("train", "sft"):
