@@ -165,11 +165,13 @@ def _train(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.overrides)
         if args.command == "sft":
             config = sft_only(config)
-    check_names(config, source)
+    warnings = check_names(config, source)
     if not args.resume:
         run = new_run_dir(config, args.output_dir, Path(args.config).stem if args.config else "default")
     args.active_run = run.path  # main() names it in interrupt and error messages
     print(f"run dir: {run.path}")
+    for warning in warnings if not args.resume else []:  # said when the run started
+        print(f"rlvr: warning: {warning}")  # stdout, with the run's other notes; stderr is for errors
     summary = run_pipeline(config, run)
     _print_summary(summary, config.stages)
     return 0

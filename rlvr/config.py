@@ -252,6 +252,7 @@ class DataConfig:
     tracker_decay: float = _f(0.5, "EMA decay of the per-prompt pass-rate tracker", ge=0, lt=1)
     fixed_problems: int = _f(0, "few-shot RLVR: train on this many fixed problems, repeated (1 = 'RL with one training example'); 0 draws fresh problems", ge=0)
     include_ids: str | None = _f(None, "JSON file with a list of problem ids (e.g. from `rlvr limr`): train only on those problems of a file-backed task")
+    reuse_problems: bool = _f(True, "when the training problems are fewer than a batch asks for (sft.batch_size, rl.prompts_per_step), repeat them within the batch in shuffled passes, as epochs over a small file do (TRL's behaviour), with a warning before the run; false makes it an error")
     curriculum: CurriculumConfig = _sub(CurriculumConfig, "adaptive difficulty for generated tasks")
 
     def __post_init__(self) -> None:

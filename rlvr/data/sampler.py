@@ -12,7 +12,7 @@ from typing import Any
 from rlvr.config import RunConfig
 from rlvr.data.selection import Curriculum, PassRateTracker, group_pass_rates
 from rlvr.seeding import derive_seed
-from rlvr.tasks.base import Problem, Task
+from rlvr.tasks.base import Problem, Task, sample_training_problems
 
 
 class PromptSampler:
@@ -62,8 +62,8 @@ class PromptSampler:
             return [self.fixed[(start + i) % len(self.fixed)] for i in range(count)]
         data = self.config.data
         if not data.prefilter:
-            return self.task.sample_problems(count, seed, self.exclude)
-        candidates = self.task.sample_problems(2 * count, seed, self.exclude)
+            return sample_training_problems(self.task, count, seed, self.exclude, data.reuse_problems)
+        candidates = sample_training_problems(self.task, 2 * count, seed, self.exclude, data.reuse_problems)
         fresh = [p for p in candidates if not self.tracker.outside(p.id, data.pass_rate_low, data.pass_rate_high)]
         return (fresh + [p for p in candidates if p not in fresh])[:count]
 

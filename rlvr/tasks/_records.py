@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
-from rlvr.tasks.base import Problem, Task
+from rlvr.tasks.base import Problem, Task, TooFewProblems, fill_with_repeats
 from rlvr.typed_yaml import check_ranges
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -101,10 +101,12 @@ class FileTask(Task):
 
     def sample_problems(
         self, count: int, seed: int, exclude: set[str] | frozenset[str] = frozenset(),
-        split: Literal["train", "heldout"] = "train",
+        split: Literal["train", "heldout"] = "train", replace: bool = False,
     ) -> list[Problem]:
         """``count`` distinct problems drawn with ``seed`` from ``split``: the held-out part
-        of the file, or the training part minus ``exclude`` (module docstring)."""
+        of the file, or the training part minus ``exclude`` (module docstring). A part
+        smaller than ``count`` is repeated in shuffled passes with ``replace`` (epochs), else
+        `TooFewProblems`."""
         train, heldout = self._load()
         p = self.params
         if p.heldout_fraction == 0.0:
@@ -118,7 +120,10 @@ class FileTask(Task):
             pool = [q for q in train if q.id not in exclude]
             what = "training problems (outside the held-out split and `exclude`); ask for fewer or use a larger file"
         if count > len(pool):
-            raise ValueError(f"{self.name} task: asked for {count} problems but {p.path} has only {len(pool)} {what}")
+            if replace and pool:
+                return fill_with_repeats(pool, count, random.Random(seed))
+            raise TooFewProblems(f"{self.name} task: asked for {count} problems but {p.path} has only {len(pool)} "
+                                 f"{what}", available=len(pool), requested=count)
         return random.Random(seed).sample(pool, count)
 
     def generate(self, rng: random.Random) -> Problem:

@@ -79,7 +79,7 @@ class Task(ABC):
 
     def sample_problems(
         self, count: int, seed: int, exclude: set[str] | frozenset[str] = frozenset(),
-        split: Literal["train", "heldout"] = "train",
+        split: Literal["train", "heldout"] = "train", replace: bool = False,
     ) -> list[Problem]:
         """``count`` distinct problems drawn with ``seed``, skipping ids in ``exclude``.
 
@@ -87,6 +87,10 @@ class Task(ABC):
         own seed *and* the training stream skips held-out ids, so no held-out problem is
         ever trained on. Tasks backed by a fixed file override this to draw each split from
         its own part of the file.
+
+        When the task has fewer than ``count`` distinct problems, ``replace`` fills the list
+        by repeating them (`fill_with_repeats`: whole shuffled passes, as epochs over a small
+        file), else `TooFewProblems` is raised with the number there are.
         """
         rng = random.Random(seed)
         problems: list[Problem] = []
@@ -97,10 +101,12 @@ class Task(ABC):
             # A long run of repeats means the distribution is (nearly) exhausted: stop in
             # seconds instead of drawing for hours towards a count it cannot reach.
             if attempts > 100 * count + 1000 or repeats_in_a_row > 20_000:
-                raise ValueError(
+                if replace and problems:
+                    return fill_with_repeats(problems, count, rng)
+                raise TooFewProblems(
                     f"task {self.name!r} could only produce {len(problems)} distinct problems "
-                    f"of the {count} asked for; widen its params or ask for fewer"
-                )
+                    f"of the {count} asked for; widen its params or ask for fewer",
+                    available=len(problems), requested=count)
             problem = self.generate(rng)
             if problem.id in seen:
                 repeats_in_a_row += 1
@@ -109,6 +115,39 @@ class Task(ABC):
             seen.add(problem.id)
             problems.append(problem)
         return problems
+
+
+class TooFewProblems(ValueError):
+    """A task (or a split of it) has ``available`` distinct problems, fewer than the
+    ``requested`` ones."""
+
+    def __init__(self, message: str, available: int, requested: int) -> None:
+        super().__init__(message)
+        self.available, self.requested = available, requested
+
+
+def fill_with_repeats(pool: list[Problem], count: int, rng: random.Random) -> list[Problem]:
+    """``count`` problems from a ``pool`` smaller than that: whole passes over the pool, each
+    in its own shuffled order, then a partial pass, so no problem appears twice more often
+    than another (what epochs over a small training file give, as TRL's sampler does)."""
+    if not pool:
+        raise ValueError("fill_with_repeats: the pool is empty")
+    out: list[Problem] = []
+    while len(out) < count:
+        epoch = list(pool)
+        rng.shuffle(epoch)
+        out += epoch[:count - len(out)]
+    return out
+
+
+def sample_training_problems(task: Task, count: int, seed: int, exclude: set[str] | frozenset[str],
+                             replace: bool) -> list[Problem]:
+    """``task.sample_problems`` for a training batch, passing ``replace`` only when it is set,
+    so a user's task that overrides ``sample_problems`` with the older signature keeps working
+    wherever no repeats are needed."""
+    if replace:
+        return task.sample_problems(count, seed, exclude, replace=True)
+    return task.sample_problems(count, seed, exclude)
 
 
 TASKS: Registry[type[Task]] = Registry("task")

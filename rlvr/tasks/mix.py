@@ -70,9 +70,10 @@ class MixTask(Task):
         return self._wrap(name, self.components[name].generate(rng))
 
     def sample_problems(self, count: int, seed: int, exclude: set[str] | frozenset[str] = frozenset(),
-                        split: Literal["train", "heldout"] = "train") -> list[Problem]:
+                        split: Literal["train", "heldout"] = "train", replace: bool = False) -> list[Problem]:
         """Each component contributes its weight's share (largest remainder) from its own
-        ``sample_problems``, so file-backed components keep their own held-out split."""
+        ``sample_problems``, so file-backed components keep their own held-out split (and
+        repeat their own problems with ``replace``)."""
         total = sum(self.weights.values())
         shares = {name: count * w / total for name, w in self.weights.items()}
         counts = {name: int(share) for name, share in shares.items()}
@@ -82,7 +83,8 @@ class MixTask(Task):
         for name, n in counts.items():
             if n:
                 own = frozenset(i.split("/", 1)[1] for i in exclude if i.startswith(f"{name}/"))
-                drawn = self.components[name].sample_problems(n, derive_seed(seed, name), own, split)
+                drawn = (self.components[name].sample_problems(n, derive_seed(seed, name), own, split, replace=True)
+                         if replace else self.components[name].sample_problems(n, derive_seed(seed, name), own, split))
                 problems += [self._wrap(name, p) for p in drawn]
         random.Random(seed).shuffle(problems)
         return problems

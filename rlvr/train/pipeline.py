@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -23,7 +24,9 @@ from rlvr.models.tokenizer import build_char_tokenizer
 from rlvr.rewards import REWARDS, check_reward_params
 from rlvr.rewards.shaping import REWARD_SHAPERS, check_shaper_params
 from rlvr.rollout import ROLLOUT_ENGINES, build_environment
-from rlvr.tasks import TASKS, Task
+from rlvr.seeding import derive_seed
+from rlvr.tasks import TASKS, Problem, Task
+from rlvr.tasks.base import TooFewProblems
 from rlvr.train.loggers import Mirror, check_backends
 from rlvr.rollout.sampler import Sampler
 from rlvr.train.judge import Judge, Verifier
@@ -40,14 +43,86 @@ def build_task(config: RunConfig, source: str = "config") -> Task:
     """The configured task, its ``task.params`` checked against the task's Params dataclass."""
     task_cls = TASKS.get(config.task.name)
     params = from_dict(task_cls.Params, config.task.params, source=f"{source}: task.params")
-    return task_cls(params)
+    task = task_cls(params)
+    if not task.name:  # a user's module:Class task is known by what the config calls it
+        task.name = config.task.name
+    return task
 
 
-def check_names(config: RunConfig, source: str = "config") -> None:
+HELDOUT_HALF_WIDTH_WARNING = 0.10  # warn when a held-out accuracy's 95% interval is wider than +-10 points
+
+
+def check_data_sizes(task: Task, config: RunConfig, source: str) -> tuple[list[Problem], list[str]]:
+    """Every size the run asks of the task's data, checked at once before any work: the
+    held-out split (``eval.problems``), the training problems left beside it for SFT batches,
+    RL prompts per step and few-shot problems. What cannot be met is one config error listing
+    each limit and what to set; training batches larger than the training problems repeat
+    them (``data.reuse_problems``) with a warning, as do held-out splits too small for their
+    accuracy to mean much. Returns the held-out problems and the warnings (printed by the
+    caller once the run directory exists: an error stays one line, and a run refused for
+    another reason does not warn)."""
+    limits: list[str] = []
+    warnings: list[str] = []
+    shares_pool = not hasattr(task, "heldout_ids")  # generated: held-out ids are taken out of the training stream
+    try:
+        heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
+    except TooFewProblems as err:
+        room = max(1, err.available // 5) if shares_pool else err.available
+        limits.append(f"eval.problems={config.eval.problems}: the held-out split has only {err.available} problems"
+                      + (f" and takes them from the training problems, so set eval.problems={room} or fewer"
+                         if shares_pool else f"; set eval.problems={room} or fewer"))
+        heldout = task.sample_problems(room, config.eval.seed, split="heldout") if err.available else []
+    exclude = frozenset(p.id for p in heldout)
+    asks = []  # (field, count) of the training draws the run makes
+    if "sft" in config.stages:
+        asks.append(("sft.batch_size", config.sft.batch_size))
+    if "rl" in config.stages and not config.data.fixed_problems and not config.data.include_ids:
+        per_step = config.rl.prompts_per_step
+        asks.append(("rl.prompts_per_step" + (" (x2 with data.prefilter)" if config.data.prefilter else ""),
+                     2 * per_step if config.data.prefilter else per_step))
+    if config.data.fixed_problems:
+        asks.append(("data.fixed_problems", config.data.fixed_problems))
+    if asks:
+        largest = max(count for _, count in asks)
+        try:
+            task.sample_problems(largest, derive_seed(config.seed, "size-check"), exclude)
+            available = largest
+        except TooFewProblems as err:
+            available = err.available
+        short = [(name, count) for name, count in asks if count > available]
+        if available == 0:
+            limits.append("no training problems are left beside the held-out split"
+                          + ("; lower eval.problems or widen the task" if shares_pool else "; use a larger file"))
+        elif short:
+            fixed = [(name, count) for name, count in short if name == "data.fixed_problems"]
+            if fixed:
+                limits.append(f"data.fixed_problems={fixed[0][1]}: the task has only {available} training problems; "
+                              f"set data.fixed_problems={available} or fewer")
+            repeated = [(name, count) for name, count in short if name != "data.fixed_problems"]
+            if repeated and config.data.reuse_problems:
+                warnings.append(f"the task has only {available} training problems: "
+                                + ", ".join(f"{name}={count}" for name, count in repeated)
+                                + " repeats them within a batch (data.reuse_problems; as epochs over a small file)")
+            elif repeated:
+                limits.append(f"the task has only {available} training problems, fewer than "
+                              + ", ".join(f"{name}={count}" for name, count in repeated)
+                              + f"; lower them to {available} or set data.reuse_problems=true")
+    if limits:
+        raise ConfigError(f"{source}: task {task.name!r} cannot meet: " + "; ".join(limits))
+    if heldout:
+        half_width = 1.96 * (0.25 / len(heldout)) ** 0.5
+        if half_width > HELDOUT_HALF_WIDTH_WARNING:
+            warnings.append(f"eval.problems={len(heldout)}: held-out accuracy on {len(heldout)} problems has a 95% "
+                            f"interval of about +-{100 * half_width:.0f} points; differences smaller than that are noise")
+    return heldout, warnings
+
+
+def check_names(config: RunConfig, source: str = "config") -> list[str]:
     """Fail before any work (and before a run directory exists) when a config names a component
     that is not registered, or its task's data cannot be read, or a sampled prompt (with
     rollout.max_new_tokens) or SFT demonstration does not fit the model's context or holds a
-    character its tokenizer cannot encode. Cheap: one held-out split, one step of each stage."""
+    character its tokenizer cannot encode. Cheap: one held-out split, one step of each stage.
+    Returns warnings (small data) for the caller to show once the run has started."""
     checks = [("task.name", TASKS, [config.task.name]),
               ("reward.components", REWARDS, list(config.reward.components)),
               ("reward.shaping", REWARD_SHAPERS, [step.name for step in config.reward.shaping]),
@@ -105,7 +180,7 @@ def check_names(config: RunConfig, source: str = "config") -> None:
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from None
     try:
-        heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
+        heldout, warnings = check_data_sizes(task, config, source)
         check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens, heldout, "held-out problems")
         exclude = frozenset(p.id for p in heldout)
         sampler = PromptSampler(task, config, exclude)
@@ -121,6 +196,7 @@ def check_names(config: RunConfig, source: str = "config") -> None:
         raise
     except (ValueError, OSError) as err:  # the message names the file and record, or the fields
         raise ConfigError(f"{source}: {err}") from None
+    return warnings
 
 
 def _check_tiny_model_fits_memory(config: RunConfig, vocab: int, source: str) -> None:

@@ -18,7 +18,7 @@ from rlvr.models.prompt_fit import check_fits_context
 from rlvr.rollout.environment import Environment, EnvironmentFactory
 from rlvr.rollout.trajectory import render_prompts
 from rlvr.seeding import derive_seed
-from rlvr.tasks.base import Problem, Task
+from rlvr.tasks.base import Problem, Task, sample_training_problems
 from rlvr.train.batch import make_token_batch, token_logprobs
 from rlvr.train.finite import UpdateGuard, clip_grad_norm
 from rlvr.train.optim import lr_at, make_optimizer, set_lr
@@ -32,7 +32,8 @@ def sft_demonstrations(task: Task, config: RunConfig, step: int,
     """Step ``step``'s problems and their demonstration texts, drawn from seeds derived from
     (run seed, step): the same at every call, so a resumed run and the start-up check see
     exactly the batches an uninterrupted run trains on."""
-    problems = task.sample_problems(config.sft.batch_size, derive_seed(config.seed, "sft-problems", step), exclude)
+    problems = sample_training_problems(task, config.sft.batch_size, derive_seed(config.seed, "sft-problems", step),
+                                        exclude, config.data.reuse_problems)
     demo_rng = random.Random(derive_seed(config.seed, "sft-demos", step))
     return problems, [task.demonstration(problem, demo_rng) for problem in problems]
 
