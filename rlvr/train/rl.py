@@ -284,7 +284,8 @@ def policy_update(learner: Learner, batch: TokenBatch, generator: torch.Generato
             mini = mini[lengths[mini].argsort(descending=True, stable=True)]
             agg = dict(num_tokens=batch.target_mask[mini].sum(), num_seqs=len(mini),
                        norm_len=config.rollout.max_new_tokens)
-            lr = lr_at(opt_step + updates, rl.lr, rl.warmup_steps, 0, "constant")
+            lr = lr_at(opt_step + updates, rl.lr, rl.warmup_steps, rl.steps * rl.epochs * rl.mini_batches,
+                       rl.lr_schedule, rl.min_lr_ratio)
             set_lr(learner.optimizer, lr)
             learner.optimizer.zero_grad(set_to_none=True)
             if learner.critic is not None:
