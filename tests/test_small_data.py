@@ -18,6 +18,7 @@ from rlvr.tasks.mix import MixComponent, MixTask
 from rlvr.train.pipeline import check_data_sizes
 from rlvr.train.run_dir import RunDir
 from rlvr.typed_yaml import ConfigError
+from test_custom_plugins import MY_TASKS  # the README's custom task: Double, max_value + 1 problems
 
 
 class Few(Task):
@@ -85,10 +86,6 @@ def test_file_task_and_mix_repeat_their_own_problems(tmp_path):
     assert sum(math_ids.values()) == 10 and sorted(math_ids.values()) == [2, 2, 3, 3]
 
 
-def _config(*overrides):
-    return load_config(None, ["task.name=math", *overrides])
-
-
 def test_size_check_lists_the_held_out_limit_and_what_to_set():
     config = load_config(None, [])
     with pytest.raises(ConfigError) as info:
@@ -126,39 +123,15 @@ def test_no_training_problems_left_is_an_error():
         check_data_sizes(Few(Few.Params(size=5)), config, "default recipe")
 
 
-MY_TASK = '''
-from dataclasses import dataclass
-from rlvr.tasks import Problem, Score, Task
-
-class Few(Task):
-    @dataclass
-    class Params:
-        size: int = 51
-
-    def generate(self, rng):
-        x = rng.randrange(self.params.size)
-        return Problem(id=str(x), prompt=[{"role": "user", "content": f"2*{x}"}], answer=str(2 * x))
-
-    def extract_answer(self, completion):
-        return completion.rpartition("=>")[2].strip() or None
-
-    def score(self, problem, completion):
-        got = self.extract_answer(completion)
-        return Score(reward=float(got == problem.answer), correct=got == problem.answer, extracted=got)
-
-    def demonstration(self, problem, rng):
-        return f"=> {problem.answer}"
-'''
-
-
 def test_a_small_task_trains_with_repeated_batches(tmp_path, monkeypatch, tiny_overrides, capsys):
-    """41 training problems, SFT batches of 64 and RL steps of 48 prompts: the run trains,
-    and each batch holds every training problem at least once."""
-    (tmp_path / "few_tasks.py").write_text(MY_TASK)
+    """41 training problems (51 less 10 held out), SFT batches of 64 and RL steps of 48
+    prompts: the run trains, and each batch holds every training problem at least once."""
+    (tmp_path / "my_tasks.py").write_text(MY_TASKS)
     monkeypatch.syspath_prepend(str(tmp_path))
     run_dir = tmp_path / "run"
-    args = ["train", "--output-dir", str(run_dir), *tiny_overrides, "task.name=few_tasks:Few", "task.params={}", "eval.problems=10",
-            "sft.batch_size=64", "rl.prompts_per_step=48", "rl.samples_per_prompt=2", "rl.micro_batch_size=16",
+    args = ["train", "--output-dir", str(run_dir), *tiny_overrides, "task.name=my_tasks:Double",
+            "task.params={max_value: 50}", "eval.problems=10", "sft.batch_size=64", "rl.prompts_per_step=48",
+            "rl.samples_per_prompt=2", "rl.micro_batch_size=16",
             "rl.steps=1", "logging.samples_per_step=96"]
     assert main(args) == 0
     assert "rlvr: warning: the task has only 41 training problems" in capsys.readouterr().out
@@ -167,9 +140,10 @@ def test_a_small_task_trains_with_repeated_batches(tmp_path, monkeypatch, tiny_o
 
 
 def test_unknown_module_task_is_named_in_errors(tmp_path, monkeypatch, capsys):
-    (tmp_path / "few_tasks.py").write_text(MY_TASK)
+    (tmp_path / "my_tasks.py").write_text(MY_TASKS)
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert main(["train", "--output-dir", str(tmp_path / "r"), "task.name=few_tasks:Few", "task.params={}"]) == 2
+    assert main(["train", "--output-dir", str(tmp_path / "r"), "task.name=my_tasks:Double",
+                 "task.params={max_value: 50}"]) == 2
     err = capsys.readouterr().err
-    assert "task 'few_tasks:Few' cannot meet: eval.problems=200" in err
+    assert "task 'my_tasks:Double' cannot meet: eval.problems=200" in err
     assert not (tmp_path / "r").exists()
