@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 from rlvr.typed_yaml import ConfigError
@@ -151,20 +152,23 @@ def _write_traceback(run_dir: Path) -> str:
 
 def _train(args: argparse.Namespace) -> int:
     from rlvr.config import load_config
-    from rlvr.train.pipeline import check_names, new_run_dir, run_pipeline, sft_only
-    from rlvr.train.run_dir import RunDir
+    from rlvr.typed_yaml import ConfigSource
 
     if args.resume:
         if args.config or args.overrides or args.output_dir:
             raise ConfigError("--resume takes the run's own config.yaml; drop --config, --output-dir and overrides")
+        from rlvr.train.run_dir import RunDir
+
         run = RunDir.open(args.resume)  # a one-line error for a missing, empty or foreign directory
-        source = str(run.path / "config.yaml")
+        source = ConfigSource(str(run.path / "config.yaml"))
         config = load_config(source)
     else:
-        source = args.config or "default recipe"
-        config = load_config(args.config, args.overrides)
+        source = ConfigSource(args.config or "default recipe", args.overrides)
+        config = load_config(args.config, args.overrides)  # typos and ranges: before torch is imported
         if args.command == "sft":
-            config = sft_only(config)
+            config = replace(config, stages=["sft"])
+    from rlvr.train.pipeline import check_names, new_run_dir, run_pipeline
+
     warnings = check_names(config, source)
     if not args.resume:
         run = new_run_dir(config, args.output_dir, Path(args.config).stem if args.config else "default")

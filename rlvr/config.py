@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Sequence
 
-from rlvr.typed_yaml import ConfigError, dump_yaml, load_yaml_config
+from rlvr.typed_yaml import ConfigError, dump_yaml, load_yaml_config, read_yaml
 
 __all__ = ["RunConfig", "ConfigError", "load_config", "save_config"]
 
@@ -288,7 +288,9 @@ class CheckpointConfig:
 
 @dataclass
 class LoggingConfig:
-    samples_per_step: int = _f(4, "completions written to samples.jsonl per step", ge=0)
+    samples_per_step: int = _f(8, "completions written to samples.jsonl per RL step, as whole GRPO groups (every "
+                               "sample of a prompt, with its reward and advantage) spread over the batch; at least "
+                               "one group when > 0", ge=0)
     progress: bool = _f(True, "show a live progress bar")
     backends: list[Literal["tensorboard", "wandb", "mlflow"]] = _f([], "extra metric sinks besides the run directory's JSONL files (optional extras, pip install rlvr[tensorboard|wandb|mlflow]); they write under the run directory and need no network")
     project: str = _f("rlvr", "wandb project / mlflow experiment name the backends file runs under")
@@ -333,9 +335,33 @@ class RunConfig:
             raise ValueError("algorithm.pass_k must be <= rl.samples_per_prompt")
 
 
+def _params_follow_the_task(path: str | Path | None, overrides: Sequence[str]) -> Callable[[dict[str, Any]], None]:
+    """A task named without its ``params`` starts from that task's own defaults, not from the
+    recipe's task's: addition's ``min_digits`` means nothing to countdown. That holds for a
+    recipe file's ``task.name`` and for a ``task.name=...`` override that names another task
+    than the recipe's without also setting ``task.params``."""
+    keys = [item.partition("=")[0].strip() for item in overrides]
+    named_here = "task.name" in keys and not any(k in ("task", "task.params") or k.startswith("task.params.")
+                                                 for k in keys)
+
+    def adjust(data: dict[str, Any]) -> None:
+        task = data.get("task")
+        if not isinstance(task, dict) or "name" not in task:
+            return
+        if "params" not in task:
+            if task["name"] != TaskConfig.name:
+                task["params"] = {}
+        elif named_here:
+            recipe_task = (read_yaml(path)[0].get("task") or {}) if path is not None else {}
+            if task["name"] != (recipe_task.get("name", TaskConfig.name) if isinstance(recipe_task, dict) else None):
+                task["params"] = {}
+
+    return adjust
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Defaults, then the YAML file at ``path`` (if any), then ``key.sub=value`` overrides."""
-    return load_yaml_config(RunConfig, path, overrides)
+    return load_yaml_config(RunConfig, path, overrides, adjust=_params_follow_the_task(path, overrides))
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

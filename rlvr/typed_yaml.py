@@ -28,7 +28,7 @@ import reprlib
 import types
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -493,8 +493,10 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
     return _apply_overrides(data, overrides, {})
 
 
-def load_yaml_config(cls: type[T], path: str | Path | None, overrides: Iterable[str] = ()) -> T:
-    """Load ``cls`` from a YAML file (``None``: start from defaults), then apply overrides."""
+def load_yaml_config(cls: type[T], path: str | Path | None, overrides: Iterable[str] = (),
+                     adjust: Callable[[dict[str, Any]], None] | None = None) -> T:
+    """Load ``cls`` from a YAML file (``None``: start from defaults), then apply overrides;
+    ``adjust`` may then edit the raw tree in place before it is checked and built."""
     if path is None:
         data, source, origins = {}, "<defaults>", {}
     else:
@@ -502,7 +504,35 @@ def load_yaml_config(cls: type[T], path: str | Path | None, overrides: Iterable[
         source = str(path)
         origins = {p: (source, line) for p, line in lines.items()}
     data = _apply_overrides(data, overrides, origins)
+    if adjust is not None:
+        adjust(data)
     return from_dict(cls, data, source=source, origins=origins)
+
+
+class ConfigSource(str):
+    """Where a config came from, as errors name it: the recipe (the string itself) and the
+    command-line overrides applied to it. ``of(field)`` names the override that set the field
+    (or a field above or below it), else the recipe: an error about a value the user typed on
+    the command line points at what they typed."""
+
+    overrides: tuple[str, ...] = ()
+
+    def __new__(cls, recipe: str, overrides: Iterable[str] = ()) -> "ConfigSource":
+        source = super().__new__(cls, recipe)
+        source.overrides = tuple(overrides)
+        return source
+
+    def of(self, *fields: str) -> str:
+        for override in reversed(self.overrides):
+            key = override.partition("=")[0].strip()
+            if any(key == f or f.startswith(key + ".") or key.startswith(f + ".") for f in fields):
+                return f"command line override {override!r}"
+        return str(self)
+
+
+def source_of(source: str, *fields: str) -> str:
+    """``source.of(*fields)`` for a ``ConfigSource``; any other source as it is."""
+    return source.of(*fields) if isinstance(source, ConfigSource) else source
 
 
 # ----------------------------------------------------------------------------- output

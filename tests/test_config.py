@@ -1,6 +1,8 @@
 """Tests for rlvr.config (typed run config), check_names/build_task and the CLI's error paths."""
 
 import dataclasses
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -329,3 +331,39 @@ def test_check_fits_context_names_the_longest_and_counts():
     with pytest.raises(ContextLengthError, match=r"^RL step 2: a prompt \+ rollout.max_new_tokens is 70 tokens, "
                                                  r"longer than the model's 64 positions \(2 of 3 sequences\)"):
         check_fits_context([65, 70, 3], 64, "RL step 2: a prompt + rollout.max_new_tokens")
+
+
+def test_an_error_in_an_override_names_the_override(tmp_path, capsys):
+    for override, field in (("task.name=nosuch", "task.name"), ("rollout.engine=nosuch", "rollout.engine"),
+                            ("algorithm.loss=nosuch", "algorithm.loss"), ("stages=[rl]", "stages")):
+        assert main(["train", "--output-dir", str(tmp_path / "r"), override]) == 2
+        err = capsys.readouterr().err
+        assert f"command line override {override!r}: {field}" in err, err
+        assert "default recipe" not in err
+    assert not (tmp_path / "r").exists()
+    # the recipe is named when the field came from it
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("algorithm:\n  loss: nosuch\n")
+    assert main(["train", "--config", str(recipe), "--output-dir", str(tmp_path / "r"), "rl.steps=3"]) == 2
+    assert f"{recipe}: algorithm.loss: unknown" in capsys.readouterr().err
+
+
+def test_naming_another_task_drops_the_recipes_task_params(tmp_path):
+    assert load_config(None, ["task.name=countdown"]).task.params == {}  # not addition's min_digits
+    assert load_config(None, ["task.name=addition"]).task.params == RunConfig().task.params
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("task:\n  name: countdown\n  params: {num_numbers: 3}\n")
+    assert load_config(recipe, ["task.name=sort"]).task.params == {}
+    assert load_config(recipe, ["task.name=countdown"]).task.params == {"num_numbers": 3}
+    assert load_config(recipe, ["task.name=sort", "task.params={max_len: 4}"]).task.params == {"max_len": 4}
+    (tmp_path / "s.yaml").write_text("task:\n  name: sort\n")  # a recipe naming a task without params
+    assert load_config(tmp_path / "s.yaml").task.params == {}
+    check_names(load_config(None, ["task.name=countdown"]))  # builds: no unknown 'min_digits'
+
+
+def test_a_config_typo_is_reported_before_torch_is_imported(tmp_path):
+    code = ("import sys; from rlvr.cli import main; code = main(['train', 'rl.stepz=3']); "
+            "print(code, 'torch' in sys.modules, 'transformers' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.stdout.split() == ["2", "False", "False"], done.stdout + done.stderr
+    assert "did you mean" in done.stderr or "rl.steps" in done.stderr

@@ -50,6 +50,7 @@ class Trajectory:
     env_reward: float = 0.0
     violation: str | None = None
     policy_version: int = 0
+    advantage: float | None = None  # the learner's, mean over the response's loss tokens (for the logs)
 
     def judged_text(self, tokenizer: PreTrainedTokenizerBase) -> str:
         """The text the verifier judges: a multi-turn episode's ``answer_text`` (the policy's
@@ -76,6 +77,7 @@ class Trajectory:
             "response_tokens": len(self.response_ids),
             "error": self.error,
             "policy_version": self.policy_version,
+            **({"advantage": self.advantage} if self.advantage is not None else {}),
             **({"turns": self.turns, "tool_calls": self.tool_calls, "tool_errors": self.tool_errors,
                 "segments": self.segments, "violation": self.violation} if self.segments else {}),
         }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +35,13 @@ from rlvr.train.precision import (DeviceError, check_precision, enable_gradient_
 from rlvr.train.run_dir import RunDir, atomic_write, model_source
 from rlvr.verify import make_verifier
 from rlvr.train.sft import sft_demonstrations, train_sft
-from rlvr.typed_yaml import ConfigError, from_dict
+from rlvr.typed_yaml import ConfigError, from_dict, source_of
 
 
 def build_task(config: RunConfig, source: str = "config") -> Task:
     """The configured task, its ``task.params`` checked against the task's Params dataclass."""
     task_cls = TASKS.get(config.task.name)
-    params = from_dict(task_cls.Params, config.task.params, source=f"{source}: task.params")
+    params = from_dict(task_cls.Params, config.task.params, source=f"{source_of(source, 'task.params')}: task.params")
     task = task_cls(params)
     if not task.name:  # a user's module:Class task is known by what the config calls it
         task.name = config.task.name
@@ -107,7 +107,8 @@ def check_data_sizes(task: Task, config: RunConfig, source: str) -> tuple[list[P
                               + ", ".join(f"{name}={count}" for name, count in repeated)
                               + f"; lower them to {available} or set data.reuse_problems=true")
     if limits:
-        raise ConfigError(f"{source}: task {task.name!r} cannot meet: " + "; ".join(limits))
+        where = source_of(source, "eval.problems", "sft.batch_size", "rl.prompts_per_step", "data", "task")
+        raise ConfigError(f"{where}: task {task.name!r} cannot meet: " + "; ".join(limits))
     if heldout:
         half_width = 1.96 * (0.25 / len(heldout)) ** 0.5
         if half_width > HELDOUT_HALF_WIDTH_WARNING:
@@ -135,28 +136,28 @@ def check_names(config: RunConfig, source: str = "config") -> list[str]:
             try:
                 registry.get(name)
             except KeyError as err:
-                raise ConfigError(f"{source}: {field_name}: {err.args[0]}") from None
+                raise ConfigError(f"{source_of(source, field_name)}: {field_name}: {err.args[0]}") from None
     task = build_task(config, source)
     try:
         build_environment(config.rollout.environment, task, lambda problems, texts: [], source)
     except KeyError as err:
-        raise ConfigError(f"{source}: rollout.environment.name: {err.args[0]}") from None
+        raise ConfigError(f"{source_of(source, 'rollout.environment')}: rollout.environment.name: {err.args[0]}") from None
     try:
         check_reward_params(config.reward.components, config.reward.params)
     except TypeError as err:
-        raise ConfigError(f"{source}: reward.params: {err}") from None
+        raise ConfigError(f"{source_of(source, 'reward.params', 'reward.components')}: reward.params: {err}") from None
     try:
         check_shaper_params([(step.name, step.params) for step in config.reward.shaping],
                             config.rollout.max_new_tokens)
     except ValueError as err:
-        raise ConfigError(f"{source}: reward.shaping{err}") from None
+        raise ConfigError(f"{source_of(source, 'reward.shaping')}: reward.shaping{err}") from None
     check_backends(config.logging.backends, source)
     try:
         check_precision(resolve_device(config.device), config.model.dtype, config.model.attn_implementation)
     except DeviceError as err:
-        raise ConfigError(f"{source}: {err}") from None
+        raise ConfigError(f"{source_of(source, 'device', 'model.dtype', 'model.attn_implementation')}: {err}") from None
     if config.model.path is None and "sft" not in config.stages:
-        raise ConfigError(f"{source}: stages: a freshly built tiny model needs the 'sft' stage "
+        raise ConfigError(f"{source_of(source, 'stages')}: stages: a freshly built tiny model needs the 'sft' stage "
                           "(or set model.path to a trained checkpoint)")
     # The data, drawn as the run will draw it: the held-out split, RL step 0's prompts and
     # SFT step 0's demonstrations, rendered with the run's tokenizer (a data file is read
@@ -169,7 +170,7 @@ def check_names(config: RunConfig, source: str = "config") -> list[str]:
         else:
             tokenizer, positions = checkpoint_tokenizer(config.model.path)
     except ValueError as err:
-        raise ConfigError(f"{source}: model.path: {err}") from None
+        raise ConfigError(f"{source_of(source, 'model.path')}: model.path: {err}") from None
     if config.model.path is None:
         _check_tiny_model_fits_memory(config, len(tokenizer), source)
     head_dim = (config.model.hidden_size // config.model.num_heads if config.model.path is None
@@ -177,7 +178,7 @@ def check_names(config: RunConfig, source: str = "config") -> list[str]:
     try:
         ROLLOUT_ENGINES.get(config.rollout.engine).check(config, head_dim)
     except ValueError as err:
-        raise ConfigError(f"{source}: {err}") from None
+        raise ConfigError(f"{source_of(source, 'rollout')}: {err}") from None
     try:
         heldout, warnings = check_data_sizes(task, config, source)
         check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens, heldout, "held-out problems")
@@ -190,7 +191,8 @@ def check_names(config: RunConfig, source: str = "config") -> list[str]:
             problems, demos = sft_demonstrations(task, config, 0, exclude)
             check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens, problems, "SFT problems", demos)
     except NotImplementedError as err:
-        raise ConfigError(f"{source}: stages: the 'sft' stage needs demonstrations: {err}") from None
+        raise ConfigError(f"{source_of(source, 'stages', 'task')}: stages: the 'sft' stage needs demonstrations: "
+                          f"{err}") from None
     except ConfigError:
         raise
     except (ValueError, OSError) as err:  # the message names the file and record, or the fields
@@ -346,7 +348,3 @@ def new_run_dir(config: RunConfig, output_dir: str | None, recipe: str) -> RunDi
         name = config.run_name or f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
         path = Path(config.output_dir) / name
     return RunDir.create(config, path)
-
-
-def sft_only(config: RunConfig) -> RunConfig:
-    return replace(config, stages=["sft"])

@@ -472,6 +472,31 @@ class RLRoles:
         self.seconds = state.get("seconds", 0.0)
 
 
+def note_advantages(trajectories: list[Trajectory], batch: TokenBatch) -> None:
+    """Each trajectory's advantage for the logs: the mean over its loss tokens (a GRPO-family
+    advantage is the same at every token; GAE's varies), None where no token is trained."""
+    adv, mask = batch.extras["advantages"].detach().float(), batch.target_mask.float()
+    counts = mask.sum(dim=1)
+    means = ((adv * mask).sum(dim=1) / counts.clamp(min=1)).tolist()
+    for trajectory, mean, count in zip(trajectories, means, counts.tolist()):
+        trajectory.advantage = round(mean, 6) if count > 0 else None
+
+
+def logged_groups(trajectories: list[Trajectory], limit: int) -> list[Trajectory]:
+    """The samples a step writes to samples.jsonl: whole groups (every sample of a prompt),
+    spread evenly over the batch, as many as fit in ``limit`` samples and at least one."""
+    groups: dict[int, list[Trajectory]] = {}
+    for trajectory in trajectories:
+        groups.setdefault(trajectory.group, []).append(trajectory)
+    if limit <= 0 or not groups:
+        return []
+    members = list(groups.values())
+    size = max(1, max(len(group) for group in members))
+    count = min(len(members), max(1, limit // size))
+    stride = len(members) / count
+    return [t for index in range(count) for t in members[int(index * stride)]]
+
+
 def rl_step(roles: RLRoles, step: int) -> tuple[dict[str, Any], list[Trajectory], dict[str, float]]:
     """One RL step (0-based), top to bottom: sample and judge groups, learn from them, hand
     the new weights to the sampler. Returns the metrics record, the kept trajectories and the
@@ -491,6 +516,7 @@ def rl_step(roles: RLRoles, step: int) -> tuple[dict[str, Any], list[Trajectory]
         # 3. learn: advantages and reference, then the optimizer phase
         with timer("prepare"):
             batch, batch_stats = learner.prepare(trajectories, baseline)
+            note_advantages(trajectories, batch)
         with timer("update"):
             update = learner.update(batch, step, trajectories)
         if update.get("skipped_updates") and "loss" not in update:
@@ -530,12 +556,9 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, judge: 
         for step in range(start, rl.steps):
             record, trajectories, rates = rl_step(roles, step)
             run.append("pass_rates.jsonl", {"stage": "rl", "step": step + 1, "rates": rates})
-            if trajectories:
-                run.append("samples.jsonl", [
-                    {"stage": "rl", "step": step + 1, **t.record()}
-                    for t in trajectories[:: max(1, len(trajectories) // max(1, config.logging.samples_per_step))]
-                    [: config.logging.samples_per_step]
-                ])
+            logged = logged_groups(trajectories, config.logging.samples_per_step)
+            if logged:
+                run.append("samples.jsonl", [{"stage": "rl", "step": step + 1, **t.record()} for t in logged])
             roles.seconds += record["step_time"]
             out_of_time = 0 < rl.max_seconds <= roles.seconds
             record.update(samples_generated_total=roles.samples_generated, rl_seconds_total=roles.seconds)
