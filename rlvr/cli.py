@@ -1,4 +1,4 @@
-"""`rlvr` command line: train, sft, eval, report, list, limr."""
+"""`rlvr` command line: train, sft, eval, report, list, describe, limr."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_text in (("train", "run the recipe's stages (default: SFT warm start, then GRPO)"),
                             ("sft", "run only the supervised warm start")):
         p = sub.add_parser(name, allow_abbrev=False, help=help_text)
-        p.add_argument("--config", help="YAML recipe (default: the built-in default recipe)")
+        p.add_argument("--config", help="YAML recipe file, or a built-in recipe's name (`rlvr list recipes`; "
+                                        "default: the default recipe)")
         p.add_argument("--output-dir", help="run directory to create (default: <output_dir>/<recipe>-<time>)")
         p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algorithm.clip_high=0.28 rl.steps=10")
@@ -59,11 +60,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-cache", action="store_true", help="keep samples in memory only")
     p.add_argument("--json", action="store_true", help="print results as JSON instead of tables")
     p = sub.add_parser("report", allow_abbrev=False,
-                       help="write RUN_DIR/report.html: config, training curves, evaluations, transcripts")
-    p.add_argument("run_dir", help="a run directory")
-    p.add_argument("--output", help="HTML file to write (default: RUN_DIR/report.html)")
-    p.add_argument("--transcripts", type=int, default=6, help="transcripts shown from each of early, middle and late training")
-    sub.add_parser("list", allow_abbrev=False, help="print every registered task, reward, estimator, loss and engine")
+                       help="write RUN_DIR/report.html: config, training curves, evaluations, sampled groups; "
+                            "with several run directories, one report that overlays them")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one run directory, or several to compare")
+    p.add_argument("--output", help="HTML file to write (default: RUN_DIR/report.html for one run, "
+                                    "./rlvr-report.html for several)")
+    p.add_argument("--x-axis", choices=["step", "time"], default="step",
+                   help="x axis of the training curves: RL step, or RL wall-clock time (rl_seconds_total)")
+    p.add_argument("--transcripts", type=int, default=3, metavar="N",
+                   help="logged RL steps shown from each of early, middle and late training, one whole GRPO group each")
+    p = sub.add_parser("list", allow_abbrev=False,
+                       help="print every registered task, reward, shaper, estimator, loss, engine and recipe")
+    p.add_argument("category", nargs="?", help="only one of: tasks, rewards, shapers, advantages, losses, "
+                                               "aggregations, kl, engines, environments, recipes")
+    p = sub.add_parser("describe", allow_abbrev=False,
+                       help="print a task's, reward's, shaper's, estimator's or recipe's parameters and description")
+    p.add_argument("name", help="a name that `rlvr list` prints")
     p = sub.add_parser("limr", allow_abbrev=False, help="LIMR: select the problems whose learning curves align with the run's average")
     p.add_argument("run_dir", help="a run over a fixed problem set for several epochs")
     p.add_argument("--threshold", type=float, default=0.6, help="minimum LIM score kept (LIMR: 0.6)")
@@ -87,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                 return _report(args)
             if args.command == "limr":
                 return _limr(args)
-            return _list()
+            if args.command == "describe":
+                return _describe(args)
+            return _list(args)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
@@ -163,15 +177,16 @@ def _train(args: argparse.Namespace) -> int:
         source = ConfigSource(str(run.path / "config.yaml"))
         config = load_config(source)
     else:
-        source = ConfigSource(args.config or "default recipe", args.overrides)
-        config = load_config(args.config, args.overrides)  # typos and ranges: before torch is imported
+        recipe, recipe_name = _recipe(args.config)
+        source = ConfigSource(recipe or "default recipe", args.overrides)
+        config = load_config(recipe, args.overrides)  # typos and ranges: before torch is imported
         if args.command == "sft":
             config = replace(config, stages=["sft"])
     from rlvr.train.pipeline import check_names, new_run_dir, run_pipeline
 
     warnings = check_names(config, source)
     if not args.resume:
-        run = new_run_dir(config, args.output_dir, Path(args.config).stem if args.config else "default")
+        run = new_run_dir(config, args.output_dir, recipe_name)
     args.active_run = run.path  # main() names it in interrupt and error messages
     print(f"run dir: {run.path}")
     for warning in warnings if not args.resume else []:  # said when the run started
@@ -179,6 +194,18 @@ def _train(args: argparse.Namespace) -> int:
     summary = run_pipeline(config, run)
     _print_summary(summary, config.stages)
     return 0
+
+
+def _recipe(spec: str | None) -> tuple[str | None, str]:
+    """``--config``: a YAML file, or the name of a built-in recipe (``dapo``); (path, name)."""
+    if spec is None:
+        return None, "default"
+    from rlvr.recipes import resolve_config
+
+    try:
+        return resolve_config(spec)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _print_summary(summary: dict, stages: list[str]) -> None:
@@ -213,7 +240,7 @@ def _eval(args: argparse.Namespace) -> int:
     if not targets:
         raise ConfigError("name at least one checkpoint or run directory to evaluate")
     runs = [t.run_dir for t in targets if t.run_dir is not None]
-    config_path = args.config or (str(runs[0] / "config.yaml") if runs else None)
+    config_path = _recipe(args.config)[0] if args.config else (str(runs[0] / "config.yaml") if runs else None)
     if args.task:
         overrides = [f"task.name={args.task}", "task.params={}", *overrides]
     config = load_config(config_path, overrides)
@@ -327,9 +354,9 @@ def _report(args: argparse.Namespace) -> int:
     from rlvr.eval.report import write_report
 
     try:
-        path = write_report(Path(args.run_dir), Path(args.output) if args.output else None,
-                            transcripts_per_phase=args.transcripts)
-    except FileNotFoundError as err:  # not a run directory
+        path = write_report([Path(p) for p in args.run_dirs], Path(args.output) if args.output else None,
+                            transcripts_per_phase=args.transcripts, x_axis=args.x_axis)
+    except FileNotFoundError as err:  # not a run directory (missing, empty, something else)
         raise ConfigError(str(err)) from None
     print(f"report: {path} (open it in a browser)")
     return 0
@@ -361,21 +388,23 @@ def _limr(args: argparse.Namespace) -> int:
     return 0
 
 
-def _list() -> int:
-    from rlvr.algorithms import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
-    from rlvr.rewards import REWARDS
-    from rlvr.rewards.shaping import REWARD_SHAPERS
-    from rlvr.rollout import ENVIRONMENTS, ROLLOUT_ENGINES
-    from rlvr.tasks import TASKS
+def _list(args: argparse.Namespace) -> int:
+    from rlvr.catalog import list_lines
 
-    for title, registry in (("tasks", TASKS), ("rewards", REWARDS), ("reward shaping", REWARD_SHAPERS),
-                            ("advantage estimators", ADVANTAGES),
-                            ("policy losses", POLICY_LOSSES), ("loss aggregations", LOSS_AGGREGATIONS),
-                            ("kl estimators", KL_ESTIMATORS), ("rollout engines", ROLLOUT_ENGINES),
-                            ("environments", ENVIRONMENTS)):
-        print(f"{title}:")
-        for name in registry.names():
-            print(f"  {name}")
+    try:
+        print("\n".join(list_lines(args.category)))
+    except ValueError as err:
+        raise ConfigError(f"rlvr list: {err}") from None
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from rlvr.catalog import describe_lines
+
+    try:
+        print("\n".join(describe_lines(args.name)))
+    except ValueError as err:
+        raise ConfigError(f"rlvr describe: {err}") from None
     return 0
 
 

@@ -247,6 +247,7 @@ class CurriculumConfig:
 @dataclass
 class DataConfig:
     filter: Literal["none", "dynamic", "pass_rate"] = _f("none", "group filter: dynamic = DAPO dynamic sampling (drop groups with equal rewards); pass_rate = keep groups whose pass rate is in [pass_rate_low, pass_rate_high] (online difficulty filtering)")
+    filter_metric: Literal["reward", "correct"] = _f("reward", "dynamic filter: the value that must differ within a group: reward (after shaping) or correct (DAPO's accuracy; verl's filter_groups.metric=acc)")
     pass_rate_low: float = _f(0.25, "pass_rate filter: lowest kept pass rate (fraction of a group correct)", ge=0, le=1)
     pass_rate_high: float = _f(0.75, "pass_rate filter: highest kept pass rate", ge=0, le=1)
     max_rounds: int = _f(3, "with a filter: generation rounds per step to fill rl.prompts_per_step kept groups; then train on what was kept", ge=1)

@@ -23,6 +23,10 @@ def test_dynamic_sampling_drops_groups_with_equal_rewards():
     assert groups_to_keep(GROUPS, REWARDS, CORRECT, "dynamic") == {1, 2}
     shaped = REWARDS[:12] + [1.0, 0.9, 1.0, 1.0]  # a length penalty gives group 3 signal again
     assert groups_to_keep(GROUPS, shaped, CORRECT, "dynamic") == {1, 2, 3}
+    # DAPO's accuracy filter: all-right and all-wrong groups go, whatever shaping did to them
+    assert groups_to_keep(GROUPS, shaped, CORRECT, "dynamic", metric="correct") == {1, 2}
+    with pytest.raises(ValueError, match="filter metric"):
+        groups_to_keep(GROUPS, shaped, CORRECT, "dynamic", metric="acc")
 
 
 def test_pass_rate_band_is_inclusive():

@@ -27,19 +27,23 @@ def group_pass_rates(groups: Iterable[int], correct: Iterable[bool]) -> dict[int
 
 
 def groups_to_keep(groups: list[int], rewards: list[float], correct: list[bool], mode: str,
-                   low: float = 0.0, high: float = 1.0) -> set[int]:
+                   low: float = 0.0, high: float = 1.0, metric: str = "reward") -> set[int]:
     """Group ids that carry learning signal under ``mode``.
 
     - ``none``: every group;
-    - ``dynamic``: groups whose rewards are not all equal (DAPO);
+    - ``dynamic``: groups whose ``metric`` is not the same for every sample (DAPO): the
+      ``reward`` (after shaping), or ``correct`` (the paper's accuracy: drop groups that are
+      all right or all wrong, whatever their length shaping says; verl's ``metric: acc``);
     - ``pass_rate``: groups whose pass rate p satisfies low <= p <= high (balanced filtering).
     """
     if mode == "none":
         return set(groups)
     if mode == "dynamic":
+        if metric not in ("reward", "correct"):
+            raise ValueError(f"unknown filter metric {metric!r}; use reward or correct")
         values: dict[int, set[float]] = defaultdict(set)
-        for g, r in zip(groups, rewards):
-            values[g].add(r)
+        for g, r, c in zip(groups, rewards, correct):
+            values[g].add(r if metric == "reward" else float(c))
         return {g for g, seen in values.items() if len(seen) > 1}
     if mode == "pass_rate":
         return {g for g, p in group_pass_rates(groups, correct).items() if low <= p <= high}

@@ -435,7 +435,7 @@ def collect_rollouts(sampler: Sampler, judge: Judge, prompts: PromptSampler, ste
         all_groups += groups
         all_correct += correct
         keep = groups_to_keep(groups, [t.reward for t in trajectories], correct, data.filter,
-                              data.pass_rate_low, data.pass_rate_high)
+                              data.pass_rate_low, data.pass_rate_high, data.filter_metric)
         kept += [t for t in trajectories if t.group in keep]
         kept_groups += len(keep)
         if kept_groups >= rl.prompts_per_step:
