@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 PASS_AT_K = re.compile(r"pass@\d+")
 
@@ -85,6 +87,70 @@ def plot_run(metrics: list[dict[str, Any]], evals: list[dict[str, Any]], out_dir
         fig.savefig(written[-1], dpi=100)
         plt.close(fig)
     return written
+
+
+def smoothing_weight(points: int) -> float:
+    """The EMA weight for a curve of ``points`` values: 0.6 at 10 points rising with log10 to 0.9 at
+    1000 (clamped to [0.6, 0.9]); 0 (no smoothing) below 5 points, where every value is worth seeing."""
+    if points < 5:
+        return 0.0
+    return min(0.9, max(0.6, 0.6 + 0.15 * math.log10(points / 10)))
+
+
+def ema(values: list[float | None], weight: float) -> list[float]:
+    """Debiased exponential moving average (TensorBoard's smoothing): s_i = n_i / d_i with
+    n_i = w n_{i-1} + (1 - w) v_i and d_i = w d_{i-1} + (1 - w), so s_0 = v_0 and an early value
+    is not pulled towards 0. A missing or non-finite value gives NaN there and leaves the average
+    as it was."""
+    out, num, den = [], 0.0, 0.0
+    for value in values:
+        if value is None or not math.isfinite(value):
+            out.append(float("nan"))
+            continue
+        num = weight * num + (1 - weight) * value
+        den = weight * den + (1 - weight)
+        out.append(num / den)
+    return out
+
+
+def time_unit(max_seconds: float) -> tuple[float, str]:
+    """(divisor, unit) that shows wall-clock seconds up to ``max_seconds`` in readable numbers."""
+    if max_seconds >= 3 * 3600:
+        return 3600.0, "h"
+    if max_seconds >= 180:
+        return 60.0, "min"
+    return 1.0, "s"
+
+
+def curve_panel(series: list[dict[str, Any]], xlabel: str, *, weight: float | None = None, log_y: bool = False,
+                seconds: bool = False, size: tuple[float, float] = (4.2, 2.6)) -> Any:
+    """One metric, one small figure: per entry of ``series`` ({"label", "xs", "ys", "color"}) the
+    raw values drawn faint and their EMA (``weight``; default from the longest series) solid on
+    top. ``log_y``: a log y axis when the values are positive and span a factor of 20 or more.
+    ``seconds``: the xs are wall-clock seconds, shown in s, min or h."""
+    fig, ax = plt.subplots(figsize=size)
+    longest = max((len(s["ys"]) for s in series), default=0)
+    weight = smoothing_weight(longest) if weight is None else weight
+    scale, unit = time_unit(max((max(s["xs"], default=0.0) for s in series), default=0.0)) if seconds else (1.0, "")
+    for s in series:
+        xs = [x / scale for x in s["xs"]]
+        if weight > 0:
+            ax.plot(xs, s["ys"], color=s.get("color"), lw=1.0, alpha=0.28)
+            ax.plot(xs, ema(s["ys"], weight), color=s.get("color"), lw=1.8, label=s.get("label"))
+        else:
+            ax.plot(xs, s["ys"], "o-" if len(xs) <= 30 else "-", color=s.get("color"), lw=1.6, ms=3,
+                    label=s.get("label"))
+    values = [y for s in series for y in s["ys"] if y is not None and math.isfinite(y)]
+    if log_y and values and min(values) > 0 and max(values) >= 20 * min(values):  # a log axis only over decades
+        ax.set_yscale("log")
+    if not seconds:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+    ax.set_xlabel(f"{xlabel} ({unit})" if seconds else xlabel, fontsize=8)
+    ax.tick_params(labelsize=8)
+    ax.yaxis.get_offset_text().set_fontsize(7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout(pad=0.4)
+    return fig
 
 
 def _curve(ax, ks: list[int], values: list[float], cis: list[tuple[float, float]] | None, label: str,
