@@ -42,3 +42,19 @@ def _keep_freed_memory() -> None:
 _keep_freed_memory()
 
 __version__ = "0.1.0"
+
+
+def train(*args, **kwargs):
+    """Train as ``rlvr train`` does, from Python: see ``rlvr.api.train`` (imported on first
+    use, so ``import rlvr`` stays light and keeps its thread settings ahead of torch)."""
+    from rlvr.api import train as _train
+
+    return _train(*args, **kwargs)
+
+
+def __getattr__(name: str):
+    if name in ("Callback", "TrainResult"):
+        import rlvr.api
+
+        return getattr(rlvr.api, name)
+    raise AttributeError(f"module 'rlvr' has no attribute {name!r}")

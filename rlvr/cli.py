@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import replace
 from pathlib import Path
 
 from rlvr.typed_yaml import ConfigError
@@ -165,34 +164,18 @@ def _write_traceback(run_dir: Path) -> str:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from rlvr.config import load_config
-    from rlvr.typed_yaml import ConfigSource
+    """`rlvr train` / `rlvr sft`: ``rlvr.api.train`` with the command line's arguments."""
+    from rlvr.api import train
 
-    if args.resume:
-        if args.config or args.overrides or args.output_dir:
-            raise ConfigError("--resume takes the run's own config.yaml; drop --config, --output-dir and overrides")
-        from rlvr.train.run_dir import RunDir
+    if args.resume and (args.config or args.overrides or args.output_dir):
+        raise ConfigError("--resume takes the run's own config.yaml; drop --config, --output-dir and overrides")
 
-        run = RunDir.open(args.resume)  # a one-line error for a missing, empty or foreign directory
-        source = ConfigSource(str(run.path / "config.yaml"))
-        config = load_config(source)
-    else:
-        recipe, recipe_name = _recipe(args.config)
-        source = ConfigSource(recipe or "default recipe", args.overrides)
-        config = load_config(recipe, args.overrides)  # typos and ranges: before torch is imported
-        if args.command == "sft":
-            config = replace(config, stages=["sft"])
-    from rlvr.train.pipeline import check_names, new_run_dir, run_pipeline
+    def started(path: Path) -> None:
+        args.active_run = path  # main() names it in interrupt and error messages
 
-    warnings = check_names(config, source)
-    if not args.resume:
-        run = new_run_dir(config, args.output_dir, recipe_name)
-    args.active_run = run.path  # main() names it in interrupt and error messages
-    print(f"run dir: {run.path}")
-    for warning in warnings if not args.resume else []:  # said when the run started
-        print(f"rlvr: warning: {warning}")  # stdout, with the run's other notes; stderr is for errors
-    summary = run_pipeline(config, run)
-    _print_summary(summary, config.stages)
+    result = train(args.config, overrides=args.overrides, output_dir=args.output_dir, resume=args.resume,
+                   stages=["sft"] if args.command == "sft" and not args.resume else None, _on_run_dir=started)
+    _print_summary(result.summary, result.config.stages)
     return 0
 
 
@@ -231,8 +214,8 @@ def _eval(args: argparse.Namespace) -> int:
     from rlvr.models import load_model_and_tokenizer
     from rlvr.models.prompt_fit import check_prompts_fit, checkpoint_head_dim, checkpoint_tokenizer
     from rlvr.rollout import ROLLOUT_ENGINES, build_environment
-    from rlvr.train.pipeline import build_task, make_task_verifier
-    from rlvr.train.precision import DeviceError, check_precision, forward_autocast, resolve_device
+    from rlvr.training.pipeline import build_task, make_task_verifier
+    from rlvr.training.precision import DeviceError, check_precision, forward_autocast, resolve_device
 
     overrides = [a for a in args.targets if "=" in a and not Path(a).exists()]
     targets = unique_labels([resolve_target(a) for a in args.targets if a not in overrides],
@@ -364,7 +347,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _limr(args: argparse.Namespace) -> int:
     from rlvr.data.limr import lim_scores, select
-    from rlvr.train.run_dir import RunDir
+    from rlvr.training.run_dir import RunDir
 
     run = RunDir(args.run_dir)
     if not (run.path / "config.yaml").is_file():

@@ -33,6 +33,16 @@ class Registry(Generic[T]):
 
         return add
 
+    def register_runtime(self, name: str, obj: T) -> None:
+        """Add ``obj`` under ``name`` for this process (an object handed to ``rlvr.training``, e.g.
+        a reward function defined in a notebook). It may replace an earlier runtime entry of
+        that name, never a built-in one."""
+        runtime = self.__dict__.setdefault("_runtime", set())
+        if name in self._entries and name not in runtime and self._entries[name] is not obj:
+            raise ValueError(f"{self.kind} {name!r} is a built-in name; give your function another name")
+        self._entries[name] = obj
+        runtime.add(name)
+
     def get(self, name: str) -> T:
         if name in self._entries:
             return self._entries[name]

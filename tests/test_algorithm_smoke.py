@@ -20,8 +20,8 @@ from rlvr.algorithms import (
 from rlvr.cli import main
 from rlvr.config import load_config
 from rlvr.rewards.shaping import REWARD_SHAPERS
-from rlvr.train.pipeline import check_names
-from rlvr.train.run_dir import RunDir
+from rlvr.training.pipeline import check_names
+from rlvr.training.run_dir import RunDir
 
 RECIPES = sorted(Path(__file__).resolve().parent.parent.joinpath("recipes").glob("*.yaml"))
 

@@ -78,7 +78,7 @@ def test_train_with_a_recipe_name_from_another_directory(tmp_path, monkeypatch, 
     assert main(["train", "--config", "dapo", "--output-dir", "run", *tiny_overrides, "rl.steps=2"]) == 0
     assert load_config(tmp_path / "run" / "config.yaml").data.filter_metric == "correct"
     assert main(["train", "--config", "nosuch", "--output-dir", "run2"]) == 2
-    assert "--config 'nosuch': no such file and no built-in recipe" in capsys.readouterr().err
+    assert "config 'nosuch': no such file and no built-in recipe" in capsys.readouterr().err
     assert not (tmp_path / "run2").exists()
 
 
@@ -96,7 +96,7 @@ def test_every_recipe_works_by_name_from_an_installed_wheel(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"),
                     str(wheel)], check=True, timeout=300, capture_output=True)
     code = ("import rlvr, sys; from rlvr.recipes import recipe_names; from rlvr.cli import _recipe; "
-            "from rlvr.config import load_config; from rlvr.train.pipeline import check_names; "
+            "from rlvr.config import load_config; from rlvr.training.pipeline import check_names; "
             "assert rlvr.__file__.startswith(sys.argv[1]), rlvr.__file__; names = recipe_names(); "
             "[check_names(load_config(_recipe(n)[0]), n) for n in names]; print(' '.join(names))")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site")], capture_output=True, text=True,

@@ -11,7 +11,7 @@ import pytest
 from rlvr.cli import main
 from rlvr.config import ConfigError, RunConfig, load_config, save_config
 from rlvr.tasks.addition import AdditionTask
-from rlvr.train.pipeline import build_task, check_names
+from rlvr.training.pipeline import build_task, check_names
 from rlvr.typed_yaml import missing_help
 
 REPO = Path(__file__).resolve().parents[1]

@@ -112,7 +112,7 @@ def no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the config was accepted: the CLI went on to create the run dir")
 
-    monkeypatch.setattr("rlvr.train.pipeline.new_run_dir", refuse)
+    monkeypatch.setattr("rlvr.training.pipeline.new_run_dir", refuse)
 
 
 def test_every_numeric_field_declares_a_range():
@@ -268,7 +268,7 @@ def test_prompt_longer_than_the_context_is_a_config_error(tmp_path, monkeypatch,
     assert list(tmp_path.iterdir()) == []
     # 9 + 20 fits the prompts, but a worked-sum SFT demonstration ('2+2=4 8+4=12 => 124', up to
     # 30 characters) with its prompt and EOS does not fit 36 positions
-    from rlvr.train.pipeline import check_names
+    from rlvr.training.pipeline import check_names
 
     with pytest.raises(ConfigError, match=r"SFT demonstration of problem '.*' with its prompt is \d+ tokens > 36"):
         check_names(load_config(None, ["model.max_position_embeddings=36", "rollout.max_new_tokens=20"]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 
 from rlvr.cli import main
-from rlvr.train.run_dir import RunDir
+from rlvr.training.run_dir import RunDir
 
 # The README's custom-task example, verbatim.
 MY_TASKS = textwrap.dedent('''

@@ -7,7 +7,7 @@ import pytest
 
 from rlvr.cli import main
 from rlvr.data.selection import Curriculum, PassRateTracker, group_pass_rates, groups_to_keep
-from rlvr.train.run_dir import RunDir
+from rlvr.training.run_dir import RunDir
 
 # Four groups of 4 samples: pass rates 0, 1/4, 3/4, 1; group 2's rewards differ by shaping only.
 GROUPS = [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
@@ -177,7 +177,7 @@ def test_curriculum_over_a_reasoning_gym_attribute(tmp_path, tiny_overrides):
     pytest.importorskip("reasoning_gym")
     from rlvr.config import load_config
     from rlvr.data.sampler import PromptSampler
-    from rlvr.train.pipeline import build_task
+    from rlvr.training.pipeline import build_task
 
     config = load_config(None, ["task.name=reasoning_gym",
                                 "task.params={dataset: chain_sum, size: 50, difficulty: {num_terms: 0}}",

@@ -11,10 +11,10 @@ from transformers import AutoModelForCausalLM
 
 from rlvr.cli import main
 from rlvr.config import load_config
-from rlvr.train import rl as rl_module
-from rlvr.train import sft as sft_module
-from rlvr.train.pipeline import new_run_dir, run_pipeline
-from rlvr.train.run_dir import RunDir
+from rlvr.training import rl as rl_module
+from rlvr.training import sft as sft_module
+from rlvr.training.pipeline import new_run_dir, run_pipeline
+from rlvr.training.run_dir import RunDir
 
 TIMING_KEYS = {"step_time", "time_generation", "time_scoring", "time_prepare", "time_update", "time_sync",
                "time_baseline", "time_logprob", "time_backward",

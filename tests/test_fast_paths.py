@@ -18,8 +18,8 @@ from rlvr.rollout.kv_cache import KVCacheEngine, sample_categorical
 from rlvr.rollout.steppers import HFStepper, LlamaStepper, make_stepper
 from rlvr.rollout.trajectory import Trajectory
 from rlvr.tasks.base import Problem
-from rlvr.train.batch import make_token_batch, token_logprobs
-from rlvr.train.rl import Learner, policy_update
+from rlvr.training.batch import make_token_batch, token_logprobs
+from rlvr.training.rl import Learner, policy_update
 
 
 @pytest.fixture(scope="module")

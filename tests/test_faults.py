@@ -27,9 +27,9 @@ from safetensors.torch import load_file
 
 from rlvr.cli import main
 from rlvr.config import load_config
-from rlvr.train import pipeline
-from rlvr.train.pipeline import new_run_dir, run_pipeline
-from rlvr.train.run_dir import LOGS, RunDir
+from rlvr.training import pipeline
+from rlvr.training.pipeline import new_run_dir, run_pipeline
+from rlvr.training.run_dir import LOGS, RunDir
 
 OVERRIDES = [
     "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
@@ -379,6 +379,23 @@ def test_ctrl_c_names_the_run_dir(tmp_path, capsys):
         assert main(["train", "--output-dir", str(run_dir), *OVERRIDES]) == 130
     err = capsys.readouterr().err
     assert f"interrupted; continue with `rlvr train --resume {run_dir}`" in err and "RUN_DIR" not in err
+
+
+def test_resume_says_which_checkpoint_and_step_it_continues_from(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    # (the 3rd state save: main's RunDir.create saves the first one)
+    with observed_writes(after("save_state", 2) + 1, _raise(KeyboardInterrupt())):
+        assert main(["train", "--output-dir", str(run_dir), *OVERRIDES]) == 130
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    sft_steps = _config().sft.steps
+    assert f"resume: continuing from checkpoints/sft-step-000002 (SFT step 2 of {sft_steps})\n" in \
+        capsys.readouterr().out
+    assert main(["train", "--resume", str(run_dir)]) == 0  # finished: says what is done
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("resume: "))
+    assert line.startswith("resume: continuing from checkpoints/final; done: sft, rl, warmstart evaluation, ")
+    assert line.endswith(", final evaluation")
 
 
 class _SigtermNotHandled(BaseException):

@@ -9,8 +9,8 @@ from collections import defaultdict
 from rlvr.cli import main
 from rlvr.rollout.trajectory import Trajectory
 from rlvr.tasks import Problem
-from rlvr.train.rl import logged_groups
-from rlvr.train.run_dir import RunDir
+from rlvr.training.rl import logged_groups
+from rlvr.training.run_dir import RunDir
 
 
 def _trajectories(groups: int, size: int) -> list[Trajectory]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from rlvr.config import load_config
-from rlvr.train import loggers
-from rlvr.train.loggers import Mirror, check_backends
-from rlvr.train.run_dir import RunDir
+from rlvr.training import loggers
+from rlvr.training.loggers import Mirror, check_backends
+from rlvr.training.run_dir import RunDir
 from rlvr.typed_yaml import ConfigError
 
 RECORDS = [("metrics.jsonl", {"stage": "sft", "step": 1, "loss": 2.5, "lr": 1e-3}),

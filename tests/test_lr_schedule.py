@@ -7,8 +7,8 @@ import math
 import pytest
 
 from rlvr.cli import main
-from rlvr.train.optim import lr_at
-from rlvr.train.run_dir import RunDir
+from rlvr.training.optim import lr_at
+from rlvr.training.run_dir import RunDir
 
 
 def test_warmup_then_constant():

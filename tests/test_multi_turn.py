@@ -19,11 +19,11 @@ from rlvr.rollout.environment import build_environment
 from rlvr.rollout.multi_turn import chat_turn_text
 from rlvr.rollout.sampling import sample_trajectories
 from rlvr.tasks import TASKS
-from rlvr.train.batch import make_token_batch, token_logprobs
-from rlvr.train.judge import score_trajectories
-from rlvr.train.rl import episode_metrics
-from rlvr.train.run_dir import RunDir
-from rlvr.train.sft import sft_batch
+from rlvr.training.batch import make_token_batch, token_logprobs
+from rlvr.training.judge import score_trajectories
+from rlvr.training.rl import episode_metrics
+from rlvr.training.run_dir import RunDir
+from rlvr.training.sft import sft_batch
 from rlvr.verify.pool import InlineVerifier
 
 

@@ -24,13 +24,13 @@ from rlvr.rewards.shaping import ShapingInputs, apply_shapers
 from rlvr.rollout.trajectory import Trajectory
 from rlvr.tasks.addition import AdditionTask
 from rlvr.tasks.base import Problem
-from rlvr.train import sft as sft_module
-from rlvr.train.batch import make_token_batch, token_logprobs
+from rlvr.training import sft as sft_module
+from rlvr.training.batch import make_token_batch, token_logprobs
 from rlvr.finite import NonFiniteError
-from rlvr.train.judge import score_trajectories, shape_rewards
-from rlvr.train.rl import Learner, policy_update, step_metrics
-from rlvr.train.run_dir import TRAINER_STATE, RunDir, load_trainer_state
-from rlvr.train.sft import train_sft
+from rlvr.training.judge import score_trajectories, shape_rewards
+from rlvr.training.rl import Learner, policy_update, step_metrics
+from rlvr.training.run_dir import TRAINER_STATE, RunDir, load_trainer_state
+from rlvr.training.sft import train_sft
 from rlvr.verify import InlineVerifier, VerifierPool, VerifierTimeoutError
 
 pytestmark = pytest.mark.timeout(120)
@@ -365,7 +365,7 @@ def test_a_hanging_verifier_warns_is_measured_and_stops_the_run(tmp_path, monkey
 
 
 def test_a_norm_that_overflows_from_finite_gradients_is_named_as_such(capsys):
-    from rlvr.train.finite import UpdateGuard, clip_grad_norm
+    from rlvr.training.finite import UpdateGuard, clip_grad_norm
 
     layer = torch.nn.Linear(4, 4)
     for p in layer.parameters():

@@ -1,4 +1,4 @@
-"""The packed training forward (``rlvr.train.packed``) computes what the model's own forward
+"""The packed training forward (``rlvr.training.packed``) computes what the model's own forward
 computes: per-token log-probs, entropies and every parameter gradient, over batches where
 rows share prompts (interleaved, not grouped), where one prompt is a prefix of another or
 differs only in its last token, with masked-out response tokens, temperature, GQA and
@@ -12,9 +12,9 @@ from torch.testing import assert_close
 
 from rlvr.config import load_config
 from rlvr.models import build_char_tokenizer, build_tiny_model
-from rlvr.train.batch import make_token_batch, token_logprobs
-from rlvr.train.packed import PackedLayout, packed_supported
-from rlvr.train.rl import Learner, policy_update
+from rlvr.training.batch import make_token_batch, token_logprobs
+from rlvr.training.packed import PackedLayout, packed_supported
+from rlvr.training.rl import Learner, policy_update
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_policy_update_packed_equals_plain(tok, monkeypatch):
     optimizer steps) gives the same metrics and weights through either forward."""
     import functools
 
-    import rlvr.train.rl as rl_module
+    import rlvr.training.rl as rl_module
 
     results = []
     for packed in (True, False):

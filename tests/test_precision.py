@@ -12,8 +12,8 @@ from rlvr.cli import main
 from rlvr.models import build_tiny_model
 from rlvr.models.tokenizer import build_char_tokenizer
 from rlvr.rollout.kv_cache import KVCacheEngine
-from rlvr.train.batch import make_token_batch, token_logprobs
-from rlvr.train.precision import DeviceError, Precision, enable_gradient_checkpointing, resolve_device
+from rlvr.training.batch import make_token_batch, token_logprobs
+from rlvr.training.precision import DeviceError, Precision, enable_gradient_checkpointing, resolve_device
 
 CUDA = torch.cuda.is_available()
 

@@ -10,8 +10,8 @@ from rlvr.config import load_config
 from rlvr.models import build_char_tokenizer, build_tiny_model
 from rlvr.rollout.trajectory import Trajectory
 from rlvr.tasks.base import Problem
-from rlvr.train.batch import make_token_batch, token_logprobs
-from rlvr.train.rl import Learner
+from rlvr.training.batch import make_token_batch, token_logprobs
+from rlvr.training.rl import Learner
 
 
 def _setup(overrides):

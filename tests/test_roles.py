@@ -18,9 +18,9 @@ from rlvr.rollout.engine import Generation
 from rlvr.rollout.kv_cache import KVCacheEngine
 from rlvr.rollout.sampler import Sampler
 from rlvr.tasks.addition import AdditionTask
-from rlvr.train.judge import Judge
-from rlvr.train.rl import EngineMismatchError, Learner, RLRoles, rl_step
-from rlvr.train.timing import StageTimer
+from rlvr.training.judge import Judge
+from rlvr.training.rl import EngineMismatchError, Learner, RLRoles, rl_step
+from rlvr.training.timing import StageTimer
 from rlvr.verify import InlineVerifier
 
 

@@ -10,7 +10,7 @@ from rlvr.rollout import ROLLOUT_ENGINES
 from rlvr.rollout.kv_cache import KVCacheEngine, top_p_filter
 from rlvr.rollout.trajectory import render_prompt
 from rlvr.tasks import Problem
-from rlvr.train.batch import make_token_batch, token_logprobs
+from rlvr.training.batch import make_token_batch, token_logprobs
 
 TEXTS = ["12+3", "4567+89", "1+1=", "x", "99+1", "hello world", "7"]  # lengths 1..11
 

@@ -15,8 +15,8 @@ from rlvr.config import load_config
 from rlvr.tasks import Problem, Score, Task
 from rlvr.tasks.base import TooFewProblems, fill_with_repeats
 from rlvr.tasks.mix import MixComponent, MixTask
-from rlvr.train.pipeline import check_data_sizes
-from rlvr.train.run_dir import RunDir
+from rlvr.training.pipeline import check_data_sizes
+from rlvr.training.run_dir import RunDir
 from rlvr.typed_yaml import ConfigError
 from test_custom_plugins import MY_TASKS  # the README's custom task: Double, max_value + 1 problems
 

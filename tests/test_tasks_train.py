@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from rlvr.cli import main
-from rlvr.train.run_dir import RunDir
+from rlvr.training.run_dir import RunDir
 
 TASK_CONFIGS = {
     "addition": "{min_digits: 1, max_digits: 2}",

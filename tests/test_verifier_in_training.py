@@ -7,7 +7,7 @@ import json
 import textwrap
 
 from rlvr.cli import main
-from rlvr.train.run_dir import RunDir
+from rlvr.training.run_dir import RunDir
 
 HOSTILE_TASKS = textwrap.dedent('''
     import os, time

@@ -8,7 +8,7 @@ import torch
 
 from rlvr.models.loading import build_tiny_model, default_tokenizer
 from rlvr.rollout.kv_cache import KVCacheEngine
-from rlvr.train.batch import make_token_batch, token_logprobs
+from rlvr.training.batch import make_token_batch, token_logprobs
 
 TEXTS = ["12+34=", "hello", "What is 7*8?", "abc", "Sort: 3 1 2", "x", "0000", "The answer is"]
 LOGPROB_TOL = 1e-4  # fp32 engine vs fp32 trainer: observed ~1e-6 in process, ~4e-6 over HTTP

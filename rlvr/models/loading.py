@@ -83,7 +83,7 @@ def load_model_and_tokenizer(path: str | Path, *, attn_implementation: str = "sd
         # Many base checkpoints ship without a pad token; EOS is the conventional stand-in.
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    # float32 whatever the checkpoint's dtype: these are the master weights (rlvr.train.precision)
+    # float32 whatever the checkpoint's dtype: these are the master weights (rlvr.training.precision)
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32,
                                                  attn_implementation=attn_implementation)
     bad = first_nonfinite(model.state_dict().items())

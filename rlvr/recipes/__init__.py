@@ -43,5 +43,5 @@ def resolve_config(spec: str) -> tuple[str, str]:
     builtin = recipe_path(spec)
     if builtin is not None:
         return str(builtin), builtin.stem
-    raise FileNotFoundError(f"--config {spec!r}: no such file and no built-in recipe of that name; built-in "
+    raise FileNotFoundError(f"config {spec!r}: no such file and no built-in recipe of that name; built-in "
                             f"recipes: {', '.join(recipe_names())}")

@@ -1,6 +1,10 @@
 """Rewards: named components, each a function of (task, problem, completion, score), summed
 with the weights in ``reward.components``. Every component is logged on its own.
 
+A component may instead follow TRL's convention, ``fn(prompts, completions, **columns) ->
+list[float]`` (any function with a ``completions`` parameter): it is called once per batch
+with the data's columns (``call_trl_reward``), as ``GRPOTrainer`` calls its reward functions.
+
 A component that also takes an ``episode`` keyword gets the multi-turn trajectory (tool
 calls, turns, the environment's own rewards); in single-turn runs ``episode`` is None.
 
@@ -104,12 +108,114 @@ def _component_kwargs(name: str, fn: RewardFn, params: dict[str, dict[str, Any]]
     return kwargs
 
 
+def is_trl_reward(fn: RewardFn) -> bool:
+    """Whether ``fn`` follows TRL's reward-function convention, ``fn(prompts, completions,
+    **columns) -> list[float]`` over a batch (it has a ``completions`` parameter), rather than
+    rlvr's per-sample ``fn(task, problem, completion, score, **params) -> float``."""
+    try:
+        return "completions" in _signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def trl_columns(problems: list[Problem]) -> dict[str, list[Any]]:
+    """The keyword columns a TRL-style reward function gets besides ``prompts`` and
+    ``completions``: each problem's data columns (``metadata["columns"]``: the prompts task's
+    record, less the prompt; a column missing from a record is None), plus ``answer`` and
+    ``problem_id`` unless the data has columns of those names."""
+    names: dict[str, None] = {}
+    for problem in problems:
+        names.update(dict.fromkeys(problem.metadata.get("columns", {})))
+    columns = {name: [p.metadata.get("columns", {}).get(name) for p in problems] for name in names}
+    columns.setdefault("answer", [p.answer for p in problems])
+    columns.setdefault("problem_id", [p.id for p in problems])
+    return columns
+
+
+def call_trl_reward(name: str, fn: RewardFn, problems: list[Problem], completions: list[str],
+                    completion_ids: list[list[int]] | None, params: dict[str, Any]) -> list[float]:
+    """A TRL-style reward function over a batch, called as TRL calls it: ``prompts`` (text or
+    conversations, as the data has them), ``completions`` (text, or ``[{"role": "assistant",
+    "content": text}]`` for a conversation prompt), ``completion_ids``, the data's columns and
+    the component's ``reward.params``; a function without ``**kwargs`` gets only the keywords it
+    names. One finite number per sample, or a ``RewardError`` naming the component."""
+    if not is_trl_reward(fn):
+        raise TypeError(f"reward {name!r} is not a batch reward function fn(prompts, completions, **columns)")
+    kwargs: dict[str, Any] = {
+        "prompts": [p.prompt for p in problems],
+        "completions": [[{"role": "assistant", "content": text}] if isinstance(p.prompt, list) else text
+                        for p, text in zip(problems, completions)],
+        "completion_ids": completion_ids if completion_ids is not None else [None] * len(problems),
+        **trl_columns(problems), **params}
+    accepted = _signature(fn).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
+        kwargs = {key: value for key, value in kwargs.items() if key in accepted}
+    try:
+        values = fn(**kwargs)
+    except Exception as err:
+        raise RewardError(f"reward component {name!r} {_what_went_wrong(err)} for a batch of {len(problems)} "
+                          f"samples (first: {describe_sample(problems[0], completions[0])})") from err
+    try:
+        values = list(values)
+    except TypeError:
+        raise RewardError(f"reward component {name!r} returned a {type(values).__name__}; a batch reward function "
+                          f"returns one number per completion (a list of {len(problems)})") from None
+    if len(values) != len(problems):
+        raise RewardError(f"reward component {name!r} returned {len(values)} values for {len(problems)} completions")
+    out = []
+    for index, value in enumerate(values):
+        if value is None:  # TRL: a function that does not apply to a sample returns None for it
+            out.append(0.0)
+            continue
+        try:
+            out.append(_finite(value))
+        except _NotFinite as err:
+            raise RewardError(f"reward component {name!r} {err} for "
+                              f"{describe_sample(problems[index], completions[index])}", sample=index) from None
+    return out
+
+
+def trl_reward_values(weights: dict[str, float], problems: list[Problem], completions: list[str],
+                      completion_ids: list[list[int]], params: dict[str, dict[str, Any]],
+                      on_error: Literal["raise", "zero"] = "raise",
+                      errors: list[list[str]] | None = None) -> list[dict[str, float]]:
+    """Per sample, ``{name: value}`` of every TRL-style component of ``weights``, each called
+    once for the whole batch. With ``on_error="zero"`` a failing function scores the batch 0
+    and its message goes to every sample's ``errors`` entry."""
+    values: list[dict[str, float]] = [{} for _ in problems]
+    for name in weights:
+        fn = REWARDS.get(name)
+        if not is_trl_reward(fn):
+            continue
+        try:
+            batch = call_trl_reward(name, fn, problems, completions, completion_ids, params.get(name, {}))
+        except RewardError as err:
+            if on_error != "zero":
+                raise RewardError(f"{err}; fix the function, or set reward.on_error: zero to score such samples 0 "
+                                  "and count them (metric reward/failed)", err.sample) from err
+            batch = [0.0] * len(problems)
+            for sample_errors in errors or []:
+                sample_errors.append(str(err))
+        for sample, value in zip(values, batch):
+            sample[name] = value
+    return values
+
+
 def check_reward_params(weights: dict[str, float], params: dict[str, dict[str, Any]]) -> None:
     """Raise ``TypeError`` naming the component when ``params`` gives a keyword its function
     does not take, leaves out one it needs, or gives NaN/inf: a config mistake, found before
     any work."""
     for name in weights:
-        _component_kwargs(name, REWARDS.get(name), params, None, None, None, None, None)
+        fn = REWARDS.get(name)
+        if is_trl_reward(fn):
+            accepted = _signature(fn).parameters
+            takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+            unknown = [key for key in params.get(name, {}) if key not in accepted and not takes_any]
+            if unknown:
+                raise TypeError(f"reward component {name!r}: got an unexpected keyword argument {unknown[0]!r} "
+                                f"(check reward.params.{name})")
+        else:
+            _component_kwargs(name, fn, params, None, None, None, None, None)
         for key, value in params.get(name, {}).items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise TypeError(f"reward component {name!r}: {key} must be a finite number, got {value}")
@@ -119,6 +225,7 @@ def compose_reward(
     weights: dict[str, float], task: Task, problem: Problem, completion: str, score: Score,
     params: dict[str, dict[str, Any]] | None = None, episode: Any = None,
     on_error: Literal["raise", "zero"] = "raise", errors: list[str] | None = None,
+    batch_values: dict[str, float] | None = None,
 ) -> tuple[float, dict[str, float]]:
     """Weighted sum of the named components, each called with its keyword ``params`` (and
     ``episode`` when it takes one); returns (total, {name: unweighted value}).
@@ -129,7 +236,13 @@ def compose_reward(
     params = params or {}
     parts = {}
     for name in weights:
+        if batch_values is not None and name in batch_values:  # a TRL-style function, called on the batch
+            parts[name] = batch_values[name]
+            continue
         fn = REWARDS.get(name)
+        if is_trl_reward(fn):
+            parts[name] = call_trl_reward(name, fn, [problem], [completion], None, params.get(name, {}))[0]
+            continue
         kwargs = _component_kwargs(name, fn, params, episode, task, problem, completion, score)
         try:
             parts[name] = _finite(fn(task, problem, completion, score, **kwargs))

@@ -30,7 +30,7 @@ class Sampler:
 
     ``policy`` is the trainer's module: a local engine samples from it directly; an engine
     that owns its weights ignores it for sampling. ``autocast`` is the forward-precision
-    context (``rlvr.train.precision.forward_autocast``)."""
+    context (``rlvr.training.precision.forward_autocast``)."""
 
     def __init__(self, engine: RolloutEngine, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  environment: EnvironmentFactory | None = None,

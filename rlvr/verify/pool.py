@@ -94,7 +94,18 @@ class InlineVerifier:
         self.task = task
 
     def score_many(self, problems: list[Problem], completions: list[str]) -> list[Score]:
+        """Every completion's score; a task with ``score_batch`` (one call over the batch, e.g. a
+        TRL-style reward function deciding correctness) is scored that way, and sample by
+        sample only if the batch call fails (each error then lands on its own sample)."""
         _check_lengths(problems, completions)
+        score_batch = getattr(self.task, "score_batch", None)
+        if score_batch is not None and problems:
+            try:
+                scores = score_batch(problems, completions)
+                if len(scores) == len(problems) and all(isinstance(s, Score) for s in scores):
+                    return list(scores)
+            except Exception:  # noqa: BLE001 (scored again one by one, which records each error)
+                pass
         return [score_inline(self.task, p, c) for p, c in zip(problems, completions)]
 
     def close(self) -> None:

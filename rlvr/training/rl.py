@@ -46,15 +46,15 @@ from rlvr.rollout.sampler import Sampler
 from rlvr.rollout.trajectory import Trajectory
 from rlvr.seeding import derive_seed
 from rlvr.tasks.base import Problem
-from rlvr.train.batch import TokenBatch, make_token_batch, token_logprobs
-from rlvr.train.critic import ValueModel
-from rlvr.train.finite import UpdateGuard, clip_grad_norm, nonfinite_rows
-from rlvr.train.optim import lr_at, make_optimizer, set_lr
-from rlvr.train.judge import Judge
-from rlvr.train.precision import Precision
-from rlvr.train.progress import StageProgress
-from rlvr.train.run_dir import RunDir, load_trainer_state, restore_rng_states, rng_states
-from rlvr.train.timing import StageTimer
+from rlvr.training.batch import TokenBatch, make_token_batch, token_logprobs
+from rlvr.training.critic import ValueModel
+from rlvr.training.finite import UpdateGuard, clip_grad_norm, nonfinite_rows
+from rlvr.training.optim import lr_at, make_optimizer, set_lr
+from rlvr.training.judge import Judge
+from rlvr.training.precision import Precision
+from rlvr.training.progress import StageProgress
+from rlvr.training.run_dir import RunDir, load_trainer_state, restore_rng_states, rng_states
+from rlvr.training.timing import StageTimer
 from rlvr.verify.pool import is_timeout
 
 class EngineMismatchError(RuntimeError):

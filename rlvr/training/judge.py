@@ -13,7 +13,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from rlvr.config import RunConfig
-from rlvr.rewards import RewardError, compose_reward, describe_sample
+from rlvr.rewards import RewardError, compose_reward, describe_sample, trl_reward_values
 from rlvr.rewards.shaping import ShapingInputs, apply_shapers, build_shaper
 from rlvr.rollout.trajectory import Trajectory
 from rlvr.seeding import derive_seed
@@ -63,12 +63,16 @@ def score_trajectories(trajectories: list[Trajectory], task: Task, verifier: Ver
         traj.text = text
     answers = [t.judged_text(tokenizer) for t in trajectories]
     scores = verifier.score_many([t.problem for t in trajectories], answers)
-    for traj, answer, score in zip(trajectories, answers, scores):
+    sample_errors: list[list[str]] = [[] for _ in trajectories]
+    batch_values = trl_reward_values(config.reward.components, [t.problem for t in trajectories], answers,
+                                     [t.response_ids for t in trajectories], config.reward.params,
+                                     config.reward.on_error, sample_errors)
+    for traj, answer, score, errors, values in zip(trajectories, answers, scores, sample_errors, batch_values):
         traj.correct, traj.extracted, traj.error = score.correct, score.extracted, score.error
-        errors: list[str] = []
         traj.reward, traj.reward_components = compose_reward(
             config.reward.components, task, traj.problem, answer, score, config.reward.params,
-            episode=traj if traj.answer_text is not None else None, on_error=config.reward.on_error, errors=errors)
+            episode=traj if traj.answer_text is not None else None, on_error=config.reward.on_error, errors=errors,
+            batch_values=values)
         if errors:
             traj.reward_components["failed"] = float(len(errors))
             traj.error = "; ".join([traj.error, *errors] if traj.error else errors)

@@ -77,6 +77,30 @@ def model_source(state: dict[str, Any]) -> str | None:
     return state.get("final_checkpoint") or state.get("checkpoint") or state.get("sft_final")
 
 
+def resume_point(state: dict[str, Any], config: Any) -> str | None:
+    """Where a run continues from, in words (None for a run at its start): the checkpoint and
+    the step it holds, and what is already done."""
+    done = list(state.get("completed_stages", []))
+    done += [f"{phase} evaluation" for phase in state.get("evals", {})]
+    checkpoint = state.get("checkpoint")
+    if not checkpoint and not done:
+        return None
+    parts = []
+    if checkpoint:
+        name = Path(checkpoint).name
+        stage, _, number = name.rpartition("-step-")
+        if number.isdigit() and stage in ("sft", "rl"):
+            total = config.sft.steps if stage == "sft" else config.rl.steps
+            parts.append(f"from {checkpoint} ({stage.upper()} step {int(number)} of {total})")
+        else:
+            parts.append(f"from {checkpoint}")
+    elif model_source(state):
+        parts.append(f"from {model_source(state)}")
+    if done:
+        parts.append("done: " + ", ".join(done))
+    return "; ".join(parts)
+
+
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

@@ -8,7 +8,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from transformers.utils import logging as hf_logging
@@ -26,15 +26,15 @@ from rlvr.rollout import ROLLOUT_ENGINES, build_environment
 from rlvr.seeding import derive_seed
 from rlvr.tasks import TASKS, Problem, Task
 from rlvr.tasks.base import TooFewProblems
-from rlvr.train.loggers import Mirror, check_backends
+from rlvr.training.loggers import Mirror, check_backends
 from rlvr.rollout.sampler import Sampler
-from rlvr.train.judge import Judge, Verifier
-from rlvr.train.rl import train_rl
-from rlvr.train.precision import (DeviceError, check_precision, enable_gradient_checkpointing, forward_autocast,
+from rlvr.training.judge import Judge, Verifier
+from rlvr.training.rl import train_rl
+from rlvr.training.precision import (DeviceError, check_precision, enable_gradient_checkpointing, forward_autocast,
                                    resolve_device)
-from rlvr.train.run_dir import RunDir, atomic_write, model_source
+from rlvr.training.run_dir import RunDir, atomic_write, model_source, resume_point
 from rlvr.verify import make_verifier
-from rlvr.train.sft import sft_demonstrations, train_sft
+from rlvr.training.sft import sft_demonstrations, train_sft
 from rlvr.typed_yaml import ConfigError, from_dict, source_of
 
 
@@ -117,13 +117,13 @@ def check_data_sizes(task: Task, config: RunConfig, source: str) -> tuple[list[P
     return heldout, warnings
 
 
-def check_names(config: RunConfig, source: str = "config") -> list[str]:
+def check_names(config: RunConfig, source: str = "config", task: Task | None = None) -> list[str]:
     """Fail before any work (and before a run directory exists) when a config names a component
     that is not registered, or its task's data cannot be read, or a sampled prompt (with
     rollout.max_new_tokens) or SFT demonstration does not fit the model's context or holds a
     character its tokenizer cannot encode. Cheap: one held-out split, one step of each stage.
     Returns warnings (small data) for the caller to show once the run has started."""
-    checks = [("task.name", TASKS, [config.task.name]),
+    checks = [("task.name", TASKS, [config.task.name] if task is None else []),
               ("reward.components", REWARDS, list(config.reward.components)),
               ("reward.shaping", REWARD_SHAPERS, [step.name for step in config.reward.shaping]),
               ("rollout.engine", ROLLOUT_ENGINES, [config.rollout.engine]),
@@ -137,7 +137,7 @@ def check_names(config: RunConfig, source: str = "config") -> list[str]:
                 registry.get(name)
             except KeyError as err:
                 raise ConfigError(f"{source_of(source, field_name)}: {field_name}: {err.args[0]}") from None
-    task = build_task(config, source)
+    task = build_task(config, source) if task is None else task
     try:
         build_environment(config.rollout.environment, task, lambda problems, texts: [], source)
     except KeyError as err:
@@ -214,17 +214,31 @@ def _check_tiny_model_fits_memory(config: RunConfig, vocab: int, source: str) ->
                           "lower model.hidden_size, num_layers or intermediate_size")
 
 
-def run_pipeline(config: RunConfig, run: RunDir) -> dict[str, Any]:
+def run_pipeline(config: RunConfig, run: RunDir, task: Task | None = None,
+                 callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Run every stage of ``config`` not yet completed in ``run``; returns the summary.
-    The run dir is locked for the duration (a second process gets a ``RunDirError``)."""
+    The run dir is locked for the duration (a second process gets a ``RunDirError``).
+    ``task``: a task object instead of ``config.task``; ``callbacks``: ``rlvr.api`` callbacks,
+    told of every log record after the ``logging.backends`` mirror."""
     run.lock()
     try:
         threads_before = torch.get_num_threads()
         torch.set_num_threads(config.threads or os.cpu_count() or 1)
         mirror = Mirror(config.logging.backends, run.path, asdict(config), config.logging.project)
-        run.on_append = mirror
+        if callbacks:
+            from rlvr.api import _dispatch
+
+            hooks = _dispatch(callbacks)
+
+            def on_append(stream: str, records: list[dict[str, Any]]) -> None:
+                mirror(stream, records)
+                hooks(stream, records)
+
+            run.on_append = on_append
+        else:
+            run.on_append = mirror
         try:
-            return _run_stages(config, run)
+            return _run_stages(config, run, task)
         finally:
             torch.set_num_threads(threads_before)
             run.on_append = None
@@ -233,8 +247,8 @@ def run_pipeline(config: RunConfig, run: RunDir) -> dict[str, Any]:
         run.unlock()
 
 
-def _run_stages(config: RunConfig, run: RunDir) -> dict[str, Any]:
-    task = build_task(config)
+def _run_stages(config: RunConfig, run: RunDir, task: Task | None = None) -> dict[str, Any]:
+    task = build_task(config) if task is None else task
     with make_task_verifier(task, config) as verifier:
         return _run_stages_with(config, run, task, verifier)
 
@@ -253,6 +267,9 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
     hf_logging.disable_progress_bar()  # per-checkpoint 'Writing model shards' bars drown the run's own
     torch.manual_seed(config.seed)
     state = run.recover()
+    point = resume_point(state, config)
+    if point is not None:
+        print(f"resume: continuing {point}", flush=True)
     heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
     exclude = frozenset(p.id for p in heldout)
     model, tokenizer = _starting_model(config, run, state)
@@ -301,7 +318,7 @@ def _starting_model(config: RunConfig, run: RunDir, state: dict[str, Any]):
     """Where this invocation's model comes from: the RL result once RL is done, the latest
     checkpoint of an interrupted stage, the SFT result (``model_source``), else the
     configured checkpoint or a freshly built tiny model. Float32 master weights on
-    ``config.device`` (``rlvr.train.precision``)."""
+    ``config.device`` (``rlvr.training.precision``)."""
     m = config.model
     source = model_source(state)
     if source or m.path:

@@ -34,7 +34,7 @@ from transformers import PreTrainedModel
 from rlvr.rollout.steppers import LlamaStepper, fused_bias, interleaved_rows, inverse_rms
 
 if TYPE_CHECKING:
-    from rlvr.train.batch import TokenBatch
+    from rlvr.training.batch import TokenBatch
 
 
 def packed_supported(model: PreTrainedModel) -> bool:

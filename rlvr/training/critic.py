@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from rlvr.train.batch import TokenBatch
+from rlvr.training.batch import TokenBatch
 
 
 class ValueModel(nn.Module):

@@ -19,12 +19,12 @@ from rlvr.rollout.environment import Environment, EnvironmentFactory
 from rlvr.rollout.trajectory import render_prompts
 from rlvr.seeding import derive_seed
 from rlvr.tasks.base import Problem, Task, sample_training_problems
-from rlvr.train.batch import make_token_batch, token_logprobs
-from rlvr.train.finite import UpdateGuard, clip_grad_norm
-from rlvr.train.optim import lr_at, make_optimizer, set_lr
-from rlvr.train.precision import Precision
-from rlvr.train.progress import StageProgress
-from rlvr.train.run_dir import RunDir, load_trainer_state, restore_rng_states, rng_states
+from rlvr.training.batch import make_token_batch, token_logprobs
+from rlvr.training.finite import UpdateGuard, clip_grad_norm
+from rlvr.training.optim import lr_at, make_optimizer, set_lr
+from rlvr.training.precision import Precision
+from rlvr.training.progress import StageProgress
+from rlvr.training.run_dir import RunDir, load_trainer_state, restore_rng_states, rng_states
 
 
 def sft_demonstrations(task: Task, config: RunConfig, step: int,

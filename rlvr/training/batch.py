@@ -13,7 +13,7 @@ import torch
 from transformers import PreTrainedModel
 
 from rlvr.rollout.steppers import warn_fallback
-from rlvr.train.packed import packed_token_logprobs, packed_unsupported_reason
+from rlvr.training.packed import packed_token_logprobs, packed_unsupported_reason
 
 
 @dataclass
@@ -123,7 +123,7 @@ def token_logprobs(
     the (temperature-scaled) distribution, differentiable only when ``entropy_grad`` (an
     entropy bonus needs its gradient; a logged metric does not).
 
-    Llama-layout models go through the packed forward (``rlvr.train.packed``: no padding,
+    Llama-layout models go through the packed forward (``rlvr.training.packed``: no padding,
     each prefix rows share computed once, the LM head on counted targets only) unless
     ``packed`` is False;
     other models through their own forward over the padded batch."""
