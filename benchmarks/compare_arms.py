@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from rlvr.cli import main as rlvr_main
-from rlvr.train.run_dir import RunDir
+from rlvr.training.run_dir import RunDir
 
 
 def run(args: list[str]) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from compare_arms import run  # this script's directory is on sys.path when it runs
 
-from rlvr.train.run_dir import RunDir
+from rlvr.training.run_dir import RunDir
 
 ARMS = {
     "tool": [],

@@ -92,7 +92,7 @@ def _load(path: Path):
 
 
 def _batch(tokenizer, rows: int, prompt_len: int, response_len: int, seed: int = 0):
-    from rlvr.train.batch import make_token_batch
+    from rlvr.training.batch import make_token_batch
 
     g = torch.Generator().manual_seed(seed)
     vocab = len(tokenizer)
@@ -103,7 +103,7 @@ def _batch(tokenizer, rows: int, prompt_len: int, response_len: int, seed: int =
 
 @section("bf16 log-probs against float32 (CUDA)")
 def logprob_parity(path: Path) -> None:
-    from rlvr.train.batch import token_logprobs
+    from rlvr.training.batch import token_logprobs
 
     model, tokenizer = _load(path)
     params = sum(p.numel() for p in model.parameters())

@@ -16,7 +16,7 @@ Run it (a fresh tiny model rarely answers right, so warm it up with `rlvr sft` f
     rlvr sft --output-dir runs/warm
     python examples/minimal_grpo.py --init runs/warm/checkpoints/sft-final --steps 60
 
-`rlvr train` (rlvr/train/rl.py) is this loop plus what real runs need: checkpoints and
+`rlvr train` (rlvr/training/rl.py) is this loop plus what real runs need: checkpoints and
 resume, evaluation, estimators, losses and KL chosen by name, multi-turn tools, data
 filters, reward shaping, micro-batches, mixed precision, non-finite guards.
 
@@ -45,7 +45,7 @@ from rlvr.rollout.kv_cache import KVCacheEngine
 from rlvr.rollout.sampling import sample_trajectories
 from rlvr.seeding import derive_seed
 from rlvr.tasks import TASKS
-from rlvr.train.batch import make_token_batch, token_logprobs
+from rlvr.training.batch import make_token_batch, token_logprobs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -81,7 +81,7 @@ def train(args: argparse.Namespace, log=print) -> tuple[PreTrainedModel, list[di
         tokenizer = build_char_tokenizer()
         model = build_tiny_model(tokenizer, seed=args.seed)
     model.train()
-    # rlvr's optimizer (rlvr.train.optim): fused AdamW, betas for small-batch LM training
+    # rlvr's optimizer (rlvr.training.optim): fused AdamW, betas for small-batch LM training
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
     engine = KVCacheEngine()  # batched sampling; a group's shared prompt is computed once
     P, G = args.prompts, args.group
