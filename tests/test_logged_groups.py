@@ -48,3 +48,35 @@ def test_samples_jsonl_has_whole_groups_with_their_advantages(tmp_path, tiny_ove
             expected = [(r - mean) / (std + 1e-6) for r in rewards]
         for s, want in zip(members, expected):
             assert abs(s["advantage"] - want) < 1e-4, (s["reward"], s["advantage"], want)
+
+
+def test_a_run_that_cannot_learn_says_why(tmp_path, tiny_overrides, capsys):
+    """The tiny model after 4 SFT steps answers nothing readable: every group's rewards are
+    equal (all 0), and after 3 such steps the run says so once, with the cause."""
+    assert main(["train", "--output-dir", str(tmp_path / "run"), *tiny_overrides, "rl.steps=5"]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if "nothing is learned" in line]
+    assert len(lines) == 1, out
+    assert lines[0].startswith("rlvr: warning: RL steps 1-3: every group's rewards were equal")
+    assert "answer format is unreachable" in lines[0] or "warm start is too weak" in lines[0]
+    assert f"{tmp_path / 'run'}/samples.jsonl" in lines[0]
+
+
+def test_the_cause_is_read_from_the_samples(tmp_path):
+    from rlvr.training.rl import NoSignalWatch
+
+    def batch(extracted, correct):
+        out = _trajectories(groups=2, size=2)
+        for t in out:
+            t.extracted, t.correct = extracted, correct
+        return out
+
+    flat = {"zero_variance_groups": 1.0}
+    for extracted, correct, cause in ((None, False, "answer format is unreachable"),
+                                      ("7", False, "warm start is too weak"), ("7", True, "task is too easy")):
+        watch = NoSignalWatch(tmp_path)
+        said = [watch.observe({**flat, "step": s}, batch(extracted, correct)) for s in range(1, 6)]
+        assert said[:2] == [None, None] and said[3:] == [None, None] and cause in said[2]
+    watch = NoSignalWatch(tmp_path)  # a step with signal starts the count again
+    records = [flat, flat, {"zero_variance_groups": 0.5}, flat, flat]
+    assert all(watch.observe({**r, "step": s}, batch("7", False)) is None for s, r in enumerate(records, 1))

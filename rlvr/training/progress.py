@@ -40,6 +40,13 @@ class StageProgress:
         elif step % self.every == 0 or step == self.total:
             self.console.print(f"{self.title} {step}/{self.total}  {info}", highlight=False)
 
+    def note(self, text: str) -> None:
+        """A line above the bar (a warning during the stage); plain print without one."""
+        if self._progress is not None:
+            self._progress.console.print(text, highlight=False, markup=False, soft_wrap=True)
+        else:
+            print(text, flush=True)
+
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self._progress is not None:

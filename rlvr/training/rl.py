@@ -537,6 +537,43 @@ def rl_step(roles: RLRoles, step: int) -> tuple[dict[str, Any], list[Trajectory]
     return record, trajectories, rates
 
 
+class NoSignalWatch:
+    """Says, once, when RL cannot learn: ``window`` steps in a row in which every group's
+    rewards were equal (GRPO-family advantages are then all zero), with the likely cause read
+    from those steps' samples."""
+
+    def __init__(self, run_dir: Any, window: int = 3) -> None:
+        self.run_dir, self.window = run_dir, window
+        self.flat_steps: list[list[Trajectory]] = []
+        self.said = False
+
+    def observe(self, record: dict[str, Any], trajectories: list[Trajectory]) -> str | None:
+        flat = record.get("zero_variance_groups") == 1.0 or (not trajectories and record.get("filter_kept_frac") == 0)
+        self.flat_steps = self.flat_steps + [trajectories] if flat else []
+        if self.said or len(self.flat_steps) < self.window:
+            return None
+        self.said = True
+        seen = [t for step in self.flat_steps for t in step]
+        if not seen:
+            cause = ("the group filter kept no group: every group was all right or all wrong (data.filter); the task "
+                     "is too hard or too easy for the model")
+        elif all(t.extracted is None for t in seen):
+            truncated = sum(t.finish_reason == "length" for t in seen) / len(seen)
+            cause = ("no completion held an answer the task can read: the answer format is unreachable (check the "
+                     "prompt's format instructions, the chat template, task.params" +
+                     (f"; {100 * truncated:.0f}% of responses hit rollout.max_new_tokens" if truncated else "") + ")")
+        elif not any(t.correct for t in seen):
+            cause = ("every answer was wrong: the warm start is too weak for this task (a longer SFT stage, a stronger "
+                     "model.path, or an easier task or curriculum)")
+        elif all(t.correct for t in seen):
+            cause = "every answer was right: the task is too easy for the model (raise its difficulty)"
+        else:
+            cause = "rewards do not vary within a group although correctness does: check reward.components and weights"
+        return (f"RL steps {record['step'] - self.window + 1}-{record['step']}: every group's rewards were equal, so "
+                f"the advantages are zero and nothing is learned; likely cause: {cause}; see "
+                f"{self.run_dir}/samples.jsonl")
+
+
 def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, judge: Judge, sampler: Sampler,
              config: RunConfig, run: RunDir, state: dict[str, Any], exclude: frozenset[str],
              evaluate_fn: Callable[[str, int], Any] | None = None) -> None:
@@ -552,9 +589,13 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, judge: 
         start = trainer_state["step"]
     sampler.load_weights(model, version=start)
 
+    watch = NoSignalWatch(run.path)
     with StageProgress("RL", rl.steps, start, config.logging.progress) as progress:
         for step in range(start, rl.steps):
             record, trajectories, rates = rl_step(roles, step)
+            warning = watch.observe(record, trajectories)
+            if warning is not None:
+                progress.note(f"rlvr: warning: {warning}")
             run.append("pass_rates.jsonl", {"stage": "rl", "step": step + 1, "rates": rates})
             logged = logged_groups(trajectories, config.logging.samples_per_step)
             if logged:
