@@ -398,6 +398,23 @@ def test_resume_says_which_checkpoint_and_step_it_continues_from(tmp_path, capsy
     assert line.endswith(", final evaluation")
 
 
+def test_a_run_that_failed_before_its_first_step_does_not_block_the_next(tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory while loading")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(pipeline, "_starting_model", broken)
+        assert main(["train", "--output-dir", str(run_dir), *OVERRIDES]) == 1
+    assert "out of memory while loading" in capsys.readouterr().err and (run_dir / "config.yaml").exists()
+    assert main(["train", "--output-dir", str(run_dir), *OVERRIDES]) == 0  # the same command, again
+    assert "out of memory while loading" in (run_dir / "error.log").read_text()  # the first attempt's report stays
+    # a run that got as far as a step is never taken over
+    assert main(["train", "--output-dir", str(run_dir), *OVERRIDES]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
 class _SigtermNotHandled(BaseException):
     pass
 

@@ -119,8 +119,11 @@ class RunDir:
         # Any trace of a run counts, not only state.json: a new run must never pick up an old
         # run's checkpoints (their saved states would outrank its own on the first resume).
         traces = [STATE_FILE, "config.yaml", *LOGS]
-        if any((run.path / name).exists() for name in traces) or \
-                (run.checkpoints.is_dir() and any(run.checkpoints.iterdir())):
+        has_run = any((run.path / name).exists() for name in traces) or \
+            (run.checkpoints.is_dir() and any(run.checkpoints.iterdir()))
+        if has_run and run.never_started():
+            run.clear_attempt()  # an attempt that failed before its first step blocks nothing
+        elif has_run:
             run.unlock()
             raise RunDirExistsError(
                 f"{run.path} already holds a run; resume it with `rlvr train --resume {run.path}` "
@@ -131,6 +134,23 @@ class RunDir:
         save_config(config, run.path / "config.yaml")
         run.save_state(fresh_state())
         return run
+
+    def never_started(self) -> bool:
+        """Whether this directory holds only an attempt that failed before its first step: a
+        fresh state, no checkpoint and empty logs (then a new run may take the directory)."""
+        try:
+            state = json.loads((self.path / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            return False
+        fresh = {key: state.get(key) for key in fresh_state()} == fresh_state()
+        logs_empty = all(not (self.path / name).exists() or (self.path / name).stat().st_size == 0 for name in LOGS)
+        no_checkpoints = not (self.checkpoints.is_dir() and any(self.checkpoints.iterdir()))
+        return fresh and logs_empty and no_checkpoints
+
+    def clear_attempt(self) -> None:
+        """Remove what a failed first attempt left (its error.log stays, for the bug report)."""
+        for name in (STATE_FILE, "config.yaml", *LOGS):
+            (self.path / name).unlink(missing_ok=True)
 
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":
