@@ -199,6 +199,10 @@ def _print_summary(summary: dict, stages: list[str]) -> None:
     else:
         line = f"held-out accuracy: {100 * warm:.1f}% ({start})"
     print(f"{line}, {summary['wall_seconds']:.0f} s, run dir: {summary['run_dir']}")
+    for name, result in summary.get("eval_sets", {}).items():  # eval.sets: the other tasks
+        before, after = result.get("warmstart_accuracy"), result.get("final_accuracy")
+        shown = f"{100 * before:.1f}% ({start})" + (f" -> {100 * after:.1f}% (after RL)" if "rl" in stages else "")
+        print(f"  evaluation set {name}: {shown}")
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -266,6 +266,22 @@ class DataConfig:
 
 
 @dataclass
+class EvalSet:
+    """Another task the run is evaluated on alongside its own (TRL's several eval datasets)."""
+
+    task: str = _f("", "registered task name or module:Class to evaluate on (required)")
+    params: dict[str, Any] = _f({}, "that task's parameters (its own defaults when empty)")
+    name: str = _f("", "label in eval.jsonl, summary.json and the report (default: the task name)")
+    problems: int = _f(100, "problems of that task's held-out split", ge=1)
+
+    def __post_init__(self) -> None:
+        if not self.task:
+            raise ValueError("task is required: the task to evaluate on")
+        if not self.name:
+            self.name = self.task
+
+
+@dataclass
 class EvalConfig:
     problems: int = _f(200, "held-out problems (drawn with eval.seed, never trained on)", ge=1)
     seed: int = _f(1_000_003, "seed of the held-out split; training draws with run seeds and skips held-out ids", ge=0, lt=2**63)
@@ -274,11 +290,17 @@ class EvalConfig:
     every: int = _f(20, "also evaluate every this many RL steps; 0 only before and after RL", ge=0)
     batch_size: int = _f(256, "sequences generated together during evaluation", ge=1)
     ks: list[int] = _f([], "k values reported for pass@k and maj@k (each <= samples); [] = 1, 2, 4, ... up to samples", ge=1)
+    sets: list[EvalSet] = _f([], "more tasks to evaluate on at every evaluation (greedy accuracy, and pass@k with "
+                                 "eval.samples), e.g. [{task: countdown, problems: 50}]")
 
     def __post_init__(self) -> None:
         bad = [k for k in self.ks if not 1 <= k <= self.samples]
         if bad:
             raise ValueError(f"ks: {bad} outside [1, samples = {self.samples}]")
+        names = [s.name for s in self.sets]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sets: two evaluation sets are called {sorted(n for n in names if names.count(n) > 1)[0]!r};"
+                             " give them distinct names")
 
 
 @dataclass

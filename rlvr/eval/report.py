@@ -572,6 +572,14 @@ def evaluation_section(evals: list[dict[str, Any]], results: dict[str, Any] | No
         parts.append("<h3>During training (<code>eval.jsonl</code>)</h3>"
                      '<p class="muted">Held-out problems; brackets: bootstrap 95% interval over problems.</p>'
                      + _table(header, rows))
+        names = list(dict.fromkeys(name for e in evals for name in e.get("sets", {})))
+        if names:  # eval.sets: the other tasks, greedy accuracy per evaluation
+            set_rows = [[_esc(e.get("phase", "")), _esc(e.get("step", "")),
+                         *[_pct_ci(e["sets"][n], "greedy_accuracy") if n in e.get("sets", {}) else "" for n in names]]
+                        for e in evals]
+            parts.append("<h3>Other evaluation sets (<code>eval.sets</code>)</h3>"
+                         '<p class="muted">Greedy accuracy on each set\'s held-out problems.</p>'
+                         + _table(["phase", "RL step", *[_esc(n) + " %" for n in names]], set_rows))
         if len(evals) > 1:
             parts.append(_png(heldout_figure([run or Run(Path("."), "run", evals=evals)], x_axis)))
         ends = [e for e in evals if e.get("phase") in ("warmstart", "final")] or [evals[0], evals[-1]]

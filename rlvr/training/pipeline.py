@@ -3,10 +3,11 @@ evaluate, summarise, plot. Resuming re-enters the same function and skips what i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -46,6 +47,30 @@ def build_task(config: RunConfig, source: str = "config") -> Task:
     if not task.name:  # a user's module:Class task is known by what the config calls it
         task.name = config.task.name
     return task
+
+
+def build_eval_tasks(config: RunConfig, source: str = "config") -> list[tuple[str, Task, list[Problem]]]:
+    """Each ``eval.sets`` entry as (name, task, its held-out problems), checked like the run's
+    own task: a name that is not a task, params it does not take or a split too small for
+    ``problems`` is a config error naming the entry."""
+    out = []
+    for index, spec in enumerate(config.eval.sets):
+        where = f"{source_of(source, 'eval.sets')}: eval.sets[{index}]"
+        try:
+            task_cls = TASKS.get(spec.task)
+        except KeyError as err:
+            raise ConfigError(f"{where}.task: {err.args[0]}") from None
+        task = task_cls(from_dict(task_cls.Params, spec.params, source=f"{where}.params"))
+        task.name = task.name or spec.task
+        try:
+            problems = task.sample_problems(spec.problems, config.eval.seed, split="heldout")
+        except TooFewProblems as err:
+            raise ConfigError(f"{where}.problems={spec.problems}: task {spec.task!r} has only {err.available} "
+                              "held-out problems") from None
+        except (ValueError, OSError) as err:
+            raise ConfigError(f"{where}: {err}") from None
+        out.append((spec.name, task, problems))
+    return out
 
 
 HELDOUT_HALF_WIDTH_WARNING = 0.10  # warn when a held-out accuracy's 95% interval is wider than +-10 points
@@ -182,6 +207,9 @@ def check_names(config: RunConfig, source: str = "config", task: Task | None = N
     try:
         heldout, warnings = check_data_sizes(task, config, source)
         check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens, heldout, "held-out problems")
+        for name, _, problems in build_eval_tasks(config, source):
+            check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens, problems,
+                              f"evaluation set {name!r}")
         exclude = frozenset(p.id for p in heldout)
         sampler = PromptSampler(task, config, exclude)
         if "rl" in config.stages:
@@ -249,8 +277,21 @@ def run_pipeline(config: RunConfig, run: RunDir, task: Task | None = None,
 
 def _run_stages(config: RunConfig, run: RunDir, task: Task | None = None) -> dict[str, Any]:
     task = build_task(config) if task is None else task
-    with make_task_verifier(task, config) as verifier:
-        return _run_stages_with(config, run, task, verifier)
+    with contextlib.ExitStack() as stack:
+        verifier = stack.enter_context(make_task_verifier(task, config))
+        eval_sets = [EvalTarget(name, other, problems, stack.enter_context(make_task_verifier(other, config)))
+                     for name, other, problems in build_eval_tasks(config)]
+        return _run_stages_with(config, run, task, verifier, eval_sets)
+
+
+@dataclass
+class EvalTarget:
+    """One ``eval.sets`` entry, ready: its task, held-out problems and verifier."""
+
+    name: str
+    task: Task
+    problems: list[Problem]
+    verifier: Verifier
 
 
 def make_task_verifier(task: Task, config: RunConfig) -> Verifier:
@@ -259,7 +300,8 @@ def make_task_verifier(task: Task, config: RunConfig) -> Verifier:
     return make_verifier(task, v.workers, v.timeout_s, v.memory_limit_mb, isolate, v.max_timeout_batches)
 
 
-def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verifier) -> dict[str, Any]:
+def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verifier,
+                     eval_sets: Sequence[EvalTarget] = ()) -> dict[str, Any]:
     """The stages still to do. Every stage ends in a saved state (a resume point) whose model
     is a checkpoint: sft-final, the warm-start evaluation, rl's final, the final evaluation;
     within a stage the resume points are its checkpoints. A periodic evaluation is saved with
@@ -285,13 +327,24 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
     sampler = Sampler(engine, model, tokenizer, environment, autocast=lambda: forward_autocast(config),
                       verify_every=config.rollout.vllm.verify_every)
     try:
-        def run_eval(phase: str, step: int = 0) -> dict[str, Any]:
+        def evaluate_on(target_task: Task, problems: list[Problem], target_verifier: Verifier,
+                        target_environment: Any) -> dict[str, Any]:
             with forward_autocast(config):
-                result = evaluate(model, tokenizer, task, heldout, engine, verifier=verifier,
-                                  samples=config.eval.samples, environment=environment, ks=config.eval.ks or None,
-                                  temperature=config.eval.temperature, max_new_tokens=config.rollout.max_new_tokens,
-                                  batch_size=config.eval.batch_size, seed=config.eval.seed)
+                return evaluate(model, tokenizer, target_task, problems, engine, verifier=target_verifier,
+                                samples=config.eval.samples, environment=target_environment,
+                                ks=config.eval.ks or None, temperature=config.eval.temperature,
+                                max_new_tokens=config.rollout.max_new_tokens, batch_size=config.eval.batch_size,
+                                seed=config.eval.seed)
+
+        def run_eval(phase: str, step: int = 0) -> dict[str, Any]:
+            result = evaluate_on(task, heldout, verifier, environment)
             record = {"stage": "eval", "phase": phase, "step": step, **result}
+            if eval_sets:  # the other tasks, in the same record: one resume point per evaluation
+                record["sets"] = {
+                    target.name: evaluate_on(target.task, target.problems, target.verifier,
+                                             build_environment(config.rollout.environment, target.task,
+                                                               target.verifier.score_many))
+                    for target in eval_sets}
             run.append("eval.jsonl", record)
             state["evals"][phase] = record
             return record
@@ -350,6 +403,11 @@ def write_summary(run: RunDir, state: dict[str, Any]) -> dict[str, Any]:
         "run_dir": str(run.path),
     }
     summary["final_accuracy_ci95"] = final.get("greedy_accuracy_ci95")
+    if final.get("sets"):
+        summary["eval_sets"] = {name: {"warmstart_accuracy": warm.get("sets", {}).get(name, {}).get("greedy_accuracy"),
+                                       "final_accuracy": result.get("greedy_accuracy"),
+                                       "final_accuracy_ci95": result.get("greedy_accuracy_ci95")}
+                                for name, result in final["sets"].items()}
     for key in sorted(k for k in final if PASS_AT_K.fullmatch(k)):
         summary[f"warmstart_{key}"] = warm.get(key)
         summary[f"final_{key}"] = final.get(key)
