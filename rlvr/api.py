@@ -180,11 +180,11 @@ def train(
     get every metrics record. ``resume``: a run directory to continue (its own config).
     Mistakes raise ``ConfigError`` before the run directory exists.
     """
-    from rlvr.training.run_dir import RunDir
-
     if resume is not None:
         if config is not None or overrides or output_dir is not None or stages is not None:
             raise ConfigError("resume takes the run's own config.yaml; drop config, overrides, output_dir and stages")
+        from rlvr.training.run_dir import RunDir
+
         run = RunDir.open(resume)
         source = ConfigSource(str(run.path / "config.yaml"))
         resolved, recipe = load_config(source), "resume"
