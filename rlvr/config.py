@@ -102,6 +102,7 @@ class SFTConfig:
     weight_decay: float = _f(0.0, "AdamW decoupled weight decay", ge=0)
     grad_clip: float = _f(1.0, "max global gradient norm; 0 disables clipping", ge=0)
     max_nonfinite_updates: int = _f(3, "an update whose loss or gradient is NaN/inf is skipped; stop the run after this many skipped in a row (optimizer updates)", ge=1)
+    cache: bool = _f(True, "reuse a cached warm start whose config, data, seed and code equal this run's, and cache this one (RLVR_CACHE_DIR, default ~/.cache/rlvr)")
 
 
 @dataclass

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 import rlvr  # noqa: F401  (before torch: its OpenMP spin setting keeps 2-thread runs fast on a busy CPU)
@@ -16,3 +18,7 @@ def tiny_overrides() -> list[str]:
         "rl.mini_batches=2", "rl.micro_batch_size=4", "rollout.max_new_tokens=12", "eval.problems=8",
         "eval.samples=4", "checkpoint.every=2", "logging.progress=false", "threads=1",
     ]
+
+# Every test trains its own warm start unless it turns the cache on for itself
+# (tests/test_warmstart_cache.py): a reused one would change what a test measures.
+os.environ["RLVR_NO_WARMSTART_CACHE"] = "1"

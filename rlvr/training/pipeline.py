@@ -35,6 +35,7 @@ from rlvr.training.precision import (DeviceError, check_precision, enable_gradie
                                    resolve_device)
 from rlvr.training.run_dir import RunDir, atomic_write, model_source, resume_point
 from rlvr.verify import make_verifier
+from rlvr.training import warmstart_cache
 from rlvr.training.sft import sft_demonstrations, train_sft
 from rlvr.typed_yaml import ConfigError, from_dict, source_of
 
@@ -276,12 +277,13 @@ def run_pipeline(config: RunConfig, run: RunDir, task: Task | None = None,
 
 
 def _run_stages(config: RunConfig, run: RunDir, task: Task | None = None) -> dict[str, Any]:
+    cacheable = task is None and warmstart_cache.enabled(config)  # a task object has no config to key on
     task = build_task(config) if task is None else task
     with contextlib.ExitStack() as stack:
         verifier = stack.enter_context(make_task_verifier(task, config))
         eval_sets = [EvalTarget(name, other, problems, stack.enter_context(make_task_verifier(other, config)))
                      for name, other, problems in build_eval_tasks(config)]
-        return _run_stages_with(config, run, task, verifier, eval_sets)
+        return _run_stages_with(config, run, task, verifier, eval_sets, cacheable)
 
 
 @dataclass
@@ -301,7 +303,7 @@ def make_task_verifier(task: Task, config: RunConfig) -> Verifier:
 
 
 def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verifier,
-                     eval_sets: Sequence[EvalTarget] = ()) -> dict[str, Any]:
+                     eval_sets: Sequence[EvalTarget] = (), cacheable: bool = False) -> dict[str, Any]:
     """The stages still to do. Every stage ends in a saved state (a resume point) whose model
     is a checkpoint: sft-final, the warm-start evaluation, rl's final, the final evaluation;
     within a stage the resume points are its checkpoints. A periodic evaluation is saved with
@@ -314,11 +316,20 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
         print(f"resume: continuing {point}", flush=True)
     heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
     exclude = frozenset(p.id for p in heldout)
+    sft_to_do = "sft" in config.stages and "sft" not in state["completed_stages"]
+    if sft_to_do and cacheable and not state.get("checkpoint"):
+        entry = warmstart_cache.lookup(config)
+        if entry is not None:
+            _reuse_warm_start(entry, config, run, state)
+            sft_to_do = False
     model, tokenizer = _starting_model(config, run, state)
     environment = build_environment(config.rollout.environment, task, verifier.score_many)
 
-    if "sft" in config.stages and "sft" not in state["completed_stages"]:
+    if sft_to_do:
         train_sft(model, tokenizer, task, config, run, state, exclude, environment)
+        if cacheable:
+            warmstart_cache.store(config, run.path / state["sft_final"],
+                                  [r for r in run.read("metrics.jsonl") if r.get("stage") == "sft"], run.path)
     # Pruning after a stage is redone on every resume: a kill may have come before it.
     run.prune("sft-step", 0)
     # The rollout engine starts from the weights evaluation and RL begin with (after SFT);
@@ -365,6 +376,21 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
     summary = write_summary(run, state)
     plot_run(run.read("metrics.jsonl"), run.read("eval.jsonl"), run.plots)
     return summary
+
+
+def _reuse_warm_start(entry: Path, config: RunConfig, run: RunDir, state: dict[str, Any]) -> None:
+    """The cached SFT stage at ``entry`` becomes this run's: its metrics records, then a
+    ``checkpoints/sft-final`` written by this run (its own state and manifest)."""
+    model, tokenizer = load_model_and_tokenizer(entry / "model", attn_implementation=config.model.attn_implementation)
+    records = [json.loads(line) for line in (entry / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if records:
+        run.append("metrics.jsonl", records)
+    state.update(stage=None, checkpoint=None, sft_final="checkpoints/sft-final", sft_cache=str(entry))
+    state["completed_stages"].append("sft")
+    run.save_model("sft-final", model, tokenizer, state=state)
+    run.save_state(state)
+    print(f"SFT: reused the warm start cached at {entry} (same config, data, seed and code; sft.cache: false "
+          "trains it again)", flush=True)
 
 
 def _starting_model(config: RunConfig, run: RunDir, state: dict[str, Any]):
