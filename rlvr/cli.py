@@ -216,6 +216,7 @@ def _eval(args: argparse.Namespace) -> int:
     from rlvr.eval.sample_cache import SamplingSettings, collect_samples
     from rlvr.eval.selectors import SELECTORS
     from rlvr.models import load_model_and_tokenizer
+    from rlvr.models.prompting import apply_prompt_settings
     from rlvr.models.prompt_fit import check_prompts_fit, checkpoint_head_dim, checkpoint_tokenizer
     from rlvr.rollout import ROLLOUT_ENGINES, build_environment
     from rlvr.training.pipeline import build_task, make_task_verifier
@@ -267,6 +268,7 @@ def _eval(args: argparse.Namespace) -> int:
         heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
         for target in targets:
             tokenizer, positions = checkpoint_tokenizer(target.checkpoint)
+            apply_prompt_settings(tokenizer, config)
             check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens, heldout,
                               f"held-out problems, model {target.label}")
     except ConfigError:
@@ -286,6 +288,7 @@ def _eval(args: argparse.Namespace) -> int:
             for target in targets:
                 model, tokenizer = load_model_and_tokenizer(target.checkpoint,
                                                             attn_implementation=config.model.attn_implementation)
+                apply_prompt_settings(tokenizer, config)
                 model = model.to(device)
                 cache = open_cache(cache_dir, model, tokenizer, task, settings, environment)
                 log(f"{target.label}: {len(heldout)} problems x (1 greedy + {n} sampled) from {target.checkpoint}"

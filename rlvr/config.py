@@ -45,6 +45,7 @@ class ModelConfig:
     intermediate_size: int = _f(512, "tiny model: width of the MLP", ge=1, le=2**18)
     max_position_embeddings: int = _f(128, "tiny model: longest sequence in tokens (prompt + response)", ge=2, le=2**20)
     dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "compute precision of forward passes (autocast); weights, gradients and optimizer state stay float32 (master weights) whatever this says; float16 adds dynamic loss scaling")
+    chat_template: str | None = _f(None, "replace the checkpoint's chat template: a preset (chatml, llama3), a Jinja file or the template text; null keeps the checkpoint's")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = _f("sdpa", "attention kernel of the model's own forward (transformers' attn_implementation); flash_attention_2 needs the flash-attn package and a CUDA device. rlvr's packed forward and KV-cache decoder use SDPA")
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (less memory, ~30% more compute); training forwards then use the model's own forward, not the packed one")
 
@@ -63,6 +64,8 @@ class TaskConfig:
         {"min_digits": 2, "max_digits": 3, "teacher_carry_error": 0.6},
         "task-specific parameters, checked against the task's Params dataclass",
     )
+    system_prompt: str | None = _f(None, "system message put before every chat prompt that has none (it lives in the "
+                                         "chat template, so the run's checkpoints carry it); null: none")
 
 
 @dataclass

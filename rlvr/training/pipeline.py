@@ -20,6 +20,7 @@ from rlvr.data.sampler import PromptSampler
 from rlvr.eval.evaluate import evaluate
 from rlvr.eval.plots import PASS_AT_K, plot_run
 from rlvr.models import build_tiny_model, load_model_and_tokenizer
+from rlvr.models.prompting import apply_prompt_settings
 from rlvr.models.tokenizer import build_char_tokenizer
 from rlvr.rewards import REWARDS, check_reward_params
 from rlvr.rewards.shaping import REWARD_SHAPERS, check_shaper_params
@@ -197,6 +198,10 @@ def check_names(config: RunConfig, source: str = "config", task: Task | None = N
             tokenizer, positions = checkpoint_tokenizer(config.model.path)
     except ValueError as err:
         raise ConfigError(f"{source_of(source, 'model.path')}: model.path: {err}") from None
+    try:
+        apply_prompt_settings(tokenizer, config)
+    except ValueError as err:
+        raise ConfigError(f"{source_of(source, 'model.chat_template', 'task.system_prompt')}: {err}") from None
     if config.model.path is None:
         _check_tiny_model_fits_memory(config, len(tokenizer), source)
     head_dim = (config.model.hidden_size // config.model.num_heads if config.model.path is None
@@ -412,7 +417,7 @@ def _starting_model(config: RunConfig, run: RunDir, state: dict[str, Any]):
                                  attn_implementation=m.attn_implementation)
     if m.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    return model.to(resolve_device(config.device)), tokenizer
+    return model.to(resolve_device(config.device)), apply_prompt_settings(tokenizer, config)
 
 
 def write_summary(run: RunDir, state: dict[str, Any]) -> dict[str, Any]:
