@@ -249,3 +249,26 @@ def test_length_sorted_micro_batches_equal_one_micro_batch(tok):
             assert m_small[key] == pytest.approx(m_one[key], rel=1e-5, abs=1e-6), key
     a, b = torch.cat([g.flatten() for g in g_small]), torch.cat([g.flatten() for g in g_one])
     assert float((a - b).norm() / b.norm()) < 1e-5  # summation order is all that differs
+
+
+def test_prepacked_projections_equal_the_plain_matmul(monkeypatch):
+    """The stepper's oneDNN-prepacked projections compute F.linear in float32 (another
+    summation order: within 1e-5 relative), for any number of rows; they are off under
+    autocast, for other dtypes and with RLVR_PACKED_LINEAR=0."""
+    from rlvr.rollout.steppers import Projection, packing_pays
+
+    generator = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(96, 64, generator=generator), torch.randn(96, generator=generator)
+    projection = Projection(weight, bias, pack=packing_pays(weight), rows=8)
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch has no oneDNN")
+    assert projection.packed is not None
+    for shape in [(8, 64), (3, 64), (2, 5, 64), (1, 64)]:
+        x = torch.randn(*shape, generator=generator)
+        expected = torch.nn.functional.linear(x.double(), weight.double(), bias.double())
+        assert_close(projection(x).double(), expected, rtol=1e-5, atol=1e-5)
+    assert not packing_pays(weight.to(torch.float64)) and not packing_pays(weight.to(torch.bfloat16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not packing_pays(weight)
+    monkeypatch.setenv("RLVR_PACKED_LINEAR", "0")
+    assert not packing_pays(weight) and Projection(weight, bias, pack=False, rows=8).packed is None

@@ -90,7 +90,8 @@ def test_greedy_matches_hf_generate_and_is_padding_invariant(tok, prompts, arch)
         alone = _gen(model, tok, [prompt])[0]
         assert alone.response_ids == gen.response_ids
         assert alone.finish_reason == gen.finish_reason
-        assert_close(torch.tensor(alone.logprobs), torch.tensor(gen.logprobs), rtol=0, atol=1e-5)
+        # a batch of 1 and of 7 take differently blocked fp32 matmuls (oneDNN): ~1e-5 apart at most
+        assert_close(torch.tensor(alone.logprobs), torch.tensor(gen.logprobs), rtol=0, atol=3e-5)
         assert gen.response_ids == _hf_greedy(model, tok, prompt, 12)
         ended = gen.response_ids[-1] == tok.eos_token_id
         assert gen.finish_reason == ("eos" if ended else "length")
