@@ -131,9 +131,14 @@ def test_resume_refuses_overrides(tmp_path, capsys):
 
 def test_existing_run_dir_is_not_overwritten(tmp_path, tiny_overrides):
     config = load_config(None, tiny_overrides)
-    new_run_dir(config, str(tmp_path / "r"), "t")
+    run = new_run_dir(config, str(tmp_path / "r"), "t")
+    run.append("metrics.jsonl", {"stage": "sft", "step": 1, "loss": 1.0})  # the run got going
+    run.unlock()
     with pytest.raises(FileExistsError, match="--resume"):
         new_run_dir(config, str(tmp_path / "r"), "t")
+    fresh = new_run_dir(config, str(tmp_path / "f"), "t")  # an attempt that never took a step
+    fresh.unlock()
+    assert new_run_dir(config, str(tmp_path / "f"), "t").path == tmp_path / "f"
 
 
 def test_sft_then_eval_then_rl_from_checkpoint_path(tmp_path, tiny_overrides, capsys):

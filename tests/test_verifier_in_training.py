@@ -40,7 +40,7 @@ def test_hanging_and_crashing_verifier_does_not_stop_training(tmp_path, monkeypa
     monkeypatch.syspath_prepend(str(tmp_path))
     run_dir = tmp_path / "run"
     args = ["train", "--output-dir", str(run_dir), *tiny_overrides, "task.name=hostile_tasks:Hostile",
-            "verifier.timeout_s=0.5", "verifier.workers=2", "rl.steps=1", "eval.problems=2", "eval.samples=0",
+            "task.params={min_digits: 2, max_digits: 3, teacher_carry_error: 0.6}", "verifier.timeout_s=0.5", "verifier.workers=2", "rl.steps=1", "eval.problems=2", "eval.samples=0",
             "rl.prompts_per_step=6", "rl.samples_per_prompt=2", "rl.mini_batches=1", "logging.samples_per_step=12"]
     assert main(args) == 0
     samples = [s for s in RunDir(run_dir).read("samples.jsonl") if s["stage"] == "rl"]
