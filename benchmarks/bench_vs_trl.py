@@ -20,6 +20,11 @@ Each side runs in its own process (own peak RSS); repetitions alternate the orde
     pip install -e ".[cpu,bench]"
     python benchmarks/bench_vs_trl.py                # 3 repetitions x 8 steps (2 warm-up)
     python benchmarks/bench_vs_trl.py --reward-steps 30 --reward-seeds 3   # also the reward check
+    python benchmarks/bench_vs_trl.py --model qwen2-50m   # a 53.5M Qwen2 shape, 32k BPE vocabulary
+
+With ``--model`` both sides start from that checkpoint (random weights for a shape name: the
+reward stays near 0, every row runs to the length limit on both sides, which is what a speed
+comparison at that size needs) and train without the SFT stage.
 
 The last line is machine-readable: ``speedup_vs_trl: X.XX`` (TRL median step time / rlvr's).
 """
@@ -57,9 +62,9 @@ def warm_start(args: argparse.Namespace) -> Path:
         return path
     import torch
 
-    from rlvr.train.pipeline import _starting_model, build_task
-    from rlvr.train.run_dir import RunDir
-    from rlvr.train.sft import train_sft
+    from rlvr.training.pipeline import _starting_model, build_task
+    from rlvr.training.run_dir import RunDir
+    from rlvr.training.sft import train_sft
 
     config = base_config(args)
     torch.set_num_threads(args.threads)
@@ -78,6 +83,28 @@ def warm_start(args: argparse.Namespace) -> Path:
     return path
 
 
+def benchmark_model(args: argparse.Namespace) -> Path:
+    """``--model``: the default recipe's warm start (none given), a named random-weight shape
+    (``rlvr.models.random_checkpoint.SHAPES``, written once under benchmarks/.cache/), or a
+    checkpoint directory / cached hub id."""
+    if args.model is None:
+        return warm_start(args)
+    from rlvr.models.random_checkpoint import SHAPES, write_random_checkpoint
+
+    if args.model in SHAPES:
+        path = CACHE / f"{args.model}-seed{args.seed}"
+        if not (path / "config.json").is_file():
+            print(f"writing a random {args.model} checkpoint -> {path}", file=sys.stderr)
+            CACHE.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=CACHE) as tmp:  # renamed whole: no half-written cache
+                write_random_checkpoint(Path(tmp) / "model", shape=args.model, seed=args.seed)
+                (Path(tmp) / "model").rename(path)
+        return path
+    from rlvr.models.hub import resolve_model_path
+
+    return Path(resolve_model_path(args.model))
+
+
 def step_problems(config, task, steps: int):
     """The prompts rlvr's sampler draws at each step (no data filter: one round per step)."""
     from rlvr.data.sampler import PromptSampler
@@ -94,10 +121,10 @@ def run_rlvr(args: argparse.Namespace, model_dir: Path) -> dict:
 
     from rlvr.models import load_model_and_tokenizer
     from rlvr.rollout import ROLLOUT_ENGINES
-    from rlvr.train.pipeline import build_task
+    from rlvr.training.pipeline import build_task
     from rlvr.rollout.sampler import Sampler
-    from rlvr.train.judge import Judge
-    from rlvr.train.rl import Learner, RLRoles, rl_step
+    from rlvr.training.judge import Judge
+    from rlvr.training.rl import Learner, RLRoles, rl_step
     from rlvr.verify import make_verifier
 
     config = base_config(args, str(model_dir))
@@ -136,7 +163,7 @@ def run_trl(args: argparse.Namespace, model_dir: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rlvr.train.pipeline import build_task
+    from rlvr.training.pipeline import build_task
 
     config = base_config(args, str(model_dir))
     torch.set_num_threads(args.threads)
@@ -244,13 +271,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], help="rlvr config override (both sides), repeatable")
+    parser.add_argument("--model", help="a random-weight shape (e.g. qwen2-50m), a checkpoint directory or a cached "
+                        "hub id; default: the default recipe's model after its SFT warm start")
     parser.add_argument("--side", choices=["rlvr", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.side:
         return child(args)
 
-    model_dir = warm_start(args)
+    model_dir = benchmark_model(args)
     config = base_config(args, str(model_dir))
     rl = config.rl
     print(f"model {model_dir} | {rl.prompts_per_step} prompts x {rl.samples_per_prompt} samples, "
