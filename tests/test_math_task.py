@@ -299,3 +299,14 @@ def test_pickled_task_leaves_data_behind_and_still_scores(tmp_path):
     assert clone._splits is None
     assert len(pickle.dumps(task)) < 2000
     assert clone.score(problem, f"\\boxed{{{problem.answer}}}").correct
+
+
+def test_an_r1_layout_is_read_inside_its_answer_block():
+    from rlvr.tasks.math import extract_final_answer
+
+    assert extract_final_answer("<think>is it \\boxed{5}?</think><answer>4</answer>") == "4"  # not the thought
+    assert extract_final_answer("<think>x</think><answer>\\boxed{\\frac{1}{2}}</answer>") == "\\frac{1}{2}"
+    assert extract_final_answer("<think>x</think><answer>The answer is 7.</answer>") == "7"
+    assert extract_final_answer("<think>x</think><answer>a</answer> <answer>9</answer>") == "9"  # the last block
+    assert extract_final_answer("<think>\\boxed{3}</think><answer> </answer>") is None  # an empty answer
+    assert extract_final_answer("so \\boxed{3}") == "3"  # no answer block: as before

@@ -11,7 +11,10 @@ the reference is either the whole field, the last ``\\boxed{...}`` in it, or the
 the question text (a repeated question keeps its first record).
 
 **Answers.** The completion's answer is its last ``\\boxed{...}`` (balanced braces), else
-the text after its last ``####``, else after its last "answer is", else there is none.
+the text after its last ``####``, else after its last "answer is", else there is none. In the
+DeepSeek-R1 layout (``<think>...</think><answer>...</answer>``) only the last ``<answer>``
+block is read, the same way, or as a whole when it has none of those markers: what the model
+wrote while thinking is never taken for its answer.
 Comparison, cheapest first: equal strings; two plain decimals compared exactly (math-verify
 rounds to 6 decimals, so 0.1234567 would equal 0.1234568); then math-verify, under a
 SIGALRM budget of ``verify_timeout_s`` when running on a main thread. Decisions about
@@ -186,9 +189,22 @@ def _after_answer_is(text: str) -> str:
     return math.group(1) if math else re.split(r"\.\s", text, maxsplit=1)[0]
 
 
+_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
 def extract_final_answer(text: str) -> str | None:
     """The last non-empty ``\\boxed{...}``, else the text after the last ``####``, else after
-    the last "answer is"; None when there is none."""
+    the last "answer is"; None when there is none. A completion in the DeepSeek-R1 layout
+    (``<think>...</think><answer>...</answer>``) is read inside its last ``<answer>`` block
+    only, where the block's whole text is the answer when none of those markers is in it."""
+    blocks = _ANSWER_BLOCK.findall(text)
+    if blocks:
+        inner = blocks[-1]
+        return _marked_answer(inner) or _tidy(inner) or None
+    return _marked_answer(text)
+
+
+def _marked_answer(text: str) -> str | None:
     for candidates in ([_tidy(b) for b in boxed_contents(text)],
                        [_tidy(m) for m in _HASHES.findall(text)],
                        [_tidy(_after_answer_is(m)) for m in _ANSWER_IS.findall(text)]):
