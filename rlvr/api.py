@@ -205,8 +205,9 @@ def train(
             raise ConfigError("give task or train_dataset, not both")
         records = [dict(row) for row in train_dataset]
         resolved, task = _dataset_task(resolved, records, names)
-    if task is not None and not task.name:
-        task.name = type(task).__name__
+    if task is not None:
+        task.name = task.name or type(task).__name__
+        task.answer_layout = resolved.task.answer_layout
 
     from rlvr.training.pipeline import check_names, new_run_dir, run_pipeline
 

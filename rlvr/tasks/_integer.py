@@ -18,6 +18,9 @@ class IntegerAnswerTask(Task):
         found = _ANSWER.findall(completion)
         return found[-1] if found else None
 
+    def answer_text(self, answer: str) -> str:
+        return f"=> {answer}"
+
     def score(self, problem: Problem, completion: str) -> Score:
         extracted = self.extract_answer(completion)
         correct = extracted is not None and int(extracted) == int(problem.answer)

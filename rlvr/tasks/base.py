@@ -9,6 +9,7 @@ itself with one line, ``@TASKS.register("name")``, and is built from the config'
 from __future__ import annotations
 
 import random
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -46,6 +47,9 @@ class Score:
     error: str | None = None
 
 
+ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
 class Task(ABC):
     """Base class of every task. Subclasses define ``Params`` (a dataclass) and the methods."""
 
@@ -76,6 +80,40 @@ class Task(ABC):
     def demonstration(self, problem: Problem, rng: random.Random) -> str:
         """A worked solution for supervised warm start; tasks without one cannot be SFT'd."""
         raise NotImplementedError(f"task {self.name!r} has no demonstrations for SFT")
+
+    # --- the answer layout (``task.answer_layout``): the task's own, or DeepSeek-R1's ---
+
+    answer_layout: str = "plain"  # set per instance from the config; travels with the task to verifier workers
+
+    def answer_text(self, answer: str) -> str:
+        """How this task writes a bare final answer in its own format (what ``extract_answer``
+        reads back): the answer itself unless a task says otherwise."""
+        return answer
+
+    def scored_text(self, completion: str) -> str:
+        """What ``score`` is given for ``completion``: the completion itself, or under the
+        ``think_answer`` layout (``<think>...</think><answer>...</answer>``) the text of its last
+        ``<answer>`` block written the task's way, '' without one: the thinking never counts."""
+        if self.answer_layout != "think_answer":
+            return completion
+        blocks = ANSWER_BLOCK.findall(completion)
+        content = blocks[-1].strip() if blocks else ""
+        return self.answer_text(content) if content else ""
+
+    def score_completion(self, problem: Problem, completion: str) -> Score:
+        """``score`` under the answer layout: what the verifiers call."""
+        return self.score(problem, self.scored_text(completion))
+
+    def laid_out(self, demonstration: str) -> str:
+        """A demonstration in the answer layout: under ``think_answer`` the worked solution is
+        the thinking and the answer it ends with is the answer block."""
+        if self.answer_layout != "think_answer":
+            return demonstration
+        answer = self.extract_answer(demonstration)
+        if answer is None:
+            raise NotImplementedError(f"task {self.name!r}: a demonstration holds no answer the task can read, "
+                                      "so it cannot be laid out as <think>/<answer>")
+        return f"<think>{demonstration}</think><answer>{answer}</answer>"
 
     def sample_problems(
         self, count: int, seed: int, exclude: set[str] | frozenset[str] = frozenset(),

@@ -100,6 +100,9 @@ class MathTask(FileTask):
     def extract_answer(self, completion: str) -> str | None:
         return extract_final_answer(completion)
 
+    def answer_text(self, answer: str) -> str:
+        return answer if extract_final_answer(answer) is not None else "\\boxed{" + answer + "}"
+
     def score(self, problem: Problem, completion: str) -> Score:
         extracted = self.extract_answer(completion)
         if extracted is None:

@@ -129,6 +129,11 @@ class PromptsTask(FileTask):
 
         return extract_final_answer(completion)
 
+    def answer_text(self, answer: str) -> str:
+        from rlvr.tasks.math import MathTask
+
+        return MathTask.answer_text(self, answer)
+
     def score_batch(self, problems: list[Problem], completions: list[str]) -> list[Score]:
         """``score`` of each sample, with ``correct_reward`` called once for the whole batch."""
         if self.params.answer_field is not None:

@@ -48,6 +48,7 @@ def build_task(config: RunConfig, source: str = "config") -> Task:
     task = task_cls(params)
     if not task.name:  # a user's module:Class task is known by what the config calls it
         task.name = config.task.name
+    task.answer_layout = config.task.answer_layout
     return task
 
 
@@ -64,6 +65,7 @@ def build_eval_tasks(config: RunConfig, source: str = "config") -> list[tuple[st
             raise ConfigError(f"{where}.task: {err.args[0]}") from None
         task = task_cls(from_dict(task_cls.Params, spec.params, source=f"{where}.params"))
         task.name = task.name or spec.task
+        task.answer_layout = config.task.answer_layout  # the model answers every task the way it was trained to
         try:
             problems = task.sample_problems(spec.problems, config.eval.seed, split="heldout")
         except TooFewProblems as err:

@@ -35,7 +35,7 @@ def sft_demonstrations(task: Task, config: RunConfig, step: int,
     problems = sample_training_problems(task, config.sft.batch_size, derive_seed(config.seed, "sft-problems", step),
                                         exclude, config.data.reuse_problems)
     demo_rng = random.Random(derive_seed(config.seed, "sft-demos", step))
-    return problems, [task.demonstration(problem, demo_rng) for problem in problems]
+    return problems, [task.laid_out(task.demonstration(problem, demo_rng)) for problem in problems]
 
 
 def sft_batch(task: Task, tokenizer: PreTrainedTokenizerBase, config: RunConfig, step: int,

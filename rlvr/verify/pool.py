@@ -79,7 +79,7 @@ def score_inline(task: Task, problem: Problem, completion: str) -> Score:
     """``task.score`` in this process, an exception turned into an error Score. No timeout
     and no memory limit: only for tasks whose scoring is trivially safe (``isolate`` False)."""
     try:
-        score = task.score(problem, completion)
+        score = task.score_completion(problem, completion)
     except Exception as e:
         return error_score(describe_exception(e))
     if not isinstance(score, Score):
@@ -101,7 +101,7 @@ class InlineVerifier:
         score_batch = getattr(self.task, "score_batch", None)
         if score_batch is not None and problems:
             try:
-                scores = score_batch(problems, completions)
+                scores = score_batch(problems, [self.task.scored_text(c) for c in completions])
                 if len(scores) == len(problems) and all(isinstance(s, Score) for s in scores):
                     return list(scores)
             except Exception:  # noqa: BLE001 (scored again one by one, which records each error)
@@ -175,7 +175,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, task_bytes: bytes,
         index, keep_going = None, True  # index None: "the item you sent me"
         try:
             index, problem, completion = pickle.loads(message)
-            score = task.score(problem, completion)
+            score = task.score_completion(problem, completion)
             if not isinstance(score, Score):
                 score = error_score(f"task.score returned {type(score).__name__}, not Score")
         except MemoryError:
