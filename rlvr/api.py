@@ -98,15 +98,10 @@ def _resolve_config(config: RunConfig | str | Path | None, overrides: Sequence[s
         data = apply_overrides(to_dict(config), list(overrides))
         return from_dict(RunConfig, data, source="the RunConfig given"), ConfigSource("the RunConfig given",
                                                                                      overrides), "python"
-    if config is None:
-        return load_config(None, list(overrides)), ConfigSource("default recipe", overrides), "default"
-    from rlvr.recipes import resolve_config
+    from rlvr.recipes import recipe_config
 
-    try:
-        path, name = resolve_config(str(config))
-    except FileNotFoundError as err:
-        raise ConfigError(str(err)) from None
-    return load_config(path, list(overrides)), ConfigSource(path, overrides), name
+    path, name = recipe_config(None if config is None else str(config))
+    return load_config(path, list(overrides)), ConfigSource(path or "default recipe", overrides), name
 
 
 def reward_name(fn: Callable[..., Any]) -> str:
@@ -124,18 +119,17 @@ def reward_name(fn: Callable[..., Any]) -> str:
             pass
     name = getattr(fn, "__name__", "") or "reward"
     if name == "<lambda>":
-        raise ConfigError("a reward function passed to rlvr.training needs a name: define it with def, not lambda")
+        raise ConfigError("a reward function passed to rlvr.train needs a name: define it with def, not lambda")
     REWARDS.register_runtime(name, fn)
     return name
 
 
-def _dataset_task(config: RunConfig, records: Any, rewards: list[str]) -> tuple[RunConfig, Any]:
+def _dataset_task(config: RunConfig, rows: list[dict[str, Any]], rewards: list[str]) -> tuple[RunConfig, Any]:
     """The ``prompts`` task over ``records``: the config's ``task.params`` when it names that
     task, else defaults; an ``answer``/``solution`` column is the reference answer, else the
     first reward function says which samples are right."""
     from rlvr.tasks.prompts import PromptsTask
 
-    rows = [dict(row) for row in records]
     if not rows:
         raise ConfigError("train_dataset is empty")
     params = dict(config.task.params) if config.task.name == "prompts" else {}

@@ -179,18 +179,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _recipe(spec: str | None) -> tuple[str | None, str]:
-    """``--config``: a YAML file, or the name of a built-in recipe (``dapo``); (path, name)."""
-    if spec is None:
-        return None, "default"
-    from rlvr.recipes import resolve_config
-
-    try:
-        return resolve_config(spec)
-    except FileNotFoundError as err:
-        raise ConfigError(str(err)) from None
-
-
 def _print_summary(summary: dict, stages: list[str]) -> None:
     warm, final = summary["warmstart_accuracy"], summary["final_accuracy"]
     start = "after SFT" if "sft" in stages else "before RL"
@@ -217,6 +205,7 @@ def _eval(args: argparse.Namespace) -> int:
     from rlvr.eval.selectors import SELECTORS
     from rlvr.models import load_model_and_tokenizer
     from rlvr.models.prompting import apply_prompt_settings
+    from rlvr.recipes import recipe_config
     from rlvr.models.prompt_fit import check_prompts_fit, checkpoint_head_dim, checkpoint_tokenizer
     from rlvr.rollout import ROLLOUT_ENGINES, build_environment
     from rlvr.training.pipeline import build_task, make_task_verifier
@@ -228,7 +217,7 @@ def _eval(args: argparse.Namespace) -> int:
     if not targets:
         raise ConfigError("name at least one checkpoint or run directory to evaluate")
     runs = [t.run_dir for t in targets if t.run_dir is not None]
-    config_path = _recipe(args.config)[0] if args.config else (str(runs[0] / "config.yaml") if runs else None)
+    config_path = recipe_config(args.config)[0] if args.config else (str(runs[0] / "config.yaml") if runs else None)
     if args.task:
         overrides = [f"task.name={args.task}", "task.params={}", *overrides]
     config = load_config(config_path, overrides)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
-from rlvr.typed_yaml import ConfigError, dump_yaml, load_yaml_config, read_yaml
+from rlvr.typed_yaml import ConfigError, dump_yaml, load_yaml_config
 
 __all__ = ["RunConfig", "ConfigError", "load_config", "save_config"]
 
@@ -363,7 +363,7 @@ class RunConfig:
             raise ValueError("algorithm.pass_k must be <= rl.samples_per_prompt")
 
 
-def _params_follow_the_task(path: str | Path | None, overrides: Sequence[str]) -> Callable[[dict[str, Any]], None]:
+def _params_follow_the_task(overrides: Sequence[str]) -> Callable[[dict[str, Any], dict[str, Any]], None]:
     """A task named without its ``params`` starts from that task's own defaults, not from the
     recipe's task's: addition's ``min_digits`` means nothing to countdown. That holds for a
     recipe file's ``task.name`` and for a ``task.name=...`` override that names another task
@@ -372,7 +372,7 @@ def _params_follow_the_task(path: str | Path | None, overrides: Sequence[str]) -
     named_here = "task.name" in keys and not any(k in ("task", "task.params") or k.startswith("task.params.")
                                                  for k in keys)
 
-    def adjust(data: dict[str, Any]) -> None:
+    def adjust(data: dict[str, Any], recipe: dict[str, Any]) -> None:
         task = data.get("task")
         if not isinstance(task, dict) or "name" not in task:
             return
@@ -380,7 +380,7 @@ def _params_follow_the_task(path: str | Path | None, overrides: Sequence[str]) -
             if task["name"] != TaskConfig.name:
                 task["params"] = {}
         elif named_here:
-            recipe_task = (read_yaml(path)[0].get("task") or {}) if path is not None else {}
+            recipe_task = recipe.get("task") or {}
             if task["name"] != (recipe_task.get("name", TaskConfig.name) if isinstance(recipe_task, dict) else None):
                 task["params"] = {}
 
@@ -389,7 +389,7 @@ def _params_follow_the_task(path: str | Path | None, overrides: Sequence[str]) -
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Defaults, then the YAML file at ``path`` (if any), then ``key.sub=value`` overrides."""
-    return load_yaml_config(RunConfig, path, overrides, adjust=_params_follow_the_task(path, overrides))
+    return load_yaml_config(RunConfig, path, overrides, adjust=_params_follow_the_task(overrides))
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

@@ -34,7 +34,7 @@ class Registry(Generic[T]):
         return add
 
     def register_runtime(self, name: str, obj: T) -> None:
-        """Add ``obj`` under ``name`` for this process (an object handed to ``rlvr.training``, e.g.
+        """Add ``obj`` under ``name`` for this process (an object handed to ``rlvr.train``, e.g.
         a reward function defined in a notebook). It may replace an earlier runtime entry of
         that name, never a built-in one."""
         runtime = self.__dict__.setdefault("_runtime", set())

@@ -494,18 +494,19 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
 
 
 def load_yaml_config(cls: type[T], path: str | Path | None, overrides: Iterable[str] = (),
-                     adjust: Callable[[dict[str, Any]], None] | None = None) -> T:
+                     adjust: Callable[[dict[str, Any], dict[str, Any]], None] | None = None) -> T:
     """Load ``cls`` from a YAML file (``None``: start from defaults), then apply overrides;
-    ``adjust`` may then edit the raw tree in place before it is checked and built."""
+    ``adjust(tree, recipe)`` may then edit the raw tree in place before it is checked and
+    built (``recipe``: the file's own tree, before the overrides)."""
     if path is None:
         data, source, origins = {}, "<defaults>", {}
     else:
         data, lines = read_yaml(path)
         source = str(path)
         origins = {p: (source, line) for p, line in lines.items()}
-    data = _apply_overrides(data, overrides, origins)
+    recipe, data = data, _apply_overrides(data, overrides, origins)
     if adjust is not None:
-        adjust(data)
+        adjust(data, recipe)
     return from_dict(cls, data, source=source, origins=origins)
 
 

@@ -1,4 +1,4 @@
-"""The Python API (``rlvr.training``), TRL-style data and reward functions, and the ``prompts`` task."""
+"""The Python API (``rlvr.train``), TRL-style data and reward functions, and the ``prompts`` task."""
 
 from __future__ import annotations
 

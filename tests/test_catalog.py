@@ -95,10 +95,10 @@ def test_every_recipe_works_by_name_from_an_installed_wheel(tmp_path):
     wheel = next((tmp_path / "dist").glob("rlvr-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"),
                     str(wheel)], check=True, timeout=300, capture_output=True)
-    code = ("import rlvr, sys; from rlvr.recipes import recipe_names; from rlvr.cli import _recipe; "
+    code = ("import rlvr, sys; from rlvr.recipes import recipe_config, recipe_names; "
             "from rlvr.config import load_config; from rlvr.training.pipeline import check_names; "
             "assert rlvr.__file__.startswith(sys.argv[1]), rlvr.__file__; names = recipe_names(); "
-            "[check_names(load_config(_recipe(n)[0]), n) for n in names]; print(' '.join(names))")
+            "[check_names(load_config(recipe_config(n)[0]), n) for n in names]; print(' '.join(names))")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "site")], capture_output=True, text=True,
                           cwd=tmp_path, timeout=600, env={**__import__("os").environ,
                                                           "PYTHONPATH": str(tmp_path / "site")})

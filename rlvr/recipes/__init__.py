@@ -34,6 +34,19 @@ def recipe_summary(path: Path) -> str:
     return " ".join(" ".join(lines).split())
 
 
+def recipe_config(spec: str | None) -> tuple[str | None, str]:
+    """``resolve_config`` for a run: None is the default recipe (no file); a spec that names
+    nothing is a ``ConfigError``, the one-line mistake of a user."""
+    if spec is None:
+        return None, "default"
+    from rlvr.typed_yaml import ConfigError
+
+    try:
+        return resolve_config(spec)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+
+
 def resolve_config(spec: str) -> tuple[str, str]:
     """``--config``'s value as (path to read, name for the run dir): an existing file as it
     is, else a built-in recipe's name; a ``FileNotFoundError`` listing the recipes otherwise."""

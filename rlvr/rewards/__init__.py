@@ -118,6 +118,10 @@ def is_trl_reward(fn: RewardFn) -> bool:
         return False
 
 
+def _takes_any_keyword(fn: RewardFn) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in _signature(fn).parameters.values())
+
+
 def trl_columns(problems: list[Problem]) -> dict[str, list[Any]]:
     """The keyword columns a TRL-style reward function gets besides ``prompts`` and
     ``completions``: each problem's data columns (``metadata["columns"]``: the prompts task's
@@ -147,9 +151,8 @@ def call_trl_reward(name: str, fn: RewardFn, problems: list[Problem], completion
                         for p, text in zip(problems, completions)],
         "completion_ids": completion_ids if completion_ids is not None else [None] * len(problems),
         **trl_columns(problems), **params}
-    accepted = _signature(fn).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()):
-        kwargs = {key: value for key, value in kwargs.items() if key in accepted}
+    if not _takes_any_keyword(fn):
+        kwargs = {key: value for key, value in kwargs.items() if key in _signature(fn).parameters}
     try:
         values = fn(**kwargs)
     except Exception as err:
@@ -208,9 +211,8 @@ def check_reward_params(weights: dict[str, float], params: dict[str, dict[str, A
     for name in weights:
         fn = REWARDS.get(name)
         if is_trl_reward(fn):
-            accepted = _signature(fn).parameters
-            takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-            unknown = [key for key in params.get(name, {}) if key not in accepted and not takes_any]
+            unknown = [] if _takes_any_keyword(fn) else [key for key in params.get(name, {})
+                                                          if key not in _signature(fn).parameters]
             if unknown:
                 raise TypeError(f"reward component {name!r}: got an unexpected keyword argument {unknown[0]!r} "
                                 f"(check reward.params.{name})")

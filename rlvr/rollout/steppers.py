@@ -18,6 +18,7 @@ them with the model's full forward and with ``generate``).
 
 from __future__ import annotations
 
+import os
 import warnings
 
 from dataclasses import dataclass
@@ -50,7 +51,6 @@ class HFStepper:
         self.cache.batch_select_indices(rows)
 
 
-@dataclass
 class Projection:
     """``F.linear(x, weight, bias)``, with the weight prepacked for oneDNN when ``pack``: on a
     CPU in float32 that is 2-3.5x the throughput of the default (MKL) matmul at decode shapes
@@ -77,8 +77,6 @@ class Projection:
 def packing_pays(weight: torch.Tensor) -> bool:
     """Prepacked oneDNN projections (``Projection``): on a CPU, in float32 outside autocast,
     where oneDNN is built in (``RLVR_PACKED_LINEAR=0`` turns them off)."""
-    import os
-
     return (weight.device.type == "cpu" and weight.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
             and torch.backends.mkldnn.is_available() and os.environ.get("RLVR_PACKED_LINEAR", "1") != "0")
 

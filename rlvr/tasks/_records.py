@@ -24,7 +24,7 @@ import random
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterable, Iterator, Literal
 
 from rlvr.tasks.base import Problem, Task, TooFewProblems, fill_with_repeats
 from rlvr.typed_yaml import check_ranges
@@ -135,12 +135,14 @@ class FileTask(Task):
 
 
 def load_problems(path: str, split: str, max_problems: int | None,
-                  to_problem: Callable[[dict[str, Any], str], Problem], task: str) -> list[Problem]:
+                  to_problem: Callable[[dict[str, Any], str], Problem], task: str,
+                  records: Iterable[tuple[str, dict[str, Any]]] | None = None) -> list[Problem]:
     """``to_problem(record, where)`` of each record in order, one per distinct id (the first
-    wins), each with ``metadata["index"]`` its position, capped at ``max_problems``."""
+    wins), each with ``metadata["index"]`` its position, capped at ``max_problems``. The
+    records are read from ``path`` unless given as (where, record) pairs."""
     problems: list[Problem] = []
     seen: set[str] = set()
-    for index, (where, record) in enumerate(read_records(path, split, task)):
+    for index, (where, record) in enumerate(read_records(path, split, task) if records is None else records):
         problem = to_problem(record, where)
         if problem.id in seen:
             continue

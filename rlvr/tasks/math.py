@@ -45,7 +45,7 @@ from typing import Any, ClassVar, Iterator, Literal
 
 from rlvr.tasks import _records
 from rlvr.tasks._records import FileParams, FileTask, is_heldout, require_field, text_id
-from rlvr.tasks.base import TASKS, Problem, Score
+from rlvr.tasks.base import ANSWER_BLOCK, TASKS, Problem, Score
 
 __all__ = ["MathTask", "answers_match", "boxed_contents", "extract_final_answer", "is_heldout", "load_problems",
            "reference_answer"]
@@ -192,15 +192,12 @@ def _after_answer_is(text: str) -> str:
     return math.group(1) if math else re.split(r"\.\s", text, maxsplit=1)[0]
 
 
-_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-
-
 def extract_final_answer(text: str) -> str | None:
     """The last non-empty ``\\boxed{...}``, else the text after the last ``####``, else after
     the last "answer is"; None when there is none. A completion in the DeepSeek-R1 layout
     (``<think>...</think><answer>...</answer>``) is read inside its last ``<answer>`` block
     only, where the block's whole text is the answer when none of those markers is in it."""
-    blocks = _ANSWER_BLOCK.findall(text)
+    blocks = ANSWER_BLOCK.findall(text)
     if blocks:
         inner = blocks[-1]
         return _marked_answer(inner) or _tidy(inner) or None

@@ -27,7 +27,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable
 
-from rlvr.tasks._records import FileParams, FileTask, require_field, text_id
+from rlvr.tasks._records import FileParams, FileTask, load_problems, require_field, text_id
 from rlvr.tasks.base import TASKS, Problem, Score
 
 
@@ -82,19 +82,9 @@ class PromptsTask(FileTask):
     def read_problems(self) -> list[Problem]:
         if self._records is None:
             return super().read_problems()
-        problems, seen = [], set()
-        for index, record in enumerate(self._records):
-            problem = self.to_problem(record, f"record {index}")
-            if problem.id in seen:
-                continue
-            seen.add(problem.id)
-            problem.metadata["index"] = index
-            problems.append(problem)
-            if self.params.max_problems is not None and len(problems) >= self.params.max_problems:
-                break
-        if not problems:
-            raise ValueError("prompts task: the records hold no problems")
-        return problems
+        p = self.params
+        return load_problems(p.path, p.split, p.max_problems, self.to_problem, self.name,
+                             records=((f"record {index}", record) for index, record in enumerate(self._records)))
 
     def __getstate__(self) -> dict[str, Any]:
         return {**super().__getstate__(), "_records": None}  # workers only score

@@ -62,9 +62,10 @@ def score_trajectories(trajectories: list[Trajectory], task: Task, verifier: Ver
     for traj, text in zip(trajectories, texts):
         traj.text = text
     answers = [t.judged_text(tokenizer) for t in trajectories]
-    scores = verifier.score_many([t.problem for t in trajectories], answers)
+    problems = [t.problem for t in trajectories]
+    scores = verifier.score_many(problems, answers)
     sample_errors: list[list[str]] = [[] for _ in trajectories]
-    batch_values = trl_reward_values(config.reward.components, [t.problem for t in trajectories], answers,
+    batch_values = trl_reward_values(config.reward.components, problems, answers,
                                      [t.response_ids for t in trajectories], config.reward.params,
                                      config.reward.on_error, sample_errors)
     for traj, answer, score, errors, values in zip(trajectories, answers, scores, sample_errors, batch_values):

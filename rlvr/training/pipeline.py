@@ -43,11 +43,17 @@ from rlvr.typed_yaml import ConfigError, from_dict, source_of
 
 def build_task(config: RunConfig, source: str = "config") -> Task:
     """The configured task, its ``task.params`` checked against the task's Params dataclass."""
-    task_cls = TASKS.get(config.task.name)
-    params = from_dict(task_cls.Params, config.task.params, source=f"{source_of(source, 'task.params')}: task.params")
-    task = task_cls(params)
-    if not task.name:  # a user's module:Class task is known by what the config calls it
-        task.name = config.task.name
+    return _make_task(config.task.name, config.task.params, config,
+                      f"{source_of(source, 'task.params')}: task.params")
+
+
+def _make_task(name: str, params: dict[str, Any], config: RunConfig, params_source: str) -> Task:
+    """Registered task ``name`` with ``params`` checked against its Params (errors name
+    ``params_source``), in the run's answer layout: the model answers every task the way it
+    was trained to. A user's module:Class task is known by what the config calls it."""
+    task_cls = TASKS.get(name)
+    task = task_cls(from_dict(task_cls.Params, params, source=params_source))
+    task.name = task.name or name
     task.answer_layout = config.task.answer_layout
     return task
 
@@ -60,12 +66,9 @@ def build_eval_tasks(config: RunConfig, source: str = "config") -> list[tuple[st
     for index, spec in enumerate(config.eval.sets):
         where = f"{source_of(source, 'eval.sets')}: eval.sets[{index}]"
         try:
-            task_cls = TASKS.get(spec.task)
+            task = _make_task(spec.task, spec.params, config, f"{where}.params")
         except KeyError as err:
             raise ConfigError(f"{where}.task: {err.args[0]}") from None
-        task = task_cls(from_dict(task_cls.Params, spec.params, source=f"{where}.params"))
-        task.name = task.name or spec.task
-        task.answer_layout = config.task.answer_layout  # the model answers every task the way it was trained to
         try:
             problems = task.sample_problems(spec.problems, config.eval.seed, split="heldout")
         except TooFewProblems as err:
@@ -288,19 +291,23 @@ def _run_stages(config: RunConfig, run: RunDir, task: Task | None = None) -> dic
     task = build_task(config) if task is None else task
     with contextlib.ExitStack() as stack:
         verifier = stack.enter_context(make_task_verifier(task, config))
-        eval_sets = [EvalTarget(name, other, problems, stack.enter_context(make_task_verifier(other, config)))
-                     for name, other, problems in build_eval_tasks(config)]
+        eval_sets = []
+        for name, other, problems in build_eval_tasks(config):
+            other_verifier = stack.enter_context(make_task_verifier(other, config))
+            eval_sets.append(EvalTarget(name, other, problems, other_verifier, build_environment(
+                config.rollout.environment, other, other_verifier.score_many)))
         return _run_stages_with(config, run, task, verifier, eval_sets, cacheable)
 
 
 @dataclass
 class EvalTarget:
-    """One ``eval.sets`` entry, ready: its task, held-out problems and verifier."""
+    """One ``eval.sets`` entry, ready: its task, held-out problems, verifier and environment."""
 
     name: str
     task: Task
     problems: list[Problem]
     verifier: Verifier
+    environment: Any
 
 
 def make_task_verifier(task: Task, config: RunConfig) -> Verifier:
@@ -358,11 +365,8 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
             result = evaluate_on(task, heldout, verifier, environment)
             record = {"stage": "eval", "phase": phase, "step": step, **result}
             if eval_sets:  # the other tasks, in the same record: one resume point per evaluation
-                record["sets"] = {
-                    target.name: evaluate_on(target.task, target.problems, target.verifier,
-                                             build_environment(config.rollout.environment, target.task,
-                                                               target.verifier.score_many))
-                    for target in eval_sets}
+                record["sets"] = {target.name: evaluate_on(target.task, target.problems, target.verifier,
+                                                           target.environment) for target in eval_sets}
             run.append("eval.jsonl", record)
             state["evals"][phase] = record
             return record
