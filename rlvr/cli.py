@@ -208,7 +208,7 @@ def _eval(args: argparse.Namespace) -> int:
     from rlvr.recipes import recipe_config
     from rlvr.models.prompt_fit import check_prompts_fit, checkpoint_head_dim, checkpoint_tokenizer
     from rlvr.rollout import ROLLOUT_ENGINES, build_environment
-    from rlvr.training.pipeline import build_task, make_task_verifier
+    from rlvr.training.pipeline import build_task, drop_overlong, make_task_verifier
     from rlvr.training.precision import DeviceError, check_precision, forward_autocast, resolve_device
 
     overrides = [a for a in args.targets if "=" in a and not Path(a).exists()]
@@ -254,19 +254,26 @@ def _eval(args: argparse.Namespace) -> int:
         raise ConfigError(f"{source}: {err}") from None
     task = build_task(config, source)
     try:  # the data and each model's tokenizer and context, checked before any model loads
-        heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
+        tokenizers = []
         for target in targets:
             tokenizer, positions = checkpoint_tokenizer(target.checkpoint)
             apply_prompt_settings(tokenizer, config)
+            tokenizers.append((target, tokenizer, positions))
+            note = drop_overlong(task, config, tokenizer)  # with every model's tokenizer: one problem set
+            if note:
+                log(f"{target.label}: {note}")
+        heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
+        for target, tokenizer, positions in tokenizers:
             check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens, heldout,
-                              f"held-out problems, model {target.label}")
+                              f"held-out problems, model {target.label}", data=config.data)
     except ConfigError:
         raise
     except (ValueError, OSError) as err:
         raise ConfigError(f"{source}: {err}") from None
     settings = SamplingSettings(temperature=config.eval.temperature, max_new_tokens=config.rollout.max_new_tokens,
                                 batch_size=config.eval.batch_size, seed=config.eval.seed, top_p=config.rollout.top_p,
-                                engine=config.rollout.engine, dtype=config.model.dtype)
+                                engine=config.rollout.engine, dtype=config.model.dtype,
+                                max_prompt_tokens=config.data.prompt_keep_last)
     threads_before = torch.get_num_threads()
     torch.set_num_threads(config.threads or os.cpu_count() or 1)
     hf_logging.disable_progress_bar()  # per-checkpoint 'Loading weights' bars drown the eval's own lines

@@ -262,8 +262,17 @@ class DataConfig:
     include_ids: str | None = _f(None, "JSON file with a list of problem ids (e.g. from `rlvr limr`): train only on those problems of a file-backed task")
     reuse_problems: bool = _f(True, "when the training problems are fewer than a batch asks for (sft.batch_size, rl.prompts_per_step), repeat them within the batch in shuffled passes, as epochs over a small file do (TRL's behaviour), with a warning before the run; false makes it an error")
     curriculum: CurriculumConfig = _sub(CurriculumConfig, "adaptive difficulty for generated tasks")
+    max_prompt_length: int | None = _f(None, "longest prompt in tokens, as the model sees it (chat template, system prompt and BOS included): TRL's max_prompt_length, verl's data.max_prompt_length; what a longer one gets is data.overlong_prompts. null: only the model's context bounds a prompt (with rollout.max_new_tokens)", ge=1)
+    overlong_prompts: Literal["error", "truncate_left", "drop"] = _f("error", "a prompt longer than max_prompt_length: error (the run stops naming the problem; the held-out split and a sample of training prompts are checked at start-up), truncate_left (keep its last max_prompt_length tokens, as TRL does, in rollouts, SFT and evaluation; each RL step logs prompts_truncated, the fraction of its samples whose prompt was cut), drop (remove such problems from a file-backed task's data before the held-out split is drawn, verl's filter_overlong_prompts; said at start-up)")
+
+    @property
+    def prompt_keep_last(self) -> int | None:
+        """Tokens a prompt is cut to (its last ones) where prompts are rendered; None: uncut."""
+        return self.max_prompt_length if self.overlong_prompts == "truncate_left" else None
 
     def __post_init__(self) -> None:
+        if self.overlong_prompts != "error" and self.max_prompt_length is None:
+            raise ValueError(f"overlong_prompts: {self.overlong_prompts} needs max_prompt_length (tokens)")
         if self.pass_rate_low > self.pass_rate_high:
             raise ValueError(f"pass_rate_low ({self.pass_rate_low}) must be <= pass_rate_high ({self.pass_rate_high})")
         if self.fixed_problems and self.include_ids:

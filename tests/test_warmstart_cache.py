@@ -65,3 +65,26 @@ def test_the_key_covers_the_data_files_bytes(tmp_path, cache):
     assert warmstart_cache.warmstart_key(load_config(None, ["task.name=math", f"task.params={{path: {data}}}",
                                                             "rl.steps=3", "sft.cache=false"])) == \
         warmstart_cache.warmstart_key(load_config(None, ["task.name=math", f"task.params={{path: {data}}}"]))
+
+
+def test_a_store_killed_mid_copy_is_cleaned_up_by_the_next(tmp_path, cache, tiny_overrides):
+    import os
+    import time
+
+    cache.mkdir(parents=True)
+    abandoned, fresh = cache / ".tmp-killed", cache / ".tmp-in-progress"
+    (abandoned / "model").mkdir(parents=True)
+    fresh.mkdir()
+    hours_ago = time.time() - 2 * 3600
+    os.utime(abandoned, (hours_ago, hours_ago))
+    assert main(["train", "--output-dir", str(tmp_path / "a"), *tiny_overrides, "rl.steps=1"]) == 0
+    assert not abandoned.exists() and fresh.exists()  # another process's store may still be copying
+    assert [p.name for p in cache.iterdir() if not p.name.startswith(".tmp-")] == [
+        warmstart_cache.warmstart_key(load_config(None, [*tiny_overrides, "rl.steps=1"]))]
+
+
+def test_the_prompt_length_settings_are_in_the_key():
+    base = load_config(None, [])
+    keys = {warmstart_cache.warmstart_key(load_config(None, extra)) for extra in
+            ([], ["data.max_prompt_length=8"], ["data.max_prompt_length=8", "data.overlong_prompts=truncate_left"])}
+    assert len(keys) == 3 and warmstart_cache.warmstart_key(base) in keys

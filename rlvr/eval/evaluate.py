@@ -62,7 +62,9 @@ def open_cache(cache_dir: str | Path | None, model: PreTrainedModel, tokenizer: 
            "environment": environment_description(environment)}
     # only when they differ from the defaults, so caches written before they existed stay valid
     key.update({name: value for name, value, default in (("engine", settings.engine, "kv_cache"),
-                                                          ("dtype", settings.dtype, "float32")) if value != default})
+                                                          ("dtype", settings.dtype, "float32"),
+                                                          ("max_prompt_tokens", settings.max_prompt_tokens, None))
+                if value != default})
     return SampleCache(cache_dir, key)
 
 
@@ -83,15 +85,17 @@ def evaluate(
     top_p: float = 1.0,
     cache_dir: str | Path | None = None,
     environment: Any = None,
+    max_prompt_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate on ``problems``; returns flat metrics (fractions in [0, 1]), see ``summarize``.
 
     ``samples`` = n answers are sampled per problem at ``temperature`` (0 evaluates greedy
     only); ``ks`` defaults to 1, 2, 4, ... <= n. With ``cache_dir`` the scored samples are
-    kept on disk and reused by the next call with the same model and settings.
+    kept on disk and reused by the next call with the same model and settings. A prompt
+    longer than ``max_prompt_tokens`` keeps its last that many tokens.
     """
     settings = SamplingSettings(temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                seed=seed, top_p=top_p)
+                                seed=seed, top_p=top_p, max_prompt_tokens=max_prompt_tokens)
     cache = open_cache(cache_dir, model, tokenizer, task, settings, environment)
     per_problem, _ = collect_samples(model, tokenizer, problems, engine, verifier, settings, samples=samples,
                                      cache=cache, environment=environment)

@@ -65,7 +65,7 @@ TRAINING_CURVES = [
 PANEL_GROUPS = [
     ("Reward and accuracy", ["reward_mean", "reward/", "reward_std", "accuracy", "accuracy/", "zero_variance_groups",
                              "filter_kept_frac", "pass_rate", "curriculum"]),
-    ("Responses", ["response_length", "truncated_frac", "verifier_timeout_frac", "turns", "tool_calls", "tool_use_frac",
+    ("Responses", ["response_length", "truncated_frac", "prompts_truncated", "verifier_timeout_frac", "turns", "tool_calls", "tool_use_frac",
                    "tool_error_rate", "void_turn_frac", "violation_frac", "observation_token_frac"]),
     ("Policy update", ["entropy", "kl", "kl_rollout", "approx_kl", "clip_frac", "dual_clip_frac", "ratio_mean",
                        "ratio_max", "seq_ratio_mean", "seq_ratio_max", "loss", "grad_norm", "lr", "kl_coef",
@@ -82,6 +82,7 @@ TITLES = {
     "reward/failed": "samples with a failed reward component", "accuracy": "training accuracy (sampled)",
     "zero_variance_groups": "groups with equal rewards (fraction)", "filter_kept_frac": "groups kept by the filter",
     "response_length": "response length (tokens)", "truncated_frac": "truncated responses (fraction)",
+    "prompts_truncated": "prompts cut to data.max_prompt_length (fraction)",
     "verifier_timeout_frac": "verifier timeouts (fraction)", "turns": "turns per episode",
     "tool_calls": "tool calls per sample", "tool_use_frac": "episodes using a tool", "tool_error_rate":
     "tool errors per call", "entropy": "policy entropy (nats/token)", "kl": "KL to reference",

@@ -171,6 +171,7 @@ class SamplingSettings:
     top_p: float = 1.0
     engine: str = "kv_cache"  # another engine draws other samples from the same seed
     dtype: str = "float32"  # the forward precision (model.dtype)
+    max_prompt_tokens: int | None = None  # a longer prompt keeps its last that many tokens
 
 
 def collect_samples(
@@ -199,7 +200,8 @@ def collect_samples(
         nonlocal generated
         trajectories = sample_trajectories(engine, model, tokenizer, chunk, max_new_tokens=settings.max_new_tokens,
                                            temperature=temperature, top_p=settings.top_p, generator=generator,
-                                           batch_size=settings.batch_size, environment=environment)
+                                           batch_size=settings.batch_size, environment=environment,
+                                           max_prompt_tokens=settings.max_prompt_tokens)
         texts = [t.judged_text(tokenizer) for t in trajectories]  # as in training
         scores = verifier.score_many(chunk, texts)
         generated += len(chunk)

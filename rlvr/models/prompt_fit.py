@@ -16,9 +16,11 @@ from pathlib import Path
 from safetensors import safe_open
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from rlvr.config import DataConfig
 from rlvr.models.hub import resolve_model_path
-from rlvr.rollout.trajectory import render_prompts
-from rlvr.tasks.base import Problem
+from rlvr.rollout.trajectory import render_prompts, truncate_left
+from rlvr.tasks._records import FileTask
+from rlvr.tasks.base import Problem, Task
 
 
 def checkpoint_tokenizer(path: str | Path) -> tuple[PreTrainedTokenizerBase, int | None]:
@@ -97,15 +99,23 @@ def _check_unknown(tokenizer: PreTrainedTokenizerBase, rows: Sequence[list[int]]
 
 def check_prompts_fit(tokenizer: PreTrainedTokenizerBase, max_positions: int | None, max_new_tokens: int,
                       problems: Sequence[Problem], what: str,
-                      demonstrations: Sequence[str] | None = None) -> None:
+                      demonstrations: Sequence[str] | None = None, data: DataConfig | None = None) -> None:
     """Raise ValueError when a prompt (+ ``max_new_tokens``) or a prompt + its SFT
-    demonstration (+ EOS) is longer than ``max_positions``, or when either holds a character
-    the tokenizer cannot encode. ``what`` names the problems in the message
-    (e.g. "held-out problems"); ``demonstrations`` pairs with ``problems`` when given."""
+    demonstration (+ EOS) is longer than ``max_positions``, when either holds a character
+    the tokenizer cannot encode, or when a prompt is longer than ``data.max_prompt_length``
+    and ``data.overlong_prompts`` is not truncate_left (whose prompts are measured truncated).
+    ``what`` names the problems in the message (e.g. "held-out problems");
+    ``demonstrations`` pairs with ``problems`` when given."""
     if not problems:
         return
     rows = render_prompts(tokenizer, list(problems))
     _check_unknown(tokenizer, rows, [_prompt_chars(p) for p in problems], problems, f"the prompt ({what})")
+    if data is not None and data.max_prompt_length is not None:
+        if data.overlong_prompts == "truncate_left":
+            rows = truncate_left(rows, data.max_prompt_length)[0]
+        else:
+            check_prompt_lengths([len(row) for row in rows], problems, data.max_prompt_length, f"sampled prompts ({what})",
+                                 ValueError)
     if max_positions is not None:
         longest = max(range(len(rows)), key=lambda i: len(rows[i]))
         if len(rows[longest]) + max_new_tokens > max_positions:
@@ -144,3 +154,36 @@ def check_fits_context(lengths: Sequence[int], max_positions: int | None, what: 
             f"({sum(n > max_positions for n in lengths)} of {len(lengths)} sequences); use a model with a longer "
             "context (model.max_position_embeddings for the tiny model), lower rollout.max_new_tokens, or bound "
             "the task's lengths (its params, data.curriculum.maximum)")
+
+
+def check_prompt_lengths(lengths: Sequence[int], problems: Sequence[Problem], max_prompt_length: int, what: str,
+                         error: type[ValueError] = ContextLengthError) -> None:
+    """Raise ``error`` naming the longest prompt when any of ``lengths`` (tokens, one per
+    problem) exceeds ``data.max_prompt_length`` (``data.overlong_prompts: error``)."""
+    if not lengths or max(lengths) <= max_prompt_length:
+        return
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    raise error(f"{sum(n > max_prompt_length for n in lengths)} of {len(lengths)} {what} are longer than "
+                f"data.max_prompt_length={max_prompt_length} tokens: problem {problems[longest].id!r} has "
+                f"{lengths[longest]}; raise data.max_prompt_length, or set data.overlong_prompts to truncate_left "
+                "(keep each prompt's end, as TRL does) or drop (remove them from the data, verl's "
+                "filter_overlong_prompts)")
+
+
+def drop_overlong_prompts(task: Task, tokenizer: PreTrainedTokenizerBase, max_prompt_length: int) -> tuple[int, int]:
+    """Remove from a file-backed task's data every problem whose rendered prompt is longer
+    than ``max_prompt_length`` tokens (``data.overlong_prompts: drop``, verl's
+    ``filter_overlong_prompts``), before any split is drawn; returns (dropped, total).
+    ValueError for a task that generates its problems, or when no problem is left."""
+    if not isinstance(task, FileTask):
+        raise ValueError(f"data.overlong_prompts: drop removes problems from a task's data file, and task "
+                         f"{task.name!r} generates its problems: bound their size with its params, or set "
+                         "data.overlong_prompts to truncate_left or error")
+    problems = task.problems
+    lengths = [len(row) for row in render_prompts(tokenizer, problems)]
+    overlong = {p.id for p, n in zip(problems, lengths) if n > max_prompt_length}
+    if problems and len(overlong) == len(problems):
+        raise ValueError(f"data.max_prompt_length={max_prompt_length}: every prompt of task {task.name!r} is longer "
+                         f"(the shortest has {min(lengths)} tokens), so data.overlong_prompts: drop leaves nothing")
+    task.drop_problems(overlong)
+    return len(overlong), len(problems)

@@ -26,7 +26,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from rlvr.models.loading import eos_token_ids
 from rlvr.rollout.engine import RolloutEngine, eos_argument
 from rlvr.rollout.environment import Environment, EnvironmentFactory, StepResult
-from rlvr.rollout.trajectory import Trajectory, render_prompts
+from rlvr.rollout.trajectory import Trajectory, render_prompts, truncate_left
 from rlvr.tasks.base import Problem
 
 _STEP_THREADS = 8  # environments wait on interpreters (sockets), so threads overlap them
@@ -38,6 +38,7 @@ class _Episode:
     group: int
     prompt_ids: list[int]
     env: Environment
+    prompt_tokens_cut: int = 0
     response_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     entropies: list[float] = field(default_factory=list)
@@ -89,14 +90,16 @@ def _observation_text(tokenizer: PreTrainedTokenizerBase, result: StepResult) ->
 def run_episodes(engine: RolloutEngine, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  problems: list[Problem], groups: list[int], factory: EnvironmentFactory, *,
                  max_new_tokens: int, temperature: float, top_p: float,
-                 generator: torch.Generator | None) -> list[Trajectory]:
+                 generator: torch.Generator | None, max_prompt_tokens: int | None = None) -> list[Trajectory]:
     """One episode per problem; ``max_new_tokens`` bounds each whole response (policy and
-    observation tokens), ``factory.max_turns`` the policy turns."""
+    observation tokens), ``factory.max_turns`` the policy turns, ``max_prompt_tokens`` the
+    first prompt (its last that many tokens are kept)."""
     episodes = []
-    for problem, group, prompt in zip(problems, groups, render_prompts(tokenizer, problems)):
+    prompts, cuts = truncate_left(render_prompts(tokenizer, problems), max_prompt_tokens)
+    for problem, group, prompt, cut in zip(problems, groups, prompts, cuts):
         env = factory()
         env.reset(problem)
-        episodes.append(_Episode(problem, group, prompt, env))
+        episodes.append(_Episode(problem, group, prompt, env, cut))
     stop_strings = factory.cls.stop_strings(factory.params)
     stops = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in stop_strings]
     eos = eos_argument(eos_token_ids(model, tokenizer))  # a chat checkpoint may list several
@@ -169,4 +172,5 @@ def _trajectory(episode: _Episode) -> Trajectory:
         finish_reason=episode.finish_reason, entropies=episode.entropies,
         answer_text=episode.env.answer_text(), segments=episode.segments, turns=episode.turns,
         tool_calls=episode.tool_calls, tool_errors=episode.tool_errors, void_turns=episode.void_turns,
-        env_reward=episode.env_reward, violation=episode.env.episode_violation())
+        env_reward=episode.env_reward, violation=episode.env.episode_violation(),
+        prompt_tokens_cut=episode.prompt_tokens_cut)

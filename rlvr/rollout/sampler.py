@@ -30,12 +30,15 @@ class Sampler:
 
     ``policy`` is the trainer's module: a local engine samples from it directly; an engine
     that owns its weights ignores it for sampling. ``autocast`` is the forward-precision
-    context (``rlvr.training.precision.forward_autocast``)."""
+    context (``rlvr.training.precision.forward_autocast``); a prompt longer than
+    ``max_prompt_tokens`` keeps its last that many tokens."""
 
     def __init__(self, engine: RolloutEngine, policy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                  environment: EnvironmentFactory | None = None,
-                 autocast: Callable[[], ContextManager] = contextlib.nullcontext, verify_every: int = 1) -> None:
+                 autocast: Callable[[], ContextManager] = contextlib.nullcontext, verify_every: int = 1,
+                 max_prompt_tokens: int | None = None) -> None:
         self.engine, self.policy, self.tokenizer = engine, policy, tokenizer
+        self.max_prompt_tokens = max_prompt_tokens
         self.environment, self.autocast, self.verify_every = environment, autocast, verify_every
         self.version = 0
         self.syncs = 0
@@ -51,7 +54,7 @@ class Sampler:
             trajectories = sample_trajectories(
                 self.engine, self.policy, self.tokenizer, problems, max_new_tokens=max_new_tokens,
                 temperature=temperature, top_p=top_p, generator=generator, groups=groups, batch_size=batch_size,
-                environment=self.environment)
+                environment=self.environment, max_prompt_tokens=self.max_prompt_tokens)
         self._sleep()
         for trajectory in trajectories:
             trajectory.policy_version = self.version

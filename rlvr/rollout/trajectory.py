@@ -51,6 +51,7 @@ class Trajectory:
     violation: str | None = None
     policy_version: int = 0
     advantage: float | None = None  # the learner's, mean over the response's loss tokens (for the logs)
+    prompt_tokens_cut: int = 0  # tokens cut off the prompt's start (data.overlong_prompts: truncate_left)
 
     def judged_text(self, tokenizer: PreTrainedTokenizerBase) -> str:
         """The text the verifier judges: a multi-turn episode's ``answer_text`` (the policy's
@@ -136,3 +137,12 @@ def render_prompts(tokenizer: PreTrainedTokenizerBase, problems: list[Problem]) 
     rendered = {id(problem): (prefix if isinstance(problem.prompt, str) else []) + list(row)
                 for problem, row in zip(distinct, ids)}
     return [rendered[id(problem)] for problem in problems]
+
+
+def truncate_left(rows: list[list[int]], max_length: int | None) -> tuple[list[list[int]], list[int]]:
+    """Each prompt's last ``max_length`` tokens (all when ``None``) and how many were cut from
+    its start: TRL's prompt truncation (``max_prompt_length``), which keeps the end of a
+    prompt, where the question and the generation prompt are."""
+    if max_length is None:
+        return rows, [0] * len(rows)
+    return [row[-max_length:] for row in rows], [max(0, len(row) - max_length) for row in rows]

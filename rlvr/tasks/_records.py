@@ -90,6 +90,12 @@ class FileTask(Task):
         """Ids of the whole held-out split (not only the ones an evaluation drew)."""
         return frozenset(p.id for p in self._load()[1])
 
+    def drop_problems(self, ids: set[str] | frozenset[str]) -> None:
+        """Remove the problems with these ids from both splits (e.g. prompts too long for the
+        run, ``data.overlong_prompts: drop``); the split of the others does not move."""
+        train, heldout = self._load()
+        self._splits = ([p for p in train if p.id not in ids], [p for p in heldout if p.id not in ids])
+
     def _load(self) -> tuple[list[Problem], list[Problem]]:
         if self._splits is None:
             problems = self.read_problems()

@@ -134,7 +134,7 @@ TIMING = {"step_time", "tokens_per_s", "rl_seconds_total", "gpu_memory_peak_gib"
 ROLLOUT = {"reward_mean", "reward_std", "accuracy", "response_length", "truncated_frac", "zero_variance_groups",
            "verifier_timeout_frac", "filter_kept_frac", "rollout_rounds", "samples_generated",
            "samples_generated_total", "turns", "tool_calls", "tool_use_frac", "tool_error_rate", "void_turn_frac",
-           "violation_frac", "observation_token_frac", "logprob_gap_mean", "logprob_gap_max"}
+           "violation_frac", "observation_token_frac", "logprob_gap_mean", "logprob_gap_max", "prompts_truncated"}
 
 
 def metric_tag(stage: str, key: str) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from rlvr.algorithms import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
@@ -58,10 +59,12 @@ def _make_task(name: str, params: dict[str, Any], config: RunConfig, params_sour
     return task
 
 
-def build_eval_tasks(config: RunConfig, source: str = "config") -> list[tuple[str, Task, list[Problem]]]:
+def build_eval_tasks(config: RunConfig, source: str = "config",
+                     tokenizer: PreTrainedTokenizerBase | None = None) -> list[tuple[str, Task, list[Problem]]]:
     """Each ``eval.sets`` entry as (name, task, its held-out problems), checked like the run's
     own task: a name that is not a task, params it does not take or a split too small for
-    ``problems`` is a config error naming the entry."""
+    ``problems`` is a config error naming the entry. With ``data.overlong_prompts: drop`` the
+    run's ``tokenizer`` measures the prompts that are dropped first."""
     out = []
     for index, spec in enumerate(config.eval.sets):
         where = f"{source_of(source, 'eval.sets')}: eval.sets[{index}]"
@@ -70,6 +73,8 @@ def build_eval_tasks(config: RunConfig, source: str = "config") -> list[tuple[st
         except KeyError as err:
             raise ConfigError(f"{where}.task: {err.args[0]}") from None
         try:
+            if tokenizer is not None:
+                drop_overlong(task, config, tokenizer)
             problems = task.sample_problems(spec.problems, config.eval.seed, split="heldout")
         except TooFewProblems as err:
             raise ConfigError(f"{where}.problems={spec.problems}: task {spec.task!r} has only {err.available} "
@@ -78,6 +83,35 @@ def build_eval_tasks(config: RunConfig, source: str = "config") -> list[tuple[st
             raise ConfigError(f"{where}: {err}") from None
         out.append((spec.name, task, problems))
     return out
+
+
+def run_tokenizer(config: RunConfig) -> tuple[PreTrainedTokenizerBase, int | None]:
+    """The tokenizer the run will render prompts with (chat template and system prompt
+    applied) and the model's context length, without loading weights; ValueError naming
+    model.path or the prompt settings."""
+    from rlvr.models.prompt_fit import checkpoint_tokenizer
+
+    try:
+        if config.model.path is None:
+            tokenizer, positions = build_char_tokenizer(), config.model.max_position_embeddings
+        else:
+            tokenizer, positions = checkpoint_tokenizer(config.model.path)
+    except ValueError as err:
+        raise ValueError(f"model.path: {err}") from None
+    apply_prompt_settings(tokenizer, config)
+    return tokenizer, positions
+
+
+def drop_overlong(task: Task, config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """``data.overlong_prompts: drop``: take the problems whose prompts are longer than
+    ``data.max_prompt_length`` out of ``task``'s data; returns what was dropped, to say."""
+    if config.data.overlong_prompts != "drop":
+        return None
+    from rlvr.models.prompt_fit import drop_overlong_prompts
+
+    dropped, total = drop_overlong_prompts(task, tokenizer, config.data.max_prompt_length)
+    return (f"data.overlong_prompts=drop: {dropped} of {total} problems of task {task.name!r} have prompts longer "
+            f"than data.max_prompt_length={config.data.max_prompt_length} tokens and are left out") if dropped else None
 
 
 HELDOUT_HALF_WIDTH_WARNING = 0.10  # warn when a held-out accuracy's 95% interval is wider than +-10 points
@@ -194,19 +228,25 @@ def check_names(config: RunConfig, source: str = "config", task: Task | None = N
     # The data, drawn as the run will draw it: the held-out split, RL step 0's prompts and
     # SFT step 0's demonstrations, rendered with the run's tokenizer (a data file is read
     # here, so a missing or malformed one fails before the run directory exists).
-    from rlvr.models.prompt_fit import check_prompts_fit, checkpoint_head_dim, checkpoint_tokenizer
+    from rlvr.models.prompt_fit import check_prompts_fit, checkpoint_head_dim
 
     try:
-        if config.model.path is None:
-            tokenizer, positions = build_char_tokenizer(), config.model.max_position_embeddings
-        else:
-            tokenizer, positions = checkpoint_tokenizer(config.model.path)
+        tokenizer, positions = run_tokenizer(config)
     except ValueError as err:
-        raise ConfigError(f"{source_of(source, 'model.path')}: model.path: {err}") from None
+        fields = ("model.path",) if str(err).startswith("model.path") else ("model.chat_template", "task.system_prompt")
+        raise ConfigError(f"{source_of(source, *fields)}: {err}") from None
+    data = config.data
+    if data.max_prompt_length is not None and positions is not None \
+            and data.max_prompt_length + config.rollout.max_new_tokens > positions:
+        raise ConfigError(f"{source_of(source, 'data.max_prompt_length', 'rollout.max_new_tokens')}: "
+                          f"data.max_prompt_length={data.max_prompt_length} + rollout.max_new_tokens="
+                          f"{config.rollout.max_new_tokens} > the model's {positions} positions: a prompt of the "
+                          "allowed length would leave no room for its response; lower one of them")
+    notes = []
     try:
-        apply_prompt_settings(tokenizer, config)
+        notes.append(drop_overlong(task, config, tokenizer))
     except ValueError as err:
-        raise ConfigError(f"{source_of(source, 'model.chat_template', 'task.system_prompt')}: {err}") from None
+        raise ConfigError(f"{source_of(source, 'data.overlong_prompts', 'data.max_prompt_length')}: {err}") from None
     if config.model.path is None:
         _check_tiny_model_fits_memory(config, len(tokenizer), source)
     head_dim = (config.model.hidden_size // config.model.num_heads if config.model.path is None
@@ -217,18 +257,21 @@ def check_names(config: RunConfig, source: str = "config", task: Task | None = N
         raise ConfigError(f"{source_of(source, 'rollout')}: {err}") from None
     try:
         heldout, warnings = check_data_sizes(task, config, source)
-        check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens, heldout, "held-out problems")
-        for name, _, problems in build_eval_tasks(config, source):
+        warnings = [note for note in notes if note] + warnings
+        check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens, heldout, "held-out problems",
+                          data=data)
+        for name, _, problems in build_eval_tasks(config, source, tokenizer):
             check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens, problems,
-                              f"evaluation set {name!r}")
+                              f"evaluation set {name!r}", data=data)
         exclude = frozenset(p.id for p in heldout)
         sampler = PromptSampler(task, config, exclude)
         if "rl" in config.stages:
             check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens,
-                              sampler.draw(config.rl.prompts_per_step, 0, 0), "RL training problems")
+                              sampler.draw(config.rl.prompts_per_step, 0, 0), "RL training problems", data=data)
         if "sft" in config.stages:
             problems, demos = sft_demonstrations(task, config, 0, exclude)
-            check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens, problems, "SFT problems", demos)
+            check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens, problems, "SFT problems", demos,
+                              data=data)
     except NotImplementedError as err:
         raise ConfigError(f"{source_of(source, 'stages', 'task')}: stages: the 'sft' stage needs demonstrations: "
                           f"{err}") from None
@@ -289,10 +332,13 @@ def run_pipeline(config: RunConfig, run: RunDir, task: Task | None = None,
 def _run_stages(config: RunConfig, run: RunDir, task: Task | None = None) -> dict[str, Any]:
     cacheable = task is None and warmstart_cache.enabled(config)  # a task object has no config to key on
     task = build_task(config) if task is None else task
+    tokenizer = run_tokenizer(config)[0] if config.data.overlong_prompts == "drop" else None
+    if tokenizer is not None:
+        drop_overlong(task, config, tokenizer)  # said by the start-up check
     with contextlib.ExitStack() as stack:
         verifier = stack.enter_context(make_task_verifier(task, config))
         eval_sets = []
-        for name, other, problems in build_eval_tasks(config):
+        for name, other, problems in build_eval_tasks(config, tokenizer=tokenizer):
             other_verifier = stack.enter_context(make_task_verifier(other, config))
             eval_sets.append(EvalTarget(name, other, problems, other_verifier, build_environment(
                 config.rollout.environment, other, other_verifier.score_many)))
@@ -350,7 +396,7 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
     # one that holds its own copy gets every later update pushed (Sampler.load_weights).
     engine = ROLLOUT_ENGINES.get(config.rollout.engine).build(config, model, tokenizer)
     sampler = Sampler(engine, model, tokenizer, environment, autocast=lambda: forward_autocast(config),
-                      verify_every=config.rollout.vllm.verify_every)
+                      verify_every=config.rollout.vllm.verify_every, max_prompt_tokens=config.data.prompt_keep_last)
     try:
         def evaluate_on(target_task: Task, problems: list[Problem], target_verifier: Verifier,
                         target_environment: Any) -> dict[str, Any]:
@@ -359,7 +405,7 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
                                 samples=config.eval.samples, environment=target_environment,
                                 ks=config.eval.ks or None, temperature=config.eval.temperature,
                                 max_new_tokens=config.rollout.max_new_tokens, batch_size=config.eval.batch_size,
-                                seed=config.eval.seed)
+                                seed=config.eval.seed, max_prompt_tokens=config.data.prompt_keep_last)
 
         def run_eval(phase: str, step: int = 0) -> dict[str, Any]:
             result = evaluate_on(task, heldout, verifier, environment)

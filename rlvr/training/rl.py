@@ -39,7 +39,7 @@ from rlvr.config import RunConfig
 from rlvr.data.sampler import PromptSampler
 from rlvr.data.selection import group_pass_rates, groups_to_keep
 from rlvr.eval.evaluate import accuracy_by_task
-from rlvr.models.prompt_fit import check_fits_context
+from rlvr.models.prompt_fit import check_fits_context, check_prompt_lengths
 from rlvr.rewards import describe_sample
 from rlvr.rewards.shaping import overlong_filter_mask, void_turn_filter_mask
 from rlvr.rollout.sampler import Sampler
@@ -423,6 +423,9 @@ def collect_rollouts(sampler: Sampler, judge: Judge, prompts: PromptSampler, ste
         check_fits_context([len(t.prompt_ids) + config.rollout.max_new_tokens for t in trajectories],
                            getattr(sampler.policy.config, "max_position_embeddings", None),
                            f"RL step {step + 1}: a prompt + rollout.max_new_tokens")
+        if config.data.max_prompt_length is not None and config.data.prompt_keep_last is None:
+            check_prompt_lengths([len(t.prompt_ids) for t in trajectories], [t.problem for t in trajectories],
+                                 config.data.max_prompt_length, f"RL step {step + 1}'s prompts")
         for traj in trajectories:
             traj.group += generated_groups
             problems_by_group[traj.group] = traj.problem
@@ -644,6 +647,8 @@ def step_metrics(step: int, trajectories: list[Trajectory], config: RunConfig) -
     if config.reward.on_error == "zero":  # samples with a component that failed and was scored 0
         record["reward/failed"] = float(sum("failed" in t.reward_components for t in trajectories))
     record["verifier_timeout_frac"] = sum(is_timeout(t.error) for t in trajectories) / n
+    if config.data.prompt_keep_last is not None:
+        record["prompts_truncated"] = sum(t.prompt_tokens_cut > 0 for t in trajectories) / n
     per_task = accuracy_by_task([t.problem for t in trajectories], [t.correct for t in trajectories])
     record.update({f"accuracy/{name}": accuracy for name, accuracy in per_task.items()})
     groups: dict[int, set[float]] = defaultdict(set)

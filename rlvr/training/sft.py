@@ -14,9 +14,9 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.config import RunConfig
-from rlvr.models.prompt_fit import check_fits_context
+from rlvr.models.prompt_fit import check_fits_context, check_prompt_lengths
 from rlvr.rollout.environment import Environment, EnvironmentFactory
-from rlvr.rollout.trajectory import render_prompts
+from rlvr.rollout.trajectory import render_prompts, truncate_left
 from rlvr.seeding import derive_seed
 from rlvr.tasks.base import Problem, Task, sample_training_problems
 from rlvr.training.batch import make_token_batch, token_logprobs
@@ -46,7 +46,7 @@ def sft_batch(task: Task, tokenizer: PreTrainedTokenizerBase, config: RunConfig,
     segments (tool output really produced by running the demonstration's code); each
     segment is tokenized on its own, as the rollout loop does, and observations are masked."""
     problems, texts = sft_demonstrations(task, config, step, exclude)
-    prompts = render_prompts(tokenizer, problems)
+    prompts = truncate_left(render_prompts(tokenizer, problems), config.data.prompt_keep_last)[0]
     demonstrations = (Environment.demonstrations(None, texts) if environment is None
                       else environment.cls.demonstrations(environment.params, texts))
     responses, masks = [], []
@@ -89,6 +89,9 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: 
             check_fits_context(batch.attention_mask.sum(-1).tolist(),
                                getattr(model.config, "max_position_embeddings", None),
                                f"SFT step {step + 1}: a prompt + its demonstration")
+            if config.data.max_prompt_length is not None and config.data.prompt_keep_last is None:
+                check_prompt_lengths(batch.prompt_lengths.tolist(), sft_demonstrations(task, config, step, exclude)[0],
+                                     config.data.max_prompt_length, f"SFT step {step + 1}'s prompts")
             with precision.autocast():
                 logp, _ = token_logprobs(model, batch)
                 tokens = batch.target_mask.sum()

@@ -7,6 +7,7 @@ records) under a key that covers everything the stage's result depends on:
 
 - the config fields SFT reads: ``seed``, ``model``, ``task``, ``sft``, ``eval.problems`` and
   ``eval.seed`` (the held-out ids it never trains on), ``data.reuse_problems``,
+  ``data.max_prompt_length`` and ``data.overlong_prompts`` (the prompts it trains on),
   ``rollout.environment`` (multi-turn demonstrations), ``device`` and ``threads``;
 - the task's data: the bytes of a ``task.params.path`` file (a directory: every file's
   name, size and bytes);
@@ -17,7 +18,8 @@ A run that finds its key copies the cached stage into its run directory (a norma
 so in one line; any other run trains SFT and stores the result. ``sft.cache: false`` turns it
 off for a run; ``RLVR_NO_WARMSTART_CACHE=1`` for a process (the test suite); the cache lives in
 ``RLVR_CACHE_DIR`` (default ``~/.cache/rlvr``) under ``warmstarts/``. A task given as a Python
-object has no config to key on and is never cached.
+object has no config to key on and is never cached. A store killed mid-copy leaves a
+``.tmp-*`` directory that no lookup reads; the next store removes those over an hour old.
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def warmstart_key(config: Any) -> str:
     inputs = {
         "seed": config.seed, "model": asdict(config.model), "task": asdict(config.task), "sft": asdict(config.sft),
         "eval": {"problems": config.eval.problems, "seed": config.eval.seed},
-        "data": {"reuse_problems": config.data.reuse_problems},
+        "data": {"reuse_problems": config.data.reuse_problems, "max_prompt_length": config.data.max_prompt_length,
+                 "overlong_prompts": config.data.overlong_prompts},
         "environment": asdict(config.rollout.environment), "device": config.device, "threads": config.threads,
         "data_fingerprint": _data_fingerprint(config.task.params), "code": _code_fingerprint(),
     }
@@ -96,6 +99,23 @@ def lookup(config: Any) -> Path | None:
     return None
 
 
+ABANDONED_AFTER_S = 3600.0  # a store copies one checkpoint: seconds, not an hour
+
+
+def remove_abandoned(root: Path, older_than_s: float = ABANDONED_AFTER_S) -> list[Path]:
+    """Delete the temporary directories of stores that never finished (the process was
+    killed mid-copy), once they are ``older_than_s`` old; returns what was removed."""
+    removed = []
+    for tmp in root.glob(".tmp-*"):
+        try:
+            if time.time() - tmp.stat().st_mtime > older_than_s:
+                shutil.rmtree(tmp)
+                removed.append(tmp)
+        except OSError:  # another store removed it first, or it is not ours to remove
+            continue
+    return removed
+
+
 def store(config: Any, checkpoint: Path, records: list[dict[str, Any]], run_dir: Path) -> Path | None:
     """Keep a finished SFT stage (its ``sft-final`` checkpoint and metrics records); written
     to a temporary directory and renamed into place, so a reader never sees half of one. A
@@ -106,6 +126,7 @@ def store(config: Any, checkpoint: Path, records: list[dict[str, Any]], run_dir:
         return entry
     try:
         root.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(root)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
         try:
             shutil.copytree(checkpoint, tmp / "model",
