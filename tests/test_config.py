@@ -12,7 +12,7 @@ from rlvr.cli import main
 from rlvr.config import ConfigError, RunConfig, load_config, save_config
 from rlvr.tasks.addition import AdditionTask
 from rlvr.training.pipeline import build_task, check_names
-from rlvr.typed_yaml import missing_help
+from rlvr.typed_yaml import dump_yaml, missing_help
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -184,6 +184,9 @@ def test_build_task_uses_params():
 def test_default_recipe_is_the_defaults():
     # recipes/default.yaml is the dump of RunConfig(): the defaults ARE the default recipe
     assert load_config(REPO / "recipes" / "default.yaml") == RunConfig()
+    # and it lists every field with its help, as dump_yaml writes them (a new field is not left out)
+    text = (REPO / "recipes" / "default.yaml").read_text()
+    assert text.split("\nseed:", 1)[1] == dump_yaml(RunConfig()).split("\nseed:", 1)[1]
 
 
 # ----------------------------------------------------------------------------- CLI
