@@ -37,6 +37,7 @@ from rlvr.algorithms import (
 )
 from rlvr.config import RunConfig
 from rlvr.data.sampler import PromptSampler
+from rlvr.distributed import SINGLE, World
 from rlvr.data.selection import group_pass_rates, groups_to_keep
 from rlvr.eval.evaluate import accuracy_by_task
 from rlvr.models.prompt_fit import check_fits_context, check_prompt_lengths
@@ -80,9 +81,11 @@ class Learner:
     entropy_coef: float
     guard: UpdateGuard
     precision: Precision
+    world: World = SINGLE  # trainer ranks: each computes its share of every forward and backward
 
     @classmethod
-    def build(cls, policy: PreTrainedModel, config: RunConfig, pad_token_id: int) -> "Learner":
+    def build(cls, policy: PreTrainedModel, config: RunConfig, pad_token_id: int,
+              world: World = SINGLE) -> "Learner":
         alg = config.algorithm
         critic = ValueModel(policy) if "values" in ADVANTAGES.get(alg.advantage).requires else None
         return cls(
@@ -93,7 +96,7 @@ class Learner:
             critic_optimizer=make_optimizer(critic, alg.critic.lr, 0.0) if critic is not None else None,
             kl_coef=alg.kl.coef, entropy_coef=alg.entropy.coef,
             guard=UpdateGuard("RL", "rl", config.rl.max_nonfinite_updates),
-            precision=Precision.from_config(config),
+            precision=Precision.from_config(config), world=world,
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -150,7 +153,8 @@ class Learner:
             if config.tis_cap() is not None or needs_entropy:
                 # The trainer's own log-probs are the proximal policy; the sampler's are the behaviour.
                 behaviour = batch.old_logprobs
-                trainer, entropy = token_logprobs(model, batch, temperature, with_entropy=needs_entropy)
+                trainer, entropy = self.by_rows(
+                    lambda rows: token_logprobs(model, rows, temperature, with_entropy=needs_entropy), batch)
                 if needs_entropy:
                     batch.extras["entropy"] = entropy
                 stats.update(logprob_gap(trainer, behaviour, mask))
@@ -161,7 +165,7 @@ class Learner:
                     stats["tis_weight_mean"] = float(tis_weight.sum() / mask.sum())
             token_rewards = None
             if self.reference is not None:
-                ref, _ = token_logprobs(self.reference, batch, temperature)
+                ref = self.by_rows(lambda rows: token_logprobs(self.reference, rows, temperature)[0], batch)
                 batch.extras["ref_logprobs"] = ref
                 kl = KL_ESTIMATORS.get(alg.kl.estimator)(batch.old_logprobs, ref) * mask  # [N, L-1]
                 stats["kl_rollout"] = float(kl.sum() / mask.sum())
@@ -170,7 +174,7 @@ class Learner:
             estimator = ADVANTAGES.get(alg.advantage)
             inputs: dict[str, Any] = {}
             if "values" in estimator.requires:
-                inputs["values"] = self.critic(batch) * mask
+                inputs["values"] = self.by_rows(self.critic, batch) * mask
                 batch.extras["old_values"] = inputs["values"]
             if "baseline" in estimator.requires:
                 inputs["baseline"] = baseline.to(device)
@@ -186,6 +190,28 @@ class Learner:
                 batch.extras["token_weight"] = batch.extras.get("token_weight", mask) * selected
                 stats["selected_token_frac"] = float(selected.sum() / mask.sum())
         return batch, stats
+
+    def by_rows(self, forward: Callable[[TokenBatch], Any], batch: TokenBatch) -> Any:
+        """``forward(batch)`` (a tensor [N, L-1], or a tuple of them and Nones), with each
+        trainer rank computing its block of rows and the blocks gathered: every rank gets
+        the whole result for 1/size of the compute."""
+        world = self.world
+        if not world.distributed:
+            return forward(batch)
+        n, width = batch.targets.shape
+        start, end = world.block(n)
+        # a rank left without rows computes one and discards it: the gather needs every rank
+        out = forward(batch.rows(torch.arange(start, end) if end > start else torch.arange(1)))
+        parts = out if isinstance(out, tuple) else (out,)
+        gathered = []
+        for part in parts:
+            if part is None:
+                gathered.append(None)
+                continue
+            block = torch.zeros((end - start, width), dtype=part.dtype, device=part.device)
+            block[:, :part.shape[1]] = part[:end - start]  # rows() trimmed the block's padding columns
+            gathered.append(world.gather_rows(block, n, "a forward pass over the batch's rows"))
+        return tuple(gathered) if isinstance(out, tuple) else gathered[0]
 
     def update(self, batch: TokenBatch, step: int, trajectories: list[Trajectory]) -> dict[str, float]:
         """The optimizer phase of RL step ``step`` (0-based) on a prepared batch; a batch with
@@ -266,7 +292,7 @@ def policy_update(learner: Learner, batch: TokenBatch, generator: torch.Generato
     loss_fn = POLICY_LOSSES.get(alg.loss)
     kl_fn = KL_ESTIMATORS.get(alg.kl.estimator) if alg.kl.placement == "loss" and learner.reference else None
     entropy_coef = learner.entropy_coef
-    precision = learner.precision
+    precision, world = learner.precision, learner.world
     n = batch.input_ids.shape[0]
     mini_size = -(-n // rl.mini_batches)  # filtering can leave a batch that does not divide evenly
     token_weighted: dict[str, float] = defaultdict(float)  # per-token statistics, weighted by token count
@@ -291,8 +317,9 @@ def policy_update(learner: Learner, batch: TokenBatch, generator: torch.Generato
             if learner.critic is not None:
                 learner.critic_optimizer.zero_grad(set_to_none=True)
             update_loss = 0.0
-            for micro_start in range(0, len(mini), rl.micro_batch_size):
-                micro = batch.rows(mini[micro_start:micro_start + rl.micro_batch_size])
+            mine = mini[world.rank::world.size]  # this rank's share, balanced in length
+            for micro_start in range(0, len(mine), rl.micro_batch_size):
+                micro = batch.rows(mine[micro_start:micro_start + rl.micro_batch_size])
                 mask = micro.target_mask
                 stats: dict[str, torch.Tensor] = {}
                 if train_policy:
@@ -335,6 +362,12 @@ def policy_update(learner: Learner, batch: TokenBatch, generator: torch.Generato
                     if value == value:  # explained variance is NaN on a micro-batch of equal returns
                         token_weighted[key] += value * weight
                         stat_weights[key] += weight
+            if world.distributed:  # the ranks' partial sums make the mini-batch's gradient and loss
+                t_sum = time.perf_counter()
+                world.sum_grads_([model] + ([learner.critic] if learner.critic is not None else []),
+                                 f"RL step {step}: summing gradients")
+                update_loss = world.sum_floats([update_loss], f"RL step {step}: summing the loss")[0]
+                time_backward += time.perf_counter() - t_sum
             # Clip, then step only if the loss and the total gradient norms are finite.
             t_step = time.perf_counter()
             grads: list[tuple[str, torch.nn.Module, float]] = []  # (label, module, total grad norm)
@@ -362,6 +395,14 @@ def policy_update(learner: Learner, batch: TokenBatch, generator: torch.Generato
                 time_backward += time.perf_counter() - t_step
             loss_sum += update_loss
             updates += 1
+    if world.distributed:  # token-weighted statistics over every rank's tokens
+        sums = world.all_gather_objects((dict(token_weighted), dict(stat_weights), gaps), f"RL step {step}: statistics")
+        token_weighted, stat_weights = defaultdict(float), defaultdict(float)
+        for rank_weighted, rank_weights, _ in sums:
+            for key, value in rank_weighted.items():
+                token_weighted[key] += value
+                stat_weights[key] += rank_weights[key]
+        gaps = [g for _, _, rank_gaps in sums for g in rank_gaps or []] if gaps is not None else None
     metrics = {key: value / max(stat_weights[key], 1.0) for key, value in token_weighted.items()}
     metrics.update(loss=loss_sum / updates, grad_norm=grad_norm_sum / updates, lr=lr, time_logprob=time_logprob,
                    time_backward=time_backward, skipped_updates=float(skipped))
