@@ -206,8 +206,15 @@ def train(
     from rlvr.training.pipeline import check_names, new_run_dir, run_pipeline
 
     warnings = check_names(resolved, source, task=task)
+    world = _join_ranks(resolved)
+    if not world.is_main:
+        return _follow(world, resolved, task)
     if resume is None:
-        run = new_run_dir(resolved, str(output_dir) if output_dir is not None else None, recipe)
+        try:
+            run = new_run_dir(resolved, str(output_dir) if output_dir is not None else None, recipe)
+        except Exception as err:
+            world.broadcast_object(("error", str(err)), "the run directory")
+            raise
         if records is not None:  # the data travels with the run: resumable from the shell
             data = run.path / "data" / "train.jsonl"
             data.parent.mkdir(parents=True, exist_ok=True)
@@ -215,11 +222,47 @@ def train(
             resolved = dataclasses.replace(resolved, task=TaskConfig(
                 name="prompts", params={**resolved.task.params, "path": str(data.resolve())}))
             save_config(resolved, run.path / "config.yaml")
+    world.broadcast_object(("run", str(run.path), resolved), "the run directory")
     if _on_run_dir is not None:
         _on_run_dir(run.path)
-    print(f"run dir: {run.path}")
+    print(f"run dir: {run.path}" + (f" ({world.size} trainer ranks)" if world.distributed else ""))
     for warning in warnings if resume is None else []:
         print(f"rlvr: warning: {warning}")  # stdout, with the run's other notes; stderr is for errors
     sys.stdout.flush()
-    summary = run_pipeline(resolved, run, task=task, callbacks=callbacks)
+    summary = run_pipeline(resolved, run, task=task, callbacks=callbacks, world=world)
     return TrainResult(run_dir=run.path, config=resolved, summary=summary)
+
+
+def _join_ranks(config: RunConfig):
+    """This process's trainer rank: a single process, or one of the ranks torchrun (or
+    ``rlvr train --nproc``) started, joined into their process group (gloo on CPU, NCCL on
+    GPU, each rank on its own GPU)."""
+    from rlvr.distributed import SINGLE, init_world, launched_ranks
+
+    if launched_ranks() <= 1:
+        return SINGLE
+    on_gpu = config.device.startswith("cuda") or (config.device == "auto" and _cuda_visible())
+    return init_world(config.distributed.timeout_s, "cuda" if on_gpu else "cpu")
+
+
+def _cuda_visible() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _follow(world, config: RunConfig, task: Any) -> TrainResult:
+    """A rank other than 0: the run directory (and the config, with any data path) rank 0
+    made, then the same stages in step with it, writing nothing."""
+    from rlvr.training.pipeline import run_pipeline
+    from rlvr.training.run_dir import FollowerRunDir
+
+    message = world.broadcast_object(None, "the run directory")
+    if message[0] == "error":
+        raise ConfigError(f"rank 0 could not create the run directory: {message[1]}")
+    _, path, config = message
+    if config.device.startswith("cuda") or (config.device == "auto" and _cuda_visible()):
+        config = dataclasses.replace(config, device=f"cuda:{world.local_rank}")
+    run = FollowerRunDir(path)
+    summary = run_pipeline(config, run, task=task, world=world)
+    return TrainResult(run_dir=run.path, config=config, summary=summary)

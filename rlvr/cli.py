@@ -38,6 +38,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--output-dir", help="run directory to create (default: <output_dir>/<recipe>-<time>)")
         p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
         p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. algorithm.clip_high=0.28 rl.steps=10")
+        ranks = p.add_argument_group("trainer ranks (torchrun's options; or run `torchrun ... -m rlvr train`)")
+        ranks.add_argument("--nproc", type=int, default=1, metavar="N",
+                           help="trainer processes on this machine (data parallel; gloo on CPU, NCCL on GPU)")
+        ranks.add_argument("--nnodes", type=int, default=1, help="machines taking part (each runs the same command)")
+        ranks.add_argument("--node-rank", type=int, default=0, help="this machine's index among --nnodes")
+        ranks.add_argument("--master-addr", default="127.0.0.1", help="address of the machine with --node-rank 0")
+        ranks.add_argument("--master-port", type=int, default=29500, help="a free port on that machine")
     p = sub.add_parser("eval", allow_abbrev=False,
                        help="evaluate one or more checkpoints / run directories on the held-out split, side by side")
     p.add_argument("targets", nargs="+", metavar="MODEL_OR_RUN",
@@ -112,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except Exception as err:
         kinds = {cls.__name__ for cls in type(err).__mro__}
+        if "CollectiveTimeout" in kinds:  # stacks are dumped; a process group mid-collective aborts on exit
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(1)
         if "RunDirError" in kinds:  # --resume of something else, a locked run dir, no disk room
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -169,14 +180,63 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume and (args.config or args.overrides or args.output_dir):
         raise ConfigError("--resume takes the run's own config.yaml; drop --config, --output-dir and overrides")
+    if (args.nproc > 1 or args.nnodes > 1) and "WORLD_SIZE" not in os.environ:
+        return _launch_ranks(args)
 
     def started(path: Path) -> None:
         args.active_run = path  # main() names it in interrupt and error messages
 
     result = train(args.config, overrides=args.overrides, output_dir=args.output_dir, resume=args.resume,
                    stages=["sft"] if args.command == "sft" and not args.resume else None, _on_run_dir=started)
-    _print_summary(result.summary, result.config.stages)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_summary(result.summary, result.config.stages)
     return 0
+
+
+def _launch_ranks(args: argparse.Namespace) -> int:
+    """``--nproc N``: check the config here (a mistake is one line, before any process
+    starts), then run N trainer ranks per machine under torchrun, which tears every rank down
+    when one fails, on Ctrl-C and on SIGTERM (forwarded to it)."""
+    import subprocess
+
+    from rlvr.api import _resolve_config
+    from rlvr.config import load_config
+    from rlvr.training.pipeline import check_names
+
+    for name, value, low in (("--nproc", args.nproc, 1), ("--nnodes", args.nnodes, 1), ("--node-rank", args.node_rank, 0)):
+        if value < low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}")
+    if args.node_rank >= args.nnodes:
+        raise ConfigError(f"--node-rank {args.node_rank} must be < --nnodes {args.nnodes}")
+    if args.resume:
+        config, source = load_config(Path(args.resume) / "config.yaml"), str(Path(args.resume) / "config.yaml")
+    else:
+        config, source, _ = _resolve_config(args.config, args.overrides)
+    check_names(config, source)
+    ranks = args.nproc * args.nnodes
+    if "sft" in config.stages and config.sft.batch_size < ranks:
+        raise ConfigError(f"sft.batch_size={config.sft.batch_size} is smaller than the {ranks} trainer ranks: "
+                          "every rank needs rows of each batch")
+    where = (["--standalone"] if args.nnodes == 1 else
+             ["--nnodes", str(args.nnodes), "--node-rank", str(args.node_rank), "--master-addr", args.master_addr,
+              "--master-port", str(args.master_port)])
+    command = [sys.executable, "-m", "torch.distributed.run", *where, "--nproc-per-node", str(args.nproc),
+               "--max-restarts", "0", "--monitor-interval", "1", "-m", "rlvr", args.command]
+    for flag, value in (("--config", args.config), ("--output-dir", args.output_dir), ("--resume", args.resume)):
+        if value:
+            command += [flag, str(value)]
+    command += list(args.overrides)
+    threads = str(config.threads or max(1, (os.cpu_count() or 1) // args.nproc))
+    child = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": threads})
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
+    try:
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:  # torchrun got the Ctrl-C too (same process group): let it stop the ranks
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_summary(summary: dict, stages: list[str]) -> None:

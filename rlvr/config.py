@@ -324,6 +324,11 @@ class CheckpointConfig:
 
 
 @dataclass
+class DistributedConfig:
+    timeout_s: float = _f(1800.0, "longest wait of one collective between trainer ranks (rlvr train --nproc N, torchrun); a rank that stalls or dies ends the others' wait with an error naming the collective, after each rank dumps its stacks", gt=0, le=86400)
+
+
+@dataclass
 class LoggingConfig:
     samples_per_step: int = _f(8, "completions written to samples.jsonl per RL step, as whole GRPO groups (every "
                                "sample of a prompt, with its reward and advantage) spread over the batch; at least "
@@ -353,6 +358,7 @@ class RunConfig:
     eval: EvalConfig = _sub(EvalConfig, "held-out evaluation")
     checkpoint: CheckpointConfig = _sub(CheckpointConfig, "checkpointing for resume")
     logging: LoggingConfig = _sub(LoggingConfig, "metrics, samples and progress display")
+    distributed: DistributedConfig = _sub(DistributedConfig, "trainer ranks (rlvr train --nproc N, or torchrun): data parallel, gloo on CPU, NCCL on GPU")
 
     def tis_cap(self) -> float | None:
         """``algorithm.tis_cap``, or its default for the engine: 2.0 with vllm (its log-probs

@@ -18,6 +18,7 @@ from transformers.utils import logging as hf_logging
 from rlvr.algorithms import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY_LOSSES
 from rlvr.config import RunConfig
 from rlvr.data.sampler import PromptSampler
+from rlvr.distributed import SINGLE, World
 from rlvr.eval.evaluate import evaluate
 from rlvr.eval.plots import PASS_AT_K, plot_run
 from rlvr.models import build_tiny_model, load_model_and_tokenizer
@@ -297,16 +298,19 @@ def _check_tiny_model_fits_memory(config: RunConfig, vocab: int, source: str) ->
 
 
 def run_pipeline(config: RunConfig, run: RunDir, task: Task | None = None,
-                 callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+                 callbacks: Sequence[Any] = (), world: World = SINGLE) -> dict[str, Any]:
     """Run every stage of ``config`` not yet completed in ``run``; returns the summary.
     The run dir is locked for the duration (a second process gets a ``RunDirError``).
     ``task``: a task object instead of ``config.task``; ``callbacks``: ``rlvr.api`` callbacks,
-    told of every log record after the ``logging.backends`` mirror."""
+    told of every log record after the ``logging.backends`` mirror. ``world``: the trainer
+    ranks (``rlvr.distributed``); on ranks other than 0 ``run`` is a ``FollowerRunDir``."""
     run.lock()
     try:
         threads_before = torch.get_num_threads()
-        torch.set_num_threads(config.threads or os.cpu_count() or 1)
-        mirror = Mirror(config.logging.backends, run.path, asdict(config), config.logging.project)
+        # the machine's cores shared by the ranks on it (oversubscribed OpenMP threads crawl)
+        torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // world.local_size))
+        mirror = Mirror(config.logging.backends if world.is_main else [], run.path, asdict(config),
+                        config.logging.project)
         if callbacks:
             from rlvr.api import _dispatch
 
@@ -320,7 +324,7 @@ def run_pipeline(config: RunConfig, run: RunDir, task: Task | None = None,
         else:
             run.on_append = mirror
         try:
-            return _run_stages(config, run, task)
+            return _run_stages(config, run, task, world)
         finally:
             torch.set_num_threads(threads_before)
             run.on_append = None
@@ -329,7 +333,7 @@ def run_pipeline(config: RunConfig, run: RunDir, task: Task | None = None,
         run.unlock()
 
 
-def _run_stages(config: RunConfig, run: RunDir, task: Task | None = None) -> dict[str, Any]:
+def _run_stages(config: RunConfig, run: RunDir, task: Task | None = None, world: World = SINGLE) -> dict[str, Any]:
     cacheable = task is None and warmstart_cache.enabled(config)  # a task object has no config to key on
     task = build_task(config) if task is None else task
     tokenizer = run_tokenizer(config)[0] if config.data.overlong_prompts == "drop" else None
@@ -342,7 +346,7 @@ def _run_stages(config: RunConfig, run: RunDir, task: Task | None = None) -> dic
             other_verifier = stack.enter_context(make_task_verifier(other, config))
             eval_sets.append(EvalTarget(name, other, problems, other_verifier, build_environment(
                 config.rollout.environment, other, other_verifier.score_many)))
-        return _run_stages_with(config, run, task, verifier, eval_sets, cacheable)
+        return _run_stages_with(config, run, task, verifier, eval_sets, cacheable, world)
 
 
 @dataclass
@@ -363,31 +367,34 @@ def make_task_verifier(task: Task, config: RunConfig) -> Verifier:
 
 
 def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verifier,
-                     eval_sets: Sequence[EvalTarget] = (), cacheable: bool = False) -> dict[str, Any]:
+                     eval_sets: Sequence[EvalTarget] = (), cacheable: bool = False,
+                     world: World = SINGLE) -> dict[str, Any]:
     """The stages still to do. Every stage ends in a saved state (a resume point) whose model
     is a checkpoint: sft-final, the warm-start evaluation, rl's final, the final evaluation;
     within a stage the resume points are its checkpoints. A periodic evaluation is saved with
     the next checkpoint, so a crash before it drops the evaluation and the resume redoes it."""
     hf_logging.disable_progress_bar()  # per-checkpoint 'Writing model shards' bars drown the run's own
     torch.manual_seed(config.seed)
-    state = run.recover()
+    state = world.broadcast_object(run.recover() if world.is_main else None, "the run's state")
     point = resume_point(state, config)
-    if point is not None:
+    if point is not None and world.is_main:
         print(f"resume: continuing {point}", flush=True)
     heldout = task.sample_problems(config.eval.problems, config.eval.seed, split="heldout")
     exclude = frozenset(p.id for p in heldout)
     sft_to_do = "sft" in config.stages and "sft" not in state["completed_stages"]
     if sft_to_do and cacheable and not state.get("checkpoint"):
-        entry = warmstart_cache.lookup(config)
-        if entry is not None:
-            _reuse_warm_start(entry, config, run, state)
-            sft_to_do = False
+        if world.is_main:
+            entry = warmstart_cache.lookup(config)
+            if entry is not None:
+                _reuse_warm_start(entry, config, run, state)
+        state = world.broadcast_object(state, "the warm start's state")
+        sft_to_do = "sft" not in state["completed_stages"]
     model, tokenizer = _starting_model(config, run, state)
     environment = build_environment(config.rollout.environment, task, verifier.score_many)
 
     if sft_to_do:
-        train_sft(model, tokenizer, task, config, run, state, exclude, environment)
-        if cacheable:
+        train_sft(model, tokenizer, task, config, run, state, exclude, environment, world)
+        if cacheable and world.is_main:
             warmstart_cache.store(config, run.path / state["sft_final"],
                                   [r for r in run.read("metrics.jsonl") if r.get("stage") == "sft"], run.path)
     # Pruning after a stage is redone on every resume: a kill may have come before it.
@@ -408,6 +415,8 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
                                 seed=config.eval.seed, max_prompt_tokens=config.data.prompt_keep_last)
 
         def run_eval(phase: str, step: int = 0) -> dict[str, Any]:
+            if not world.is_main:  # rank 0 evaluates; the others go on to the next collective
+                return {}
             result = evaluate_on(task, heldout, verifier, environment)
             record = {"stage": "eval", "phase": phase, "step": step, **result}
             if eval_sets:  # the other tasks, in the same record: one resume point per evaluation
@@ -422,17 +431,19 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
             run.save_state(state)
         if "rl" in config.stages and "rl" not in state["completed_stages"]:
             train_rl(model, tokenizer, Judge(task, verifier, tokenizer, config), sampler, config, run, state,
-                     exclude, evaluate_fn=run_eval)
+                     exclude, evaluate_fn=run_eval, world=world)
         if "rl" in config.stages:
             run.prune("rl-step", config.checkpoint.keep_last)
         if "rl" in config.stages and "final" not in state["evals"]:
             run_eval("final", state.get("rl_last_step", config.rl.steps))
     finally:
         sampler.close()
+    if not world.is_main:
+        return world.broadcast_object(None, "the run's summary")
     run.save_state(state)  # the final evaluation, and the wall time up to here
     summary = write_summary(run, state)
     plot_run(run.read("metrics.jsonl"), run.read("eval.jsonl"), run.plots)
-    return summary
+    return world.broadcast_object(summary, "the run's summary")
 
 
 def _reuse_warm_start(entry: Path, config: RunConfig, run: RunDir, state: dict[str, Any]) -> None:

@@ -437,11 +437,17 @@ def greedy_baselines(sampler: Sampler, judge: Judge, trajectories: list[Trajecto
 
 
 def collect_rollouts(sampler: Sampler, judge: Judge, prompts: PromptSampler, step: int,
-                     timer: StageTimer) -> tuple[list[Trajectory], dict[str, float], dict[str, float]]:
+                     timer: StageTimer, world: World = SINGLE) -> tuple[list[Trajectory], dict[str, float],
+                                                                        dict[str, float]]:
     """Roll out, score and shape groups until ``prompts_per_step`` groups pass the data filter
     (DAPO dynamic sampling / online difficulty filtering) or ``data.max_rounds`` rounds are
     spent; without a filter this is one round. Returns the kept trajectories, the rollout
-    statistics and every group's pass rate by problem id (the input of LIMR selection)."""
+    statistics and every group's pass rate by problem id (the input of LIMR selection).
+
+    With several trainer ranks every rank draws the same prompts and generates and verifies
+    every ``size``-th group (a group is never split; each rank samples with its own seed);
+    the groups are then gathered in order, so every rank shapes, filters and learns from the
+    same batch."""
     config = judge.config
     rl, data = config.rl, config.data
     rounds = data.max_rounds if data.filter != "none" else 1
@@ -453,12 +459,14 @@ def collect_rollouts(sampler: Sampler, judge: Judge, prompts: PromptSampler, ste
     for round_ in range(rounds):
         problems = prompts.draw(rl.prompts_per_step - kept_groups, step, round_)
         rng = torch.Generator().manual_seed(derive_seed(config.seed, "rl-samples", step,
-                                                        *([round_] if round_ else [])))
+                                                        *([round_] if round_ or world.distributed else []),
+                                                        *([world.rank] if world.distributed else [])))
         group_size = rl.samples_per_prompt
+        mine = world.strided(range(len(problems)))  # every group, in one process
         with timer("generation"):
             trajectories = sampler.generate(
-                [p for p in problems for _ in range(group_size)],
-                groups=[i for i in range(len(problems)) for _ in range(group_size)],
+                [problems[i] for i in mine for _ in range(group_size)],
+                groups=[i for i in mine for _ in range(group_size)],
                 max_new_tokens=config.rollout.max_new_tokens, temperature=config.rollout.temperature,
                 top_p=config.rollout.top_p, generator=rng)
         check_fits_context([len(t.prompt_ids) + config.rollout.max_new_tokens for t in trajectories],
@@ -469,10 +477,17 @@ def collect_rollouts(sampler: Sampler, judge: Judge, prompts: PromptSampler, ste
                                  config.data.max_prompt_length, f"RL step {step + 1}'s prompts")
         for traj in trajectories:
             traj.group += generated_groups
-            problems_by_group[traj.group] = traj.problem
+        problems_by_group.update({generated_groups + i: problem for i, problem in enumerate(problems)})
         generated_groups += len(problems)
         with timer("scoring"):
             judge.score(trajectories)
+        if world.distributed:
+            with timer("gather"):
+                shares = world.all_gather_objects(trajectories, f"RL step {step + 1}: gathering the groups")
+                trajectories = sorted((t for share in shares for t in share), key=lambda t: t.group)
+                for traj in trajectories:  # the gathered copies: one problem object per group again
+                    traj.problem = problems_by_group[traj.group]
+        with timer("scoring"):
             judge.shape(trajectories, step)
         groups = [t.group for t in trajectories]
         correct = [t.correct for t in trajectories]
@@ -548,7 +563,7 @@ def rl_step(roles: RLRoles, step: int) -> tuple[dict[str, Any], list[Trajectory]
     sampler, judge, learner, config = roles.sampler, roles.judge, roles.learner, roles.learner.config
     timer = StageTimer()
     # 1. rollout: groups until enough pass the data filter, scored and shaped
-    trajectories, rollout_stats, rates = collect_rollouts(sampler, judge, roles.prompts, step, timer)
+    trajectories, rollout_stats, rates = collect_rollouts(sampler, judge, roles.prompts, step, timer, learner.world)
     roles.samples_generated += int(rollout_stats["samples_generated"])
     record: dict[str, Any] = {"stage": "rl", "step": step + 1}
     if trajectories:
@@ -620,10 +635,12 @@ class NoSignalWatch:
 
 def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, judge: Judge, sampler: Sampler,
              config: RunConfig, run: RunDir, state: dict[str, Any], exclude: frozenset[str],
-             evaluate_fn: Callable[[str, int], Any] | None = None) -> None:
-    """Run (or continue) the RL stage; leaves ``checkpoints/final`` and updates ``state``."""
+             evaluate_fn: Callable[[str, int], Any] | None = None, world: World = SINGLE) -> None:
+    """Run (or continue) the RL stage; leaves ``checkpoints/final`` and updates ``state``.
+    With several trainer ranks, every rank runs this; rank 0 alone writes the run directory
+    and evaluates (``run`` and ``evaluate_fn`` do nothing on the others)."""
     rl = config.rl
-    roles = RLRoles(sampler, judge, Learner.build(model, config, tokenizer.pad_token_id),
+    roles = RLRoles(sampler, judge, Learner.build(model, config, tokenizer.pad_token_id, world),
                     PromptSampler(judge.task, config, exclude))
     start = 0
     if state.get("checkpoint") and state.get("stage") == "rl":
@@ -634,11 +651,11 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, judge: 
     sampler.load_weights(model, version=start)
 
     watch = NoSignalWatch(run.path)
-    with StageProgress("RL", rl.steps, start, config.logging.progress) as progress:
+    with StageProgress("RL", rl.steps, start, config.logging.progress, silent=not world.is_main) as progress:
         for step in range(start, rl.steps):
             record, trajectories, rates = rl_step(roles, step)
             warning = watch.observe(record, trajectories)
-            if warning is not None:
+            if warning is not None and world.is_main:
                 progress.note(f"rlvr: warning: {warning}")
             run.append("pass_rates.jsonl", {"stage": "rl", "step": step + 1, "rates": rates})
             logged = logged_groups(trajectories, config.logging.samples_per_step)

@@ -367,6 +367,34 @@ class RunDir:
             shutil.rmtree(old, ignore_errors=True)
 
 
+class FollowerRunDir(RunDir):
+    """The run directory as a trainer rank other than 0 sees it: it reads what rank 0 wrote
+    (checkpoints to resume from) and writes nothing; rank 0 holds the lock and keeps the
+    records, checkpoints and state for every rank (the ranks' weights are the same)."""
+
+    def lock(self) -> None:
+        pass
+
+    def unlock(self) -> None:
+        pass
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def append(self, name: str, records: list[dict[str, Any]] | dict[str, Any]) -> None:
+        pass
+
+    def save_model(self, name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                   trainer_state: dict[str, Any] | None = None, state: dict[str, Any] | None = None) -> Path:
+        return self.checkpoints / name
+
+    def prune(self, prefix: str, keep_last: int) -> None:
+        pass
+
+    def recover(self) -> dict[str, Any]:
+        raise RunDirError("a follower rank takes the run's state from rank 0, which recovers it")
+
+
 def write_manifest(directory: Path) -> None:
     """Flush every file of a checkpoint to disk, then record each one's size and sha256 in
     manifest.json (written last: a checkpoint without it was not completely written)."""

@@ -11,9 +11,11 @@ import random
 import time
 from typing import Any
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.config import RunConfig
+from rlvr.distributed import SINGLE, World
 from rlvr.models.prompt_fit import check_fits_context, check_prompt_lengths
 from rlvr.rollout.environment import Environment, EnvironmentFactory
 from rlvr.rollout.trajectory import render_prompts, truncate_left
@@ -63,9 +65,11 @@ def sft_batch(task: Task, tokenizer: PreTrainedTokenizerBase, config: RunConfig,
 
 def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task, config: RunConfig,
               run: RunDir, state: dict[str, Any], exclude: frozenset[str],
-              environment: EnvironmentFactory | None = None) -> None:
+              environment: EnvironmentFactory | None = None, world: World = SINGLE) -> None:
     """Run (or continue) the SFT stage; leaves ``checkpoints/sft-final`` and updates ``state``
-    (the caller deletes the step checkpoints)."""
+    (the caller deletes the step checkpoints). With several trainer ranks each computes the
+    loss of its share of the batch's rows over the whole batch's token count, and the
+    gradients are summed: the same step as one process."""
     cfg = config.sft
     optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     precision = Precision.from_config(config)
@@ -80,7 +84,7 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: 
     guard = UpdateGuard("SFT", "sft", cfg.max_nonfinite_updates)  # a NaN/inf loss or gradient skips the step
     if start:
         guard.in_a_row = trainer_state.get("nonfinite_in_a_row", 0)
-    with StageProgress("SFT", cfg.steps, start, config.logging.progress) as progress:
+    with StageProgress("SFT", cfg.steps, start, config.logging.progress, silent=not world.is_main) as progress:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()
             lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, "cosine")
@@ -92,12 +96,16 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: 
             if config.data.max_prompt_length is not None and config.data.prompt_keep_last is None:
                 check_prompt_lengths(batch.prompt_lengths.tolist(), sft_demonstrations(task, config, step, exclude)[0],
                                      config.data.max_prompt_length, f"SFT step {step + 1}'s prompts")
+            tokens = batch.target_mask.sum()
+            mine = batch if not world.distributed else batch.rows(torch.tensor(world.strided(range(len(batch.targets)))))
             with precision.autocast():
-                logp, _ = token_logprobs(model, batch)
-                tokens = batch.target_mask.sum()
-                loss = -(logp * batch.target_mask).sum() / tokens
+                logp, _ = token_logprobs(model, mine)
+                loss = -(logp * mine.target_mask).sum() / tokens
             optimizer.zero_grad(set_to_none=True)
             precision.backward(loss)
+            if world.distributed:
+                world.sum_grads_([model], f"SFT step {step + 1}: summing gradients")
+                loss = torch.tensor(world.sum_floats([loss.item()], f"SFT step {step + 1}: summing the loss")[0])
             precision.unscale(optimizer)
             grad_norm = clip_grad_norm(model, cfg.grad_clip)
             skipped = (precision.overflowed(loss.item(), [grad_norm])  # float16: the loss scale backs off

@@ -8,7 +8,8 @@ records) under a key that covers everything the stage's result depends on:
 - the config fields SFT reads: ``seed``, ``model``, ``task``, ``sft``, ``eval.problems`` and
   ``eval.seed`` (the held-out ids it never trains on), ``data.reuse_problems``,
   ``data.max_prompt_length`` and ``data.overlong_prompts`` (the prompts it trains on),
-  ``rollout.environment`` (multi-turn demonstrations), ``device`` and ``threads``;
+  ``rollout.environment`` (multi-turn demonstrations), ``device``, ``threads`` and the
+  number of trainer ranks (each sums its share: equal up to rounding, not to the bit);
 - the task's data: the bytes of a ``task.params.path`` file (a directory: every file's
   name, size and bytes);
 - the code: rlvr's own source files and the torch and transformers versions.
@@ -84,6 +85,7 @@ def warmstart_key(config: Any) -> str:
         "data": {"reuse_problems": config.data.reuse_problems, "max_prompt_length": config.data.max_prompt_length,
                  "overlong_prompts": config.data.overlong_prompts},
         "environment": asdict(config.rollout.environment), "device": config.device, "threads": config.threads,
+        "ranks": os.environ.get("WORLD_SIZE", "1"),
         "data_fingerprint": _data_fingerprint(config.task.params), "code": _code_fingerprint(),
     }
     inputs["sft"].pop("cache", None)
