@@ -229,7 +229,7 @@ def train(
     for warning in warnings if resume is None else []:
         print(f"rlvr: warning: {warning}")  # stdout, with the run's other notes; stderr is for errors
     sys.stdout.flush()
-    summary = run_pipeline(resolved, run, task=task, callbacks=callbacks, world=world)
+    summary = run_pipeline(_rank_config(resolved, world), run, task=task, callbacks=callbacks, world=world)
     return TrainResult(run_dir=run.path, config=resolved, summary=summary)
 
 
@@ -241,14 +241,20 @@ def _join_ranks(config: RunConfig):
 
     if launched_ranks() <= 1:
         return SINGLE
-    on_gpu = config.device.startswith("cuda") or (config.device == "auto" and _cuda_visible())
-    return init_world(config.distributed.timeout_s, "cuda" if on_gpu else "cpu")
+    return init_world(config.distributed.timeout_s, "cuda" if _on_gpu(config) else "cpu")
 
 
-def _cuda_visible() -> bool:
+def _on_gpu(config: RunConfig) -> bool:
     import torch
 
-    return torch.cuda.is_available()
+    return config.device.startswith("cuda") or (config.device == "auto" and torch.cuda.is_available())
+
+
+def _rank_config(config: RunConfig, world) -> RunConfig:
+    """The config a trainer rank runs with: on GPUs each rank takes its local rank's GPU."""
+    if world.distributed and _on_gpu(config):
+        return dataclasses.replace(config, device=f"cuda:{world.local_rank}")
+    return config
 
 
 def _follow(world, config: RunConfig, task: Any) -> TrainResult:
@@ -261,8 +267,6 @@ def _follow(world, config: RunConfig, task: Any) -> TrainResult:
     if message[0] == "error":
         raise ConfigError(f"rank 0 could not create the run directory: {message[1]}")
     _, path, config = message
-    if config.device.startswith("cuda") or (config.device == "auto" and _cuda_visible()):
-        config = dataclasses.replace(config, device=f"cuda:{world.local_rank}")
     run = FollowerRunDir(path)
-    summary = run_pipeline(config, run, task=task, world=world)
+    summary = run_pipeline(_rank_config(config, world), run, task=task, world=world)
     return TrainResult(run_dir=run.path, config=config, summary=summary)

@@ -180,6 +180,11 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.resume and (args.config or args.overrides or args.output_dir):
         raise ConfigError("--resume takes the run's own config.yaml; drop --config, --output-dir and overrides")
+    for name, value, low in (("--nproc", args.nproc, 1), ("--nnodes", args.nnodes, 1), ("--node-rank", args.node_rank, 0)):
+        if value < low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}")
+    if args.node_rank >= args.nnodes:
+        raise ConfigError(f"--node-rank {args.node_rank} must be < --nnodes {args.nnodes}")
     if (args.nproc > 1 or args.nnodes > 1) and "WORLD_SIZE" not in os.environ:
         return _launch_ranks(args)
 
@@ -203,13 +208,11 @@ def _launch_ranks(args: argparse.Namespace) -> int:
     from rlvr.config import load_config
     from rlvr.training.pipeline import check_names
 
-    for name, value, low in (("--nproc", args.nproc, 1), ("--nnodes", args.nnodes, 1), ("--node-rank", args.node_rank, 0)):
-        if value < low:
-            raise ConfigError(f"{name} must be >= {low}, got {value}")
-    if args.node_rank >= args.nnodes:
-        raise ConfigError(f"--node-rank {args.node_rank} must be < --nnodes {args.nnodes}")
     if args.resume:
-        config, source = load_config(Path(args.resume) / "config.yaml"), str(Path(args.resume) / "config.yaml")
+        from rlvr.training.run_dir import RunDir
+
+        source = str(RunDir.open(args.resume).path / "config.yaml")  # one line for what is not a run dir
+        config = load_config(source)
     else:
         config, source, _ = _resolve_config(args.config, args.overrides)
     check_names(config, source)
@@ -232,11 +235,19 @@ def _launch_ranks(args: argparse.Namespace) -> int:
     try:
         while True:
             try:
-                return child.wait()
+                code = child.wait()
+                break
             except KeyboardInterrupt:  # torchrun got the Ctrl-C too (same process group): let it stop the ranks
                 continue
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if code < 0:  # torchrun itself was killed by a signal: the shell's convention
+        code = 128 - code
+    if code:
+        where = args.resume or args.output_dir or "RUN_DIR"
+        print(f"the trainer ranks stopped (exit {code}); continue from the last checkpoint with "
+              f"`rlvr train --nproc {args.nproc} --resume {where}`", file=sys.stderr)
+    return code
 
 
 def _print_summary(summary: dict, stages: list[str]) -> None:

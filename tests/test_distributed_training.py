@@ -116,3 +116,7 @@ def test_a_mistake_is_one_line_before_any_rank_starts(tmp_path):
     assert "torch.distributed" not in done.stderr and not (tmp_path / "x").exists()
     small = _rlvr("train", "--nproc", "2", "sft.batch_size=1", cwd=tmp_path)
     assert small.returncode == 2 and "smaller than the 2 trainer ranks" in small.stderr
+    for bad, said in ((["--nproc", "0"], "--nproc must be >= 1, got 0"),
+                      (["--nnodes", "2", "--node-rank", "2"], "--node-rank 2 must be < --nnodes 2")):
+        done = _rlvr("train", *bad, "--output-dir", str(tmp_path / "y"), cwd=tmp_path)
+        assert done.returncode == 2 and said in done.stderr and not (tmp_path / "y").exists()

@@ -90,12 +90,6 @@ class World:
         self._run(what, lambda: torch.distributed.broadcast_object_list(box, src=src))
         return box[0]
 
-    def barrier(self, what: str) -> None:
-        if self.distributed:
-            self._run(what, lambda: torch.distributed.monitored_barrier(
-                timeout=datetime.timedelta(seconds=self.timeout_s), wait_all_ranks=True)
-                if torch.distributed.get_backend() == "gloo" else torch.distributed.barrier())
-
     def sum_floats(self, values: Sequence[float], what: str) -> list[float]:
         """Elementwise sums over ranks of equal-length float lists."""
         if not self.distributed:

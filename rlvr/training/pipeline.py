@@ -86,10 +86,18 @@ def build_eval_tasks(config: RunConfig, source: str = "config",
     return out
 
 
+class TokenizerSettingError(ValueError):
+    """The run's tokenizer cannot be had; ``fields`` are the config fields to blame."""
+
+    def __init__(self, message: str, fields: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
 def run_tokenizer(config: RunConfig) -> tuple[PreTrainedTokenizerBase, int | None]:
     """The tokenizer the run will render prompts with (chat template and system prompt
-    applied) and the model's context length, without loading weights; ValueError naming
-    model.path or the prompt settings."""
+    applied) and the model's context length, without loading weights; a
+    ``TokenizerSettingError`` naming model.path or the prompt settings."""
     from rlvr.models.prompt_fit import checkpoint_tokenizer
 
     try:
@@ -98,8 +106,11 @@ def run_tokenizer(config: RunConfig) -> tuple[PreTrainedTokenizerBase, int | Non
         else:
             tokenizer, positions = checkpoint_tokenizer(config.model.path)
     except ValueError as err:
-        raise ValueError(f"model.path: {err}") from None
-    apply_prompt_settings(tokenizer, config)
+        raise TokenizerSettingError(f"model.path: {err}", ("model.path",)) from None
+    try:
+        apply_prompt_settings(tokenizer, config)
+    except ValueError as err:
+        raise TokenizerSettingError(str(err), ("model.chat_template", "task.system_prompt")) from None
     return tokenizer, positions
 
 
@@ -233,9 +244,8 @@ def check_names(config: RunConfig, source: str = "config", task: Task | None = N
 
     try:
         tokenizer, positions = run_tokenizer(config)
-    except ValueError as err:
-        fields = ("model.path",) if str(err).startswith("model.path") else ("model.chat_template", "task.system_prompt")
-        raise ConfigError(f"{source_of(source, *fields)}: {err}") from None
+    except TokenizerSettingError as err:
+        raise ConfigError(f"{source_of(source, *err.fields)}: {err}") from None
     data = config.data
     if data.max_prompt_length is not None and positions is not None \
             and data.max_prompt_length + config.rollout.max_new_tokens > positions:
@@ -243,9 +253,8 @@ def check_names(config: RunConfig, source: str = "config", task: Task | None = N
                           f"data.max_prompt_length={data.max_prompt_length} + rollout.max_new_tokens="
                           f"{config.rollout.max_new_tokens} > the model's {positions} positions: a prompt of the "
                           "allowed length would leave no room for its response; lower one of them")
-    notes = []
     try:
-        notes.append(drop_overlong(task, config, tokenizer))
+        dropped = drop_overlong(task, config, tokenizer)
     except ValueError as err:
         raise ConfigError(f"{source_of(source, 'data.overlong_prompts', 'data.max_prompt_length')}: {err}") from None
     if config.model.path is None:
@@ -258,7 +267,7 @@ def check_names(config: RunConfig, source: str = "config", task: Task | None = N
         raise ConfigError(f"{source_of(source, 'rollout')}: {err}") from None
     try:
         heldout, warnings = check_data_sizes(task, config, source)
-        warnings = [note for note in notes if note] + warnings
+        warnings = ([dropped] if dropped else []) + warnings
         check_prompts_fit(tokenizer, positions, config.rollout.max_new_tokens, heldout, "held-out problems",
                           data=data)
         for name, _, problems in build_eval_tasks(config, source, tokenizer):

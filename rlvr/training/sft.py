@@ -93,9 +93,11 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: 
             check_fits_context(batch.attention_mask.sum(-1).tolist(),
                                getattr(model.config, "max_position_embeddings", None),
                                f"SFT step {step + 1}: a prompt + its demonstration")
-            if config.data.max_prompt_length is not None and config.data.prompt_keep_last is None:
+            limit = config.data.max_prompt_length
+            if limit is not None and config.data.prompt_keep_last is None and int(batch.prompt_lengths.max()) > limit:
+                # the step's problems, drawn again only to name the one that is too long
                 check_prompt_lengths(batch.prompt_lengths.tolist(), sft_demonstrations(task, config, step, exclude)[0],
-                                     config.data.max_prompt_length, f"SFT step {step + 1}'s prompts")
+                                     limit, f"SFT step {step + 1}'s prompts")
             tokens = batch.target_mask.sum()
             mine = batch if not world.distributed else batch.rows(torch.tensor(world.strided(range(len(batch.targets)))))
             with precision.autocast():
