@@ -226,6 +226,7 @@ def train(
     if _on_run_dir is not None:
         _on_run_dir(run.path)
     print(f"run dir: {run.path}" + (f" ({world.size} trainer ranks)" if world.distributed else ""))
+    print(_layout(resolved, world))
     for warning in warnings if resume is None else []:
         print(f"rlvr: warning: {warning}")  # stdout, with the run's other notes; stderr is for errors
     sys.stdout.flush()
@@ -255,6 +256,14 @@ def _rank_config(config: RunConfig, world) -> RunConfig:
     if world.distributed and _on_gpu(config):
         return dataclasses.replace(config, device=f"cuda:{world.local_rank}")
     return config
+
+
+def _layout(config: RunConfig, world: Any) -> str:
+    """The run's process layout line (``rlvr.distributed.layout``)."""
+    from rlvr.distributed.layout import describe_layout
+    from rlvr.training.precision import resolve_device
+
+    return describe_layout(config, world, resolve_device(config.device).type)
 
 
 def _follow(world, config: RunConfig, task: Any) -> TrainResult:

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import traceback
+from typing import Any
 from pathlib import Path
 
 from rlvr.typed_yaml import ConfigError
@@ -200,10 +201,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _launch_ranks(args: argparse.Namespace) -> int:
     """``--nproc N``: check the config here (a mistake is one line, before any process
-    starts), then run N trainer ranks per machine under torchrun, which tears every rank down
-    when one fails, on Ctrl-C and on SIGTERM (forwarded to it)."""
-    import subprocess
-
+    starts), then run N trainer ranks per machine under torchrun (or placed by Ray,
+    ``distributed.launcher: ray``), which tears every rank down when one fails, on Ctrl-C and
+    on SIGTERM."""
     from rlvr.api import _resolve_config
     from rlvr.config import load_config
     from rlvr.training.pipeline import check_names
@@ -220,15 +220,55 @@ def _launch_ranks(args: argparse.Namespace) -> int:
     if "sft" in config.stages and config.sft.batch_size < ranks:
         raise ConfigError(f"sft.batch_size={config.sft.batch_size} is smaller than the {ranks} trainer ranks: "
                           "every rank needs rows of each batch")
+    if ranks > 1 and config.distributed.strategy == "fsdp" and config.model.dtype == "float16":
+        raise ConfigError(f"{source}: distributed.strategy=fsdp: model.dtype=float16 (dynamic loss scaling over "
+                          "sharded gradients) is not supported; use bfloat16 or float32")
+    rank_args = [args.command]
+    for flag, value in (("--config", args.config), ("--output-dir", args.output_dir), ("--resume", args.resume)):
+        if value:
+            rank_args += [flag, str(value)]
+    rank_args += list(args.overrides)
+    if config.distributed.launcher == "ray":
+        code = _launch_on_ray(args, config, rank_args)
+    else:
+        code = _launch_torchrun(args, config, rank_args)
+    if code:
+        where = args.resume or args.output_dir or "RUN_DIR"
+        print(f"the trainer ranks stopped (exit {code}); continue from the last checkpoint with "
+              f"`rlvr train --nproc {args.nproc} --resume {where}`", file=sys.stderr)
+    return code
+
+
+def _launch_on_ray(args: argparse.Namespace, config: Any, rank_args: list[str]) -> int:
+    """``distributed.launcher: ray`` (``rlvr.distributed.ray_launch``): Ray places the ranks."""
+    if args.nnodes > 1:
+        raise ConfigError("--nnodes/--node-rank are torchrun's: with distributed.launcher=ray, Ray places the "
+                          "--nproc ranks on its cluster's nodes (run the command once, anywhere in the cluster)")
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise ConfigError("distributed.launcher: ray needs Ray, which is not installed: pip install -e \".[ray]\"") \
+            from None
+    from rlvr.distributed.ray_launch import LaunchError, launch
+
+    gpu = config.device.startswith("cuda")
+    threads = config.threads or max(1, int(config.distributed.ray_cpus_per_rank))
+    try:
+        return launch(rank_args, args.nproc, config.distributed.ray_cpus_per_rank, 1 if gpu else 0,
+                      config.distributed.timeout_s, threads)
+    except LaunchError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _launch_torchrun(args: argparse.Namespace, config: Any, rank_args: list[str]) -> int:
+    """torchrun (``torch.distributed.run``) starts ``--nproc`` ranks on this machine."""
+    import subprocess
+
     where = (["--standalone"] if args.nnodes == 1 else
              ["--nnodes", str(args.nnodes), "--node-rank", str(args.node_rank), "--master-addr", args.master_addr,
               "--master-port", str(args.master_port)])
     command = [sys.executable, "-m", "torch.distributed.run", *where, "--nproc-per-node", str(args.nproc),
-               "--max-restarts", "0", "--monitor-interval", "1", "-m", "rlvr", args.command]
-    for flag, value in (("--config", args.config), ("--output-dir", args.output_dir), ("--resume", args.resume)):
-        if value:
-            command += [flag, str(value)]
-    command += list(args.overrides)
+               "--max-restarts", "0", "--monitor-interval", "1", "-m", "rlvr", *rank_args]
     threads = str(config.threads or max(1, (os.cpu_count() or 1) // args.nproc))
     child = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": threads})
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
@@ -243,10 +283,6 @@ def _launch_ranks(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGTERM, previous)
     if code < 0:  # torchrun itself was killed by a signal: the shell's convention
         code = 128 - code
-    if code:
-        where = args.resume or args.output_dir or "RUN_DIR"
-        print(f"the trainer ranks stopped (exit {code}); continue from the last checkpoint with "
-              f"`rlvr train --nproc {args.nproc} --resume {where}`", file=sys.stderr)
     return code
 
 

@@ -128,7 +128,9 @@ DEFAULT_TIS_CAP = 2.0  # truncated IS cap with a separate engine (Yao et al. 202
 @dataclass
 class VLLMConfig:
     mode: Literal["colocated", "server"] = _f("colocated", "colocated: a vllm.LLM inside the trainer's process; server: a `vllm serve` process (started by rlvr, or the one at url)")
-    url: str | None = _f(None, "server mode: the base URL of a running `vllm serve` (started with VLLM_SERVER_DEV_MODE=1); null starts one")
+    url: str | None = _f(None, "server mode: the base URL of a running `vllm serve` (started with VLLM_SERVER_DEV_MODE=1), or several, comma-separated; null starts rollout.vllm.engines servers")
+    weights_dir: str | None = _f(None, "server mode: where a weight sync writes its safetensors buckets for the servers to read (each sync's files replace the last's); a server on another machine needs a directory both see (a shared filesystem); null = the system's temporary directory")
+    engines: int = _f(1, "server mode: vLLM servers rlvr starts (own processes; requests go to the least-loaded one, a GRPO group whole; a lost one is restarted and its requests re-issued); with url, one per URL", ge=1, le=1024)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f("auto", "the engine's weight dtype; auto = model.dtype")
     gpu_memory_utilization: float = _f(0.5, "GPU: fraction of the device's memory vLLM may take (weights + KV cache); the trainer needs the rest when colocated", gt=0, le=1)
     kv_cache_gib: float = _f(1.0, "CPU: KV-cache size in GiB (vLLM would otherwise reserve most of the machine's memory)", gt=0, le=4096)
@@ -199,7 +201,7 @@ class AlgorithmConfig:
     top_entropy_fraction: float = _f(1.0, "train only on this fraction of response tokens with the highest entropy (0.2 in 'Beyond the 80/20 rule'); 1 trains on all", gt=0, le=1)
     positive_weight: float = _f(1.0, "multiplies advantages > 0 (W-REINFORCE uses 0.1: negative-sample reinforcement)", ge=0)
     negative_weight: float = _f(1.0, "multiplies advantages < 0", ge=0)
-    tis_cap: float | None = _f(None, "truncated importance sampling: recompute old log-probs in the trainer and weight tokens by min(pi_old/pi_behaviour, cap); null = 2.0 with an engine that holds its own weights (vllm), else off (the own engine samples from the trainer's weights)", ge=1, le=1e6)
+    tis_cap: float | None = _f(None, "truncated importance sampling: recompute old log-probs in the trainer and weight tokens by min(pi_old/pi_behaviour, cap); null = 2.0 with an engine that holds its own weights (vllm) or with rl.max_staleness > 0 (samples from older weights), else off (the own engine samples from the trainer's weights)", ge=1, le=1e6)
     kl: KLConfig = _sub(KLConfig, "KL regularisation to a frozen reference policy")
     entropy: EntropyConfig = _sub(EntropyConfig, "entropy bonus")
     critic: CriticConfig = _sub(CriticConfig, "value model, used by the gae estimator")
@@ -226,6 +228,7 @@ class RLConfig:
     grad_clip: float = _f(1.0, "max global gradient norm; 0 disables clipping", ge=0)
     mask_truncated: bool = _f(False, "DAPO overlong filtering: responses cut at max_new_tokens get no gradient")
     max_nonfinite_updates: int = _f(3, "an update whose loss, gradient or inputs (advantages, log-probs) hold NaN/inf is skipped; stop the run after this many skipped in a row (optimizer updates)", ge=1)
+    max_staleness: int = _f(0, "asynchronous RL, bounded staleness: 0 = synchronous (each step samples with the weights it trains); k >= 1 = the rollouts of step t+k are generated in a background thread while step t trains, so a step learns from samples up to k weight versions old (each trajectory carries the policy_version it was sampled under; older ones are dropped and counted in stale_dropped) and truncated importance sampling against the engine's log-probs corrects for it (algorithm.tis_cap, 2.0 when null). logprob_gap_* then also measures the policy's change over those versions. Needs an engine that holds its own weights (rollout.engine: vllm, colocated or server); logs staleness_mean/_max, staleness/<s> fractions, stale_dropped, time_generation_background/_overlapped/_wait and overlap_frac", ge=0)
 
     def __post_init__(self) -> None:
         batch = self.prompts_per_step * self.samples_per_prompt
@@ -326,6 +329,9 @@ class CheckpointConfig:
 @dataclass
 class DistributedConfig:
     timeout_s: float = _f(1800.0, "longest wait of one collective between trainer ranks (rlvr train --nproc N, torchrun); a rank that stalls or dies ends the others' wait with an error naming the collective, after each rank dumps its stacks", gt=0, le=86400)
+    strategy: Literal["replicate", "fsdp"] = _f("replicate", "how trainer ranks hold the model: replicate = every rank holds the whole model and AdamW state, gradients summed across ranks; fsdp = FSDP2 fully_shard per decoder layer (policy, reference, critic): parameters, gradients and AdamW state sharded across ranks, gradients reduce-scattered, mixed precision from model.dtype; rollouts and evaluation sample from a full copy gathered after every update; checkpoints stay whole (HF-format weights, gathered optimizer state), so a run resumes with any number of ranks. One process ignores it")
+    launcher: Literal["torchrun", "ray"] = _f("torchrun", "what starts the --nproc trainer ranks: torchrun (this machine; --nnodes/--node-rank for more), or ray: Ray actors in a placement group on the cluster at RAY_ADDRESS (else a local one), pip install -e '.[ray]'")
+    ray_cpus_per_rank: float = _f(1.0, "launcher ray: CPUs each rank reserves in its placement-group bundle (a GPU run also reserves one GPU); Ray gives nothing else a reserved CPU", gt=0, le=1024)
 
 
 @dataclass
@@ -362,10 +368,11 @@ class RunConfig:
 
     def tis_cap(self) -> float | None:
         """``algorithm.tis_cap``, or its default for the engine: 2.0 with vllm (its log-probs
-        come from another copy of the weights and another kernel), None otherwise."""
+        come from another copy of the weights and another kernel) or with rl.max_staleness > 0
+        (samples from older weights), None otherwise."""
         if self.algorithm.tis_cap is not None:
             return self.algorithm.tis_cap
-        return DEFAULT_TIS_CAP if self.rollout.engine == "vllm" else None
+        return DEFAULT_TIS_CAP if self.rollout.engine == "vllm" or self.rl.max_staleness > 0 else None
 
     def __post_init__(self) -> None:
         if not self.stages:

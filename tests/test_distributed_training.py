@@ -7,7 +7,6 @@ finishes."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,36 +16,24 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from rank_runs import rank_env, records, rlvr, without_timings
+
 OVERRIDES = ["model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
              "sft.steps=6", "sft.batch_size=8", "rl.steps=10", "rl.prompts_per_step=4", "rl.samples_per_prompt=4",
              "rl.mini_batches=2", "rl.micro_batch_size=4", "rollout.max_new_tokens=12", "eval.problems=8",
              "eval.samples=2", "eval.every=0", "checkpoint.every=2", "logging.progress=false"]
-TIMINGS = ("step_time", "tokens_per_s", "rl_seconds_total")
 
 
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                           "MASTER_PORT")}
-    return {**env, "RLVR_NO_WARMSTART_CACHE": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _rlvr(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rlvr", *args], cwd=cwd, env=_env(), capture_output=True,
-                          text=True, timeout=600)
 
 
-def _records(run: Path, name: str) -> list[dict]:
-    return [json.loads(line) for line in (run / name).read_text().splitlines() if line.strip()]
-
-
-def _without_timings(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMINGS and not k.startswith("time_")} for r in records]
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     root = tmp_path_factory.mktemp("ranks")
-    done = _rlvr("train", "--nproc", "2", "--output-dir", str(root / "a"), *OVERRIDES, cwd=root)
+    done = rlvr("train", "--nproc", "2", "--output-dir", str(root / "a"), *OVERRIDES, cwd=root)
     assert done.returncode == 0, done.stderr[-3000:]
     return root, done
 
@@ -55,15 +42,17 @@ def test_two_ranks_train_end_to_end_and_rank_0_alone_writes(uninterrupted):
     root, done = uninterrupted
     run = root / "a"
     assert "run dir: " in done.stdout and "(2 trainer ranks)" in done.stdout
+    assert "layout: 2 trainer ranks (gloo, cpu; replicated model and optimizer); rollouts: the 'kv_cache' engine " \
+           "inside each trainer rank" in done.stdout
     assert done.stdout.count("held-out accuracy:") == 1 and done.stdout.count("SFT 6/6") == 1
-    metrics = _records(run, "metrics.jsonl")
+    metrics = records(run, "metrics.jsonl")
     assert [m["step"] for m in metrics if m["stage"] == "sft"] == list(range(1, 7))
     assert [m["step"] for m in metrics if m["stage"] == "rl"] == list(range(1, 11))
-    assert [e["phase"] for e in _records(run, "eval.jsonl")] == ["warmstart", "final"]
+    assert [e["phase"] for e in records(run, "eval.jsonl")] == ["warmstart", "final"]
     rl = [m for m in metrics if m["stage"] == "rl"]
     assert all(m["samples_generated"] == 16 for m in rl) and "time_gather" in rl[0]
     # every group whole: 4 samples per problem in the logged groups
-    samples = [s for s in _records(run, "samples.jsonl") if s["stage"] == "rl"]
+    samples = [s for s in records(run, "samples.jsonl") if s["stage"] == "rl"]
     per_problem = {}
     for s in samples:
         per_problem.setdefault((s["step"], s["problem_id"]), []).append(s)
@@ -75,7 +64,7 @@ def _interrupted(root: Path, name: str) -> Path:
     """A two-rank run stopped by SIGTERM once its step-2 RL checkpoint exists."""
     run = root / name
     child = subprocess.Popen([sys.executable, "-m", "rlvr", "train", "--nproc", "2", "--output-dir", str(run),
-                              *OVERRIDES], cwd=root, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              *OVERRIDES], cwd=root, env=rank_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     deadline = time.time() + 300
     while not (run / "checkpoints" / "rl-step-000002").is_dir():
@@ -91,12 +80,12 @@ def _interrupted(root: Path, name: str) -> Path:
 def test_sigterm_stops_every_rank_and_resume_continues_exactly(uninterrupted):
     root, _ = uninterrupted
     run = _interrupted(root, "b")
-    resumed = _rlvr("train", "--nproc", "2", "--resume", str(run), cwd=root)
+    resumed = rlvr("train", "--nproc", "2", "--resume", str(run), cwd=root)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resume: continuing from checkpoints/rl-step-" in resumed.stdout
     a, b = root / "a", run
-    assert _without_timings(_records(b, "metrics.jsonl")) == _without_timings(_records(a, "metrics.jsonl"))
-    assert _records(b, "eval.jsonl") == _records(a, "eval.jsonl")
+    assert without_timings(records(b, "metrics.jsonl")) == without_timings(records(a, "metrics.jsonl"))
+    assert records(b, "eval.jsonl") == records(a, "eval.jsonl")
     wa = load_file(a / "checkpoints" / "final" / "model.safetensors")
     wb = load_file(b / "checkpoints" / "final" / "model.safetensors")
     assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
@@ -105,18 +94,18 @@ def test_sigterm_stops_every_rank_and_resume_continues_exactly(uninterrupted):
 def test_resume_with_another_number_of_ranks_finishes(uninterrupted):
     root, _ = uninterrupted
     run = _interrupted(root, "c")
-    resumed = _rlvr("train", "--resume", str(run), cwd=root)  # one process now
+    resumed = rlvr("train", "--resume", str(run), cwd=root)  # one process now
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert [m["step"] for m in _records(run, "metrics.jsonl") if m["stage"] == "rl"] == list(range(1, 11))
+    assert [m["step"] for m in records(run, "metrics.jsonl") if m["stage"] == "rl"] == list(range(1, 11))
 
 
 def test_a_mistake_is_one_line_before_any_rank_starts(tmp_path):
-    done = _rlvr("train", "--nproc", "2", "--output-dir", str(tmp_path / "x"), "rl.stepz=3", cwd=tmp_path)
+    done = rlvr("train", "--nproc", "2", "--output-dir", str(tmp_path / "x"), "rl.stepz=3", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "rl.stepz" in done.stderr
     assert "torch.distributed" not in done.stderr and not (tmp_path / "x").exists()
-    small = _rlvr("train", "--nproc", "2", "sft.batch_size=1", cwd=tmp_path)
+    small = rlvr("train", "--nproc", "2", "sft.batch_size=1", cwd=tmp_path)
     assert small.returncode == 2 and "smaller than the 2 trainer ranks" in small.stderr
     for bad, said in ((["--nproc", "0"], "--nproc must be >= 1, got 0"),
                       (["--nnodes", "2", "--node-rank", "2"], "--node-rank 2 must be < --nnodes 2")):
-        done = _rlvr("train", *bad, "--output-dir", str(tmp_path / "y"), cwd=tmp_path)
+        done = rlvr("train", *bad, "--output-dir", str(tmp_path / "y"), cwd=tmp_path)
         assert done.returncode == 2 and said in done.stderr and not (tmp_path / "y").exists()

@@ -72,6 +72,8 @@ PANEL_GROUPS = [
                        "entropy_coef", "value_loss", "value_clip_frac", "explained_variance"]),
     ("Throughput", ["tokens_per_s", "step_time", "samples_generated", "rollout_rounds", "gpu_memory_peak_gib",
                     "logprob_gap_mean", "logprob_gap_max"]),
+    ("Asynchronous rollouts (rl.max_staleness)", ["staleness_mean", "staleness_max", "staleness/", "stale_dropped",
+                                                  "overlap_frac"]),
     ("Step time by stage", ["time_"]),
 ]
 # groups drawn inside a closed <details> (open it to see them)
@@ -92,6 +94,8 @@ TITLES = {
     "lr": "learning rate", "tokens_per_s": "generated tokens / s", "step_time": "seconds per step",
     "samples_generated": "samples generated per step", "logprob_gap_mean": "engine vs trainer log-prob gap, mean",
     "logprob_gap_max": "engine vs trainer log-prob gap, max", "gpu_memory_peak_gib": "peak GPU memory (GiB)",
+    "staleness_mean": "sample staleness, mean (weight versions)", "staleness_max": "sample staleness, max",
+    "stale_dropped": "samples dropped as too stale", "overlap_frac": "background generation overlapped with training",
 }
 SFT_TITLES = {"loss": "SFT loss (nats/token)", "grad_norm": "gradient norm (before clipping)",
               "lr": "learning rate", "tokens_per_s": "tokens / s", "step_time": "seconds per step"}

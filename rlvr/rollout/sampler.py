@@ -11,11 +11,13 @@ stale weights is the worst bug in this field). The same class serves evaluation.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import TYPE_CHECKING, Callable, ContextManager
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rlvr.distributed.fsdp import copy_full_weights, is_sharded
 from rlvr.rollout.engine import RolloutEngine
 from rlvr.rollout.sampling import sample_trajectories
 from rlvr.rollout.trajectory import Trajectory
@@ -43,25 +45,36 @@ class Sampler:
         self.version = 0
         self.syncs = 0
         self.asleep = False
+        # one engine call at a time: a background generation (rl.max_staleness), the main
+        # thread's own rollouts, weight pushes and evaluation (the RL loop holds it for those)
+        self.lock = threading.RLock()
 
     def generate(self, problems: list[Problem], *, max_new_tokens: int, temperature: float, top_p: float = 1.0,
                  groups: list[int] | None = None, generator: torch.Generator | None = None,
                  batch_size: int | None = None) -> list[Trajectory]:
         """One trajectory per problem (repeat a problem for a group), each tagged with the
-        weight version that produced it."""
-        self._wake()
-        with self.autocast():
-            trajectories = sample_trajectories(
-                self.engine, self.policy, self.tokenizer, problems, max_new_tokens=max_new_tokens,
-                temperature=temperature, top_p=top_p, generator=generator, groups=groups, batch_size=batch_size,
-                environment=self.environment, max_prompt_tokens=self.max_prompt_tokens)
-        self._sleep()
+        weight version that produced it. Safe to call from several threads (``rl.max_staleness``
+        generates in a background thread): calls take turns on the engine (``lock``)."""
+        with self.lock:
+            version = self.version  # the weights this call samples from (no push runs meanwhile)
+            self._wake()
+            with self.autocast():
+                trajectories = sample_trajectories(
+                    self.engine, self.policy, self.tokenizer, problems, max_new_tokens=max_new_tokens,
+                    temperature=temperature, top_p=top_p, generator=generator, groups=groups,
+                    batch_size=batch_size, environment=self.environment, max_prompt_tokens=self.max_prompt_tokens)
+            self._sleep()
         for trajectory in trajectories:
-            trajectory.policy_version = self.version
+            trajectory.policy_version = version
         return trajectories
 
     def load_weights(self, policy: PreTrainedModel, version: int) -> None:
         """Sample from ``policy``'s current weights from now on, as version ``version``."""
+        if policy is not self.policy and is_sharded(policy):
+            # FSDP trainer ranks (distributed.strategy=fsdp): the update gathered into the whole
+            # copy that sampling, evaluation and checkpoints read (a collective: every rank calls it)
+            copy_full_weights(self.policy, policy)
+            policy = self.policy
         if getattr(self.engine, "owns_weights", False):
             named = list(policy.state_dict().items())
             self._wake()

@@ -344,6 +344,21 @@ class VLLMEngine(RolloutEngine):
 
     @classmethod
     def check(cls, config: Any, head_dim: int | None) -> None:
+        v = config.rollout.vllm
+        if v.engines > 1 and v.mode != "server":
+            raise ValueError(f"rollout.vllm.engines={v.engines} needs rollout.vllm.mode=server (a colocated engine "
+                             "is one vllm.LLM in each trainer process)")
+        if v.weights_dir is not None and not os.path.isdir(v.weights_dir):
+            raise ValueError(f"rollout.vllm.weights_dir: {v.weights_dir} is not a directory")
+        if v.url is not None:
+            from rlvr.rollout.vllm_pool import server_urls
+
+            urls = server_urls(v.url)
+            if not urls or not all(u.startswith(("http://", "https://")) for u in urls):
+                raise ValueError(f"rollout.vllm.url: {v.url!r} is not a comma-separated list of http(s):// URLs")
+            if v.engines not in (1, len(urls)):
+                raise ValueError(f"rollout.vllm.engines={v.engines} but rollout.vllm.url names {len(urls)} server(s): "
+                                 "with url, the servers are the URLs given")
         if config.rollout.vllm.mode == "server" and config.rollout.vllm.url is not None:
             from rlvr.rollout.vllm_server import VLLMServerEngine
 
@@ -365,12 +380,25 @@ class VLLMEngine(RolloutEngine):
         """The engine of a run (``config.rollout.vllm``), loaded from ``model``'s current weights
         (written to a temporary checkpoint directory that is deleted once vLLM has read it)."""
         v = config.rollout.vllm
-        if v.mode == "server":  # `vllm serve` over HTTP (rlvr/rollout/vllm_server.py)
-            from rlvr.rollout.vllm_server import VLLMServerEngine
+        if v.mode == "server":  # `vllm serve` processes over HTTP (rlvr/rollout/vllm_pool.py)
+            from rlvr.rollout.vllm_pool import ServerPool
 
-            return VLLMServerEngine.build(config, model, tokenizer)
+            return ServerPool.build(config, model, tokenizer)
         with temporary_checkpoint(model, tokenizer) as checkpoint:
             return cls(checkpoint, **engine_settings(config, model), sleep_level=v.sleep_level or None)
+
+    @classmethod
+    def shared_by_ranks(cls, config: Any) -> bool:
+        """Whether trainer ranks share one set of engines (server mode: rank 0 builds the
+        pool, the other ranks ``connect`` to its ``address()``) rather than each building its own."""
+        return config.rollout.vllm.mode == "server"
+
+    @classmethod
+    def connect(cls, config: Any, address: Any) -> RolloutEngine:
+        """Another rank's view of the engines rank 0 built (``address()`` of its pool)."""
+        from rlvr.rollout.vllm_pool import ServerPool
+
+        return ServerPool.connect(config, address)
 
     def sleep(self) -> None:
         """Free the accelerator memory between rollouts (``sleep_level`` 1: weights offloaded

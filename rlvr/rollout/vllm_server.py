@@ -258,7 +258,9 @@ class VLLMServerEngine(RolloutEngine):
     ``weights_dir`` holds the safetensors buckets of a sync while it runs (default: the
     system's temporary directory; it must be visible to the server). Timeouts: startup
     (until ``/health`` answers), one ``generate`` call, any other request;
-    ``shutdown_grace_s`` between SIGTERM and SIGKILL. ``python``/``launcher``/``env``/
+    ``shutdown_grace_s`` between SIGTERM and SIGKILL. ``port``: the loopback port a started
+    server listens on (default: a free one; a restarted server takes its old one, so that
+    every client's URL stays valid). ``python``/``launcher``/``env``/
     ``extra_args`` change how a server is started (the interpreter, the argv before the
     flags, extra environment, extra flags).
     """
@@ -288,6 +290,7 @@ class VLLMServerEngine(RolloutEngine):
         generate_timeout_s: float = 3600.0,
         call_timeout_s: float = 600.0,
         shutdown_grace_s: float = 10.0,
+        port: int | None = None,
         python: str | None = None,
         launcher: Sequence[str] | None = None,
         env: dict[str, str] | None = None,
@@ -316,7 +319,7 @@ class VLLMServerEngine(RolloutEngine):
             if url is not None:
                 self.url = url.rstrip("/")
             else:
-                self._start(checkpoint, startup_timeout_s, python, launcher, env, extra_args, server_args(
+                self._start(checkpoint, startup_timeout_s, port, python, launcher, env, extra_args, server_args(
                     dtype=dtype, seed=seed, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                     gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
                     enable_prefix_caching=enable_prefix_caching, enforce_eager=enforce_eager,
@@ -335,10 +338,12 @@ class VLLMServerEngine(RolloutEngine):
             return 1 << 30  # else vLLM reserves most of the machine's memory
         return kv_cache_memory_bytes
 
-    def _start(self, checkpoint: str | Path, timeout_s: float, python: str | None, launcher: Sequence[str] | None,
+    def _start(self, checkpoint: str | Path, timeout_s: float, fixed_port: int | None, python: str | None,
+               launcher: Sequence[str] | None,
                env: dict[str, str] | None, extra_args: Sequence[str], args: list[str]) -> None:
         child_env = dict(os.environ)
         child_env["VLLM_SERVER_DEV_MODE"] = "1"
+        child_env["RLVR_PARENT_PID"] = str(os.getpid())  # vllm_launch ends the server when we end
         if "--kv-cache-memory-bytes" in args:
             child_env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # vLLM would prefer it over the flag
         child_env.update(env or {})
@@ -346,8 +351,9 @@ class VLLMServerEngine(RolloutEngine):
         self.log_path = os.path.join(self._log_dir, "server.log")
         prefix = list(launcher) if launcher is not None else [python or sys.executable, *LAUNCHER]
         started = time.perf_counter()
-        for attempt in range(3):  # another process may take the free port before the server binds it
-            port = _free_port()
+        attempts = 10 if fixed_port else 3
+        for attempt in range(attempts):  # another process may take the free port before the server binds it
+            port = fixed_port or _free_port()
             self.url = f"http://127.0.0.1:{port}"
             cmd = [*prefix, "--model", str(checkpoint), "--host", "127.0.0.1", "--port", str(port), *args,
                    *extra_args]
@@ -367,9 +373,11 @@ class VLLMServerEngine(RolloutEngine):
                 self._wait_healthy(started + timeout_s, timeout_s)
                 break
             except VLLMServerError:
-                if attempt < 2 and "address already in use" in self.log_tail().lower():
+                if attempt < attempts - 1 and "address already in use" in self.log_tail().lower():
                     self._finalizer.detach()
                     _terminate(self.proc, self.shutdown_grace_s)
+                    if fixed_port:  # a restart on its old port: the dead server's socket may linger a moment
+                        time.sleep(1.0)
                     continue
                 raise
         self.startup_s = time.perf_counter() - started
@@ -512,20 +520,10 @@ class VLLMServerEngine(RolloutEngine):
         del model, pad_token_id
         deadline = time.perf_counter() + self.generate_timeout_s
 
-        def sample(requests: list[RoundRequest], stop_ids: list[int]) -> list[tuple[list[int], list[float], str]]:
-            bodies = [{
-                "model": self.model_name, "prompt": r.token_ids, "max_tokens": r.max_tokens,
-                "temperature": float(temperature), "top_p": float(top_p), "top_k": 0, "min_p": 0.0,
-                "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "seed": r.seed,
-                "stop_token_ids": stop_ids, "ignore_eos": True, "logprobs": 0, "return_tokens_as_token_ids": True,
-                "return_token_ids": True, "skip_special_tokens": False, "n": 1, "stream": False,
-            } for r in requests]
-            return [_parse_choice(choice) for choice in self._complete(bodies, deadline)]
-
-        return generate_in_rounds(prompts, sample, max_new_tokens=max_new_tokens, temperature=temperature,
-                                  top_p=top_p, eos_token_id=eos_token_id, generator=generator,
-                                  stop_sequences=stop_sequences, vocab_size=self.vocab_size,
-                                  allow_truncated_logprobs=self.allow_truncated_logprobs,
+        return complete_in_rounds(lambda bodies: self._complete(bodies, deadline), self.model_name, prompts,
+                                  max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                  eos_token_id=eos_token_id, generator=generator, stop_sequences=stop_sequences,
+                                  vocab_size=self.vocab_size, allow_truncated_logprobs=self.allow_truncated_logprobs,
                                   engine_name="VLLMServerEngine")
 
     def _complete(self, bodies: list[dict[str, Any]], deadline: float) -> list[dict[str, Any]]:
@@ -584,22 +582,28 @@ class VLLMServerEngine(RolloutEngine):
         module doc): generation is paused meanwhile (requests in flight finish first), the
         prefix cache is cleared. On any failure the engine's version becomes None, so a
         later ``verify_sync`` fails whatever the digests say."""
+        folder = tempfile.mkdtemp(prefix="rlvr-vllm-weights-", dir=self.weights_dir)
+        try:
+            self.load_weight_files(write_weight_files(named_tensors, folder, self.bucket_bytes), version)
+        finally:
+            _remove_tree(folder)
+
+    def load_weight_files(self, files: Sequence[tuple[str, list[str]]], version: int) -> None:
+        """``load_weights`` from safetensors files already written (``write_weight_files``:
+        ``(path, tensor names)`` each; several servers can read the same files). The files
+        are left in place."""
         with self._sync_lock:
             self.weight_version = None
             started = finished = paused = False
             error: BaseException | None = None
-            folder = tempfile.mkdtemp(prefix="rlvr-vllm-weights-", dir=self.weights_dir)
             try:
                 self._request("POST", "/pause?mode=wait", what="load_weights(pause)")
                 paused = True
                 self._request("POST", "/start_weight_update", what="load_weights(start)")
                 started = True
-                for index, bucket in enumerate(buckets(named_tensors, self.bucket_bytes)):
-                    path = os.path.join(folder, f"bucket-{index:05d}.safetensors")
-                    _save_bucket(bucket, path)
-                    info = {"path": path, "names": [name for name, _ in bucket]}
-                    self._request("POST", "/update_weights", {"update_info": info}, what="load_weights")
-                    os.remove(path)
+                for path, names in files:
+                    self._request("POST", "/update_weights", {"update_info": {"path": path, "names": names}},
+                                  what="load_weights")
                 self._request("POST", "/finish_weight_update", {"weight_version": str(version)},
                               what="load_weights(finish)")
                 finished = True
@@ -618,7 +622,6 @@ class VLLMServerEngine(RolloutEngine):
                     except Exception:  # noqa: BLE001
                         if error is None:
                             raise
-                _remove_tree(folder)
             self.weight_version = int(version)
 
     def _restore_after_failed_update(self) -> None:
@@ -718,7 +721,34 @@ class VLLMServerEngine(RolloutEngine):
 
 # --- helpers -------------------------------------------------------------------------------
 
-def _parse_choice(choice: dict[str, Any]) -> tuple[list[int], list[float], str]:
+def complete_in_rounds(complete: Any, model_name: str, prompts: list[list[int]], *, max_new_tokens: int,
+                       temperature: float, top_p: float, eos_token_id: int | Sequence[int],
+                       generator: torch.Generator | None, stop_sequences: Sequence[Sequence[int]], vocab_size: int,
+                       allow_truncated_logprobs: bool, engine_name: str) -> list[Generation]:
+    """``generate_in_rounds`` over ``/v1/completions``: each round's requests become bodies
+    (``completion_body``) that ``complete`` (bodies -> choices, in order) answers."""
+    def sample(requests: list[RoundRequest], stop_ids: list[int]) -> list[tuple[list[int], list[float], str]]:
+        bodies = [completion_body(model_name, r, temperature, top_p, stop_ids) for r in requests]
+        return [parse_choice(choice) for choice in complete(bodies)]
+
+    return generate_in_rounds(prompts, sample, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                              eos_token_id=eos_token_id, generator=generator, stop_sequences=stop_sequences,
+                              vocab_size=vocab_size, allow_truncated_logprobs=allow_truncated_logprobs,
+                              engine_name=engine_name)
+
+
+def completion_body(model_name: str, request: RoundRequest, temperature: float, top_p: float,
+                    stop_ids: list[int]) -> dict[str, Any]:
+    """The ``/v1/completions`` body of one prompt: every sampling parameter spelled out (a
+    server's defaults never change the distribution), token ids in and out, the sampled
+    tokens' log-probs, EOS handled by the caller's ``stop_token_ids``."""
+    return {"model": model_name, "prompt": request.token_ids, "max_tokens": request.max_tokens,
+            "temperature": float(temperature), "top_p": float(top_p), "top_k": 0, "min_p": 0.0,
+            "repetition_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "seed": request.seed,
+            "stop_token_ids": stop_ids, "ignore_eos": True, "logprobs": 0, "return_tokens_as_token_ids": True,
+            "return_token_ids": True, "skip_special_tokens": False, "n": 1, "stream": False}
+
+def parse_choice(choice: dict[str, Any]) -> tuple[list[int], list[float], str]:
     """(sampled token ids, their log-probs, finish reason) of one completion choice."""
     ids = [int(t) for t in choice.get("token_ids") or []]
     block = choice.get("logprobs") or {}
@@ -738,6 +768,18 @@ def _server_answers(error: BaseException) -> bool:
     """Whether the server could still take requests after ``error`` (it answered with an
     error, or the failure was on our side), so that cleaning up there is worth trying."""
     return not isinstance(error, (EngineHangError, VLLMServerGoneError))
+
+
+def write_weight_files(named_tensors: Iterable[tuple[str, torch.Tensor]], folder: str | Path,
+                       bucket_bytes: int = 256 << 20) -> list[tuple[str, list[str]]]:
+    """The tensors as safetensors files of at most ~``bucket_bytes`` each in ``folder``:
+    ``(path, tensor names)`` per file, in order (what ``load_weight_files`` sends)."""
+    files = []
+    for index, bucket in enumerate(buckets(named_tensors, bucket_bytes)):
+        path = os.path.join(str(folder), f"bucket-{index:05d}.safetensors")
+        _save_bucket(bucket, path)
+        files.append((path, [name for name, _ in bucket]))
+    return files
 
 
 def _save_bucket(bucket: list[tuple[str, torch.Tensor]], path: str) -> None:

@@ -130,7 +130,7 @@ def check_backends(backends: list[str], source: str = "config") -> None:
                               f"not installed; pip install 'rlvr[{name}]' or remove it from logging.backends")
 
 
-TIMING = {"step_time", "tokens_per_s", "rl_seconds_total", "gpu_memory_peak_gib"}
+TIMING = {"step_time", "tokens_per_s", "rl_seconds_total", "gpu_memory_peak_gib", "overlap_frac"}
 ROLLOUT = {"reward_mean", "reward_std", "accuracy", "response_length", "truncated_frac", "zero_variance_groups",
            "verifier_timeout_frac", "filter_kept_frac", "rollout_rounds", "samples_generated",
            "samples_generated_total", "turns", "tool_calls", "tool_use_frac", "tool_error_rate", "void_turn_frac",
@@ -146,7 +146,7 @@ def metric_tag(stage: str, key: str) -> str:
         return f"eval/{key}"
     if key in TIMING or key.startswith("time_"):
         space = "timing"
-    elif key in ROLLOUT or key.startswith(("reward/", "accuracy/", "curriculum", "pass_rate")):
+    elif key in ROLLOUT or key.startswith(("reward/", "accuracy/", "curriculum", "pass_rate", "stale")):
         space = "rollout"
     else:
         space = "loss"

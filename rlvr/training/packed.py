@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
+from rlvr.distributed.fsdp import is_sharded
 from rlvr.rollout.steppers import LlamaStepper, fused_bias, interleaved_rows, inverse_rms
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ def packed_unsupported_reason(model: PreTrainedModel) -> str | None:
         return "attention dropout in training mode"
     if any(getattr(module, "gradient_checkpointing", False) for module in model.modules()):
         return "gradient checkpointing is on (model.gradient_checkpointing)"
+    if is_sharded(model):  # it reads the layers' weights, which FSDP gathers only inside their forward
+        return "the model is sharded across trainer ranks (distributed.strategy=fsdp)"
     return LlamaStepper.unsupported_reason(model)
 
 

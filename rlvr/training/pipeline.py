@@ -215,6 +215,7 @@ def check_names(config: RunConfig, source: str = "config", task: Task | None = N
                 registry.get(name)
             except KeyError as err:
                 raise ConfigError(f"{source_of(source, field_name)}: {field_name}: {err.args[0]}") from None
+    check_staleness(config, source)
     task = build_task(config, source) if task is None else task
     try:
         build_environment(config.rollout.environment, task, lambda problems, texts: [], source)
@@ -290,6 +291,17 @@ def check_names(config: RunConfig, source: str = "config", task: Task | None = N
     except (ValueError, OSError) as err:  # the message names the file and record, or the fields
         raise ConfigError(f"{source}: {err}") from None
     return warnings
+
+
+def check_staleness(config: RunConfig, source: str = "config") -> None:
+    """``rl.max_staleness > 0`` samples from older weights while the trainer moves on: only an
+    engine that holds its own copy of the weights can (vllm, colocated or server), not one that
+    reads the trainer's module (the own kv_cache engine)."""
+    if config.rl.max_staleness > 0 and not getattr(ROLLOUT_ENGINES.get(config.rollout.engine), "owns_weights", False):
+        raise ConfigError(f"{source_of(source, 'rl.max_staleness', 'rollout.engine')}: rl.max_staleness="
+                          f"{config.rl.max_staleness} needs a rollout engine that holds its own weights "
+                          f"(rollout.engine: vllm); rollout.engine: {config.rollout.engine} samples from the "
+                          "trainer's module, so it cannot sample an older version while the trainer trains")
 
 
 def _check_tiny_model_fits_memory(config: RunConfig, vocab: int, source: str) -> None:
@@ -410,7 +422,7 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
     run.prune("sft-step", 0)
     # The rollout engine starts from the weights evaluation and RL begin with (after SFT);
     # one that holds its own copy gets every later update pushed (Sampler.load_weights).
-    engine = ROLLOUT_ENGINES.get(config.rollout.engine).build(config, model, tokenizer)
+    engine = build_engine(config, model, tokenizer, world)
     sampler = Sampler(engine, model, tokenizer, environment, autocast=lambda: forward_autocast(config),
                       verify_every=config.rollout.vllm.verify_every, max_prompt_tokens=config.data.prompt_keep_last)
     try:
@@ -453,6 +465,28 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
     summary = write_summary(run, state)
     plot_run(run.read("metrics.jsonl"), run.read("eval.jsonl"), run.plots)
     return world.broadcast_object(summary, "the run's summary")
+
+
+def build_engine(config: RunConfig, model: Any, tokenizer: Any, world: World = SINGLE) -> Any:
+    """The run's rollout engine. An engine that trainer ranks share (vLLM servers) is built
+    by rank 0 alone; the other ranks connect to the address it broadcasts (or raise the
+    error it broadcasts, so that no rank waits for engines that never start)."""
+    engine_cls = ROLLOUT_ENGINES.get(config.rollout.engine)
+    shared = getattr(engine_cls, "shared_by_ranks", None)
+    if not world.distributed or shared is None or not shared(config):
+        return engine_cls.build(config, model, tokenizer)
+    if world.is_main:
+        try:
+            engine = engine_cls.build(config, model, tokenizer)
+        except BaseException as err:
+            world.broadcast_object({"error": f"{type(err).__name__}: {err}"}, "the rollout engines' address")
+            raise
+        world.broadcast_object({"address": engine.address()}, "the rollout engines' address")
+        return engine
+    answer = world.broadcast_object(None, "the rollout engines' address")
+    if "error" in answer:
+        raise RuntimeError(f"trainer rank 0 could not start the rollout engines: {answer['error']}")
+    return engine_cls.connect(config, answer["address"])
 
 
 def _reuse_warm_start(entry: Path, config: RunConfig, run: RunDir, state: dict[str, Any]) -> None:

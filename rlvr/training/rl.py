@@ -14,10 +14,12 @@ need (``requires``: critic values, a greedy baseline) and the loop provides them
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -38,6 +40,8 @@ from rlvr.algorithms import (
 from rlvr.config import RunConfig
 from rlvr.data.sampler import PromptSampler
 from rlvr.distributed import SINGLE, World
+from rlvr.distributed.fsdp import (full_module_state, full_optimizer_state, is_sharded, load_full_module_state,
+                                   load_optimizer_state, shard, uses_fsdp)
 from rlvr.data.selection import group_pass_rates, groups_to_keep
 from rlvr.eval.evaluate import accuracy_by_task
 from rlvr.models.prompt_fit import check_fits_context, check_prompt_lengths
@@ -86,40 +90,51 @@ class Learner:
     @classmethod
     def build(cls, policy: PreTrainedModel, config: RunConfig, pad_token_id: int,
               world: World = SINGLE) -> "Learner":
+        """The learner of ``policy``. With ``distributed.strategy: fsdp`` (several ranks) it
+        trains a sharded copy (``rlvr.distributed.fsdp``) and ``policy`` stays whole: the
+        sampler gathers each update into it (``Sampler.load_weights``)."""
         alg = config.algorithm
+        precision = Precision.from_config(config)
         critic = ValueModel(policy) if "values" in ADVANTAGES.get(alg.advantage).requires else None
+        reference = copy.deepcopy(policy).eval().requires_grad_(False) if alg.kl.coef > 0 else None
+        if uses_fsdp(config, world):  # policy, reference and critic sharded; optimizers over the shards
+            policy = shard(copy.deepcopy(policy), world, precision.dtype)
+            reference = shard(reference, world, precision.dtype) if reference is not None else None
+            critic = shard(critic, world, precision.dtype) if critic is not None else None
         return cls(
             policy=policy, config=config, pad_token_id=pad_token_id,
             optimizer=make_optimizer(policy, config.rl.lr, config.rl.weight_decay),
-            reference=copy.deepcopy(policy).eval().requires_grad_(False) if alg.kl.coef > 0 else None,
+            reference=reference,
             critic=critic,
             critic_optimizer=make_optimizer(critic, alg.critic.lr, 0.0) if critic is not None else None,
             kl_coef=alg.kl.coef, entropy_coef=alg.entropy.coef,
             guard=UpdateGuard("RL", "rl", config.rl.max_nonfinite_updates),
-            precision=Precision.from_config(config), world=world,
+            precision=precision, world=world,
         )
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(), "kl_coef": self.kl_coef,
+        """The learner's state, whole (sharded tensors gathered: every rank calls it), in
+        the same format with either strategy and any number of ranks."""
+        state: dict[str, Any] = {"optimizer": full_optimizer_state(self.optimizer), "kl_coef": self.kl_coef,
                                  "entropy_coef": self.entropy_coef, "nonfinite_in_a_row": self.guard.in_a_row,
                                  "precision": self.precision.state_dict()}
         if self.reference is not None:
-            state["reference"] = self.reference.state_dict()
+            state["reference"] = full_module_state(self.reference)
         if self.critic is not None:
-            state["critic"] = self.critic.state_dict()
-            state["critic_optimizer"] = self.critic_optimizer.state_dict()
+            state["critic"] = full_module_state(self.critic)
+            state["critic_optimizer"] = full_optimizer_state(self.critic_optimizer)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         self.kl_coef, self.entropy_coef = state["kl_coef"], state["entropy_coef"]
         self.guard.in_a_row = state.get("nonfinite_in_a_row", 0)
         self.precision.load_state_dict(state.get("precision"))
         if self.reference is not None:
-            self.reference.load_state_dict(state["reference"])
+            load_full_module_state(self.reference, state["reference"])
         if self.critic is not None:
-            self.critic.load_state_dict(state["critic"])
-            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+            load_full_module_state(self.critic, state["critic"])
+            load_optimizer_state(self.critic_optimizer, state["critic_optimizer"])
 
     def prepare(self, trajectories: list[Trajectory],
                 baseline: torch.Tensor | None = None) -> tuple[TokenBatch, dict[str, float]]:
@@ -293,6 +308,7 @@ def policy_update(learner: Learner, batch: TokenBatch, generator: torch.Generato
     kl_fn = KL_ESTIMATORS.get(alg.kl.estimator) if alg.kl.placement == "loss" and learner.reference else None
     entropy_coef = learner.entropy_coef
     precision, world = learner.precision, learner.world
+    sharded = is_sharded(model)
     n = batch.input_ids.shape[0]
     mini_size = -(-n // rl.mini_batches)  # filtering can leave a batch that does not divide evenly
     token_weighted: dict[str, float] = defaultdict(float)  # per-token statistics, weighted by token count
@@ -318,8 +334,15 @@ def policy_update(learner: Learner, batch: TokenBatch, generator: torch.Generato
                 learner.critic_optimizer.zero_grad(set_to_none=True)
             update_loss = 0.0
             mine = mini[world.rank::world.size]  # this rank's share, balanced in length
-            for micro_start in range(0, len(mine), rl.micro_batch_size):
-                micro = batch.rows(mine[micro_start:micro_start + rl.micro_batch_size])
+            micros: list[torch.Tensor | None] = [mine[i:i + rl.micro_batch_size]
+                                                 for i in range(0, len(mine), rl.micro_batch_size)]
+            if sharded:  # FSDP's gathers are collectives: every rank runs as many forwards and backwards,
+                # a rank short of rows one more on a row whose loss counts zero (its gradient is 0)
+                most = -(-(-(-len(mini) // world.size)) // rl.micro_batch_size)
+                micros += [None] * (most - len(micros))
+            for rows in micros:
+                padding = rows is None
+                micro = batch.rows(mini[:1] if padding else rows)
                 mask = micro.target_mask
                 stats: dict[str, torch.Tensor] = {}
                 if train_policy:
@@ -340,7 +363,9 @@ def policy_update(learner: Learner, batch: TokenBatch, generator: torch.Generato
                         if entropy_coef > 0:
                             loss = loss - entropy_coef * aggregate_loss(entropy * mask, mask, alg.loss_agg, **agg)
                         stats["entropy"] = (entropy * mask).sum() / mask.sum().clamp(min=1)
-                    if gaps is not None and updates == 0:
+                        if padding:
+                            loss = loss * 0.0
+                    if gaps is not None and updates == 0 and not padding:
                         gaps.append((logp.detach() - micro.old_logprobs).abs()[mask != 0])
                     t_backward = time.perf_counter()
                     precision.backward(loss)
@@ -354,9 +379,11 @@ def policy_update(learner: Learner, batch: TokenBatch, generator: torch.Generato
                             values, micro.extras["old_values"], micro.extras["returns"], micro.target_mask,
                             clip=alg.critic.value_clip)
                         value_loss = aggregate_loss(per_token_v, micro.target_mask, "token_mean", **agg)
+                        if padding:
+                            value_loss = value_loss * 0.0
                     precision.backward(value_loss)
                     stats.update(value_stats)
-                weight = float(mask.sum())
+                weight = 0.0 if padding else float(mask.sum())
                 for key, value in stats.items():
                     value = float(value.detach())
                     if value == value:  # explained variance is NaN on a micro-batch of equal returns
@@ -364,8 +391,9 @@ def policy_update(learner: Learner, batch: TokenBatch, generator: torch.Generato
                         stat_weights[key] += weight
             if world.distributed:  # the ranks' partial sums make the mini-batch's gradient and loss
                 t_sum = time.perf_counter()
-                world.sum_grads_([model] + ([learner.critic] if learner.critic is not None else []),
-                                 f"RL step {step}: summing gradients")
+                if not sharded:  # FSDP reduce-scattered (summed) the gradients in the backward already
+                    world.sum_grads_([model] + ([learner.critic] if learner.critic is not None else []),
+                                     f"RL step {step}: summing gradients")
                 update_loss = world.sum_floats([update_loss], f"RL step {step}: summing the loss")[0]
                 time_backward += time.perf_counter() - t_sum
             # Clip, then step only if the loss and the total gradient norms are finite.
@@ -436,9 +464,49 @@ def greedy_baselines(sampler: Sampler, judge: Judge, trajectories: list[Trajecto
     return per_group[torch.tensor([order[t.group] for t in trajectories])]
 
 
+def rollout_generator(config: RunConfig, step: int, round_: int, world: World = SINGLE) -> torch.Generator:
+    """The sampling seed of generation round ``round_`` of RL step ``step`` on this rank."""
+    return torch.Generator().manual_seed(derive_seed(config.seed, "rl-samples", step,
+                                                     *([round_] if round_ or world.distributed else []),
+                                                     *([world.rank] if world.distributed else [])))
+
+
+def generate_groups(sampler: Sampler, problems: list[Problem], config: RunConfig, rng: torch.Generator,
+                    world: World = SINGLE) -> list[Trajectory]:
+    """This rank's groups of ``problems`` (every ``size``-th; all of them in one process),
+    ``rl.samples_per_prompt`` samples each, tagged with their group's index in ``problems``."""
+    group_size = config.rl.samples_per_prompt
+    mine = world.strided(range(len(problems)))  # every group, in one process
+    return sampler.generate(
+        [problems[i] for i in mine for _ in range(group_size)],
+        groups=[i for i in mine for _ in range(group_size)],
+        max_new_tokens=config.rollout.max_new_tokens, temperature=config.rollout.temperature,
+        top_p=config.rollout.top_p, generator=rng)
+
+
+def drop_stale(trajectories: list[Trajectory], step: int, max_staleness: int) -> tuple[list[Trajectory], int]:
+    """The trajectories RL step ``step`` (0-based: the trainer holds weight version ``step``)
+    may learn from under ``rl.max_staleness``: those sampled at most ``max_staleness``
+    versions ago; and how many were older (dropped)."""
+    kept = [t for t in trajectories if step - t.policy_version <= max_staleness]
+    return kept, len(trajectories) - len(kept)
+
+
+def staleness_metrics(trajectories: list[Trajectory], step: int, max_staleness: int) -> dict[str, float]:
+    """How old the samples a step learned from were, in weight versions: mean, max, and the
+    fraction at each staleness 0..``max_staleness`` (``staleness/<s>``)."""
+    ages = [step - t.policy_version for t in trajectories]
+    if not ages:
+        return {}
+    metrics = {"staleness_mean": sum(ages) / len(ages), "staleness_max": float(max(ages))}
+    metrics.update({f"staleness/{age}": ages.count(age) / len(ages) for age in range(max_staleness + 1)})
+    return metrics
+
+
 def collect_rollouts(sampler: Sampler, judge: Judge, prompts: PromptSampler, step: int,
-                     timer: StageTimer, world: World = SINGLE) -> tuple[list[Trajectory], dict[str, float],
-                                                                        dict[str, float]]:
+                     timer: StageTimer, world: World = SINGLE,
+                     ahead: tuple[list[Problem], list[Trajectory]] | None = None,
+                     ) -> tuple[list[Trajectory], dict[str, float], dict[str, float]]:
     """Roll out, score and shape groups until ``prompts_per_step`` groups pass the data filter
     (DAPO dynamic sampling / online difficulty filtering) or ``data.max_rounds`` rounds are
     spent; without a filter this is one round. Returns the kept trajectories, the rollout
@@ -447,7 +515,11 @@ def collect_rollouts(sampler: Sampler, judge: Judge, prompts: PromptSampler, ste
     With several trainer ranks every rank draws the same prompts and generates and verifies
     every ``size``-th group (a group is never split; each rank samples with its own seed);
     the groups are then gathered in order, so every rank shapes, filters and learns from the
-    same batch."""
+    same batch.
+
+    ``ahead`` (``rl.max_staleness`` > 0): round 0's prompts and this rank's trajectories,
+    generated earlier in the background (``AheadGenerator``); samples older than the bound
+    are dropped (``stale_dropped``). Later rounds are generated here, with the current weights."""
     config = judge.config
     rl, data = config.rl, config.data
     rounds = data.max_rounds if data.filter != "none" else 1
@@ -456,19 +528,16 @@ def collect_rollouts(sampler: Sampler, judge: Judge, prompts: PromptSampler, ste
     problems_by_group: dict[int, Problem] = {}
     all_groups: list[int] = []
     all_correct: list[bool] = []
+    stale_dropped = 0
     for round_ in range(rounds):
-        problems = prompts.draw(rl.prompts_per_step - kept_groups, step, round_)
-        rng = torch.Generator().manual_seed(derive_seed(config.seed, "rl-samples", step,
-                                                        *([round_] if round_ or world.distributed else []),
-                                                        *([world.rank] if world.distributed else [])))
-        group_size = rl.samples_per_prompt
-        mine = world.strided(range(len(problems)))  # every group, in one process
-        with timer("generation"):
-            trajectories = sampler.generate(
-                [problems[i] for i in mine for _ in range(group_size)],
-                groups=[i for i in mine for _ in range(group_size)],
-                max_new_tokens=config.rollout.max_new_tokens, temperature=config.rollout.temperature,
-                top_p=config.rollout.top_p, generator=rng)
+        if round_ == 0 and ahead is not None:
+            problems, trajectories = ahead
+            trajectories, stale_dropped = drop_stale(trajectories, step, rl.max_staleness)
+        else:
+            problems = prompts.draw(rl.prompts_per_step - kept_groups, step, round_)
+            with timer("generation"):
+                trajectories = generate_groups(sampler, problems, config,
+                                               rollout_generator(config, step, round_, world), world)
         check_fits_context([len(t.prompt_ids) + config.rollout.max_new_tokens for t in trajectories],
                            getattr(sampler.policy.config, "max_position_embeddings", None),
                            f"RL step {step + 1}: a prompt + rollout.max_new_tokens")
@@ -502,8 +571,138 @@ def collect_rollouts(sampler: Sampler, judge: Judge, prompts: PromptSampler, ste
     rates = {problems_by_group[g].id: r for g, r in group_pass_rates(all_groups, all_correct).items()}
     stats = {"filter_kept_frac": kept_groups / generated_groups, "rollout_rounds": float(round_ + 1),
              "samples_generated": float(generated_groups * rl.samples_per_prompt)}
+    if ahead is not None:
+        if world.distributed:
+            stale_dropped = world.sum_floats([float(stale_dropped)], f"RL step {step + 1}: stale samples")[0]
+        stats["stale_dropped"] = float(stale_dropped)
     stats.update(prompts.observe(problems_by_group, all_groups, all_correct))
     return kept, stats, rates
+
+
+@dataclass
+class AheadBatch:
+    """Round 0 of one RL step's rollouts, generated in the background: the prompts, and this
+    rank's trajectories once the job is done (``future`` until then)."""
+
+    step: int
+    problems: list[Problem]
+    future: Future | None = None
+    trajectories: list[Trajectory] | None = None
+    seconds: float = 0.0  # the job's generation time
+
+
+class AheadGenerator:
+    """Bounded-staleness asynchronous RL (``rl.max_staleness`` = k >= 1): one background
+    thread generates the rollouts of later steps while the main thread scores and learns.
+
+    Only generation runs in the background; prompt drawing, scoring, the collectives between
+    trainer ranks, learning, evaluation and weight pushes stay in the main thread (the ranks
+    keep their collectives in one order). The loop, for step t: take batch t (sampled under
+    version t-k, or t at the start); score, shape and learn from it while batch t+k generates
+    under version t; then ``push``: wait for the background job, push version t+1 (the engine
+    is idle, so a push never lands in the middle of a generation); evaluation and checkpoints
+    come next (the engine idle again and holding the newest weights); then ``submit`` batch
+    t+k+1. A checkpoint saves the finished batches not yet learned from (``state_dict``), so a
+    resumed run learns from the very samples the uninterrupted one did."""
+
+    def __init__(self, sampler: Sampler, prompts: PromptSampler, config: RunConfig, world: World = SINGLE) -> None:
+        self.sampler, self.prompts, self.config, self.world = sampler, prompts, config, world
+        self.max_staleness = config.rl.max_staleness
+        self.pending: dict[int, AheadBatch] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlvr-generation")
+        self.generated = self.waited = 0.0  # since the last step_metrics: job seconds, main-thread waits
+
+    def fill(self, step: int) -> None:
+        """Submit every batch from ``step`` to ``step + max_staleness`` (within rl.steps) not
+        generated or on its way yet, under the engine's current weights."""
+        for ahead in range(step, min(step + self.max_staleness + 1, self.config.rl.steps)):
+            if ahead not in self.pending:
+                self.submit(ahead)
+
+    def submit(self, step: int) -> None:
+        config, world = self.config, self.world
+        problems = self.prompts.draw(config.rl.prompts_per_step, step, 0)
+        rng = rollout_generator(config, step, 0, world)
+        batch = AheadBatch(step, problems)
+
+        def job() -> list[Trajectory]:
+            t0 = time.perf_counter()
+            trajectories = generate_groups(self.sampler, problems, config, rng, world)
+            batch.seconds = time.perf_counter() - t0
+            return trajectories
+
+        batch.future = self._pool.submit(job)
+        self.pending[step] = batch
+
+    def _finish(self, batch: AheadBatch) -> None:
+        if batch.future is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            batch.trajectories = batch.future.result()
+        finally:
+            self.waited += time.perf_counter() - t0
+            self.generated += batch.seconds
+            batch.future = None
+
+    def take(self, step: int) -> tuple[list[Problem], list[Trajectory]]:
+        """Batch ``step``'s prompts and this rank's trajectories (waiting for its job)."""
+        batch = self.pending.pop(step)
+        self._finish(batch)
+        return batch.problems, batch.trajectories
+
+    def drain(self) -> None:
+        """Wait for every job: the engine is idle afterwards."""
+        for batch in sorted(self.pending.values(), key=lambda b: b.step):
+            self._finish(batch)
+
+    def push(self, policy: PreTrainedModel, version: int, timer: StageTimer) -> None:
+        """The background jobs finished (on every rank: engines that ranks share must not get
+        weights while another rank's requests run), then the weights ``version`` to the engine."""
+        with timer("generation_wait"):
+            self.drain()
+            if self.world.distributed:
+                self.world.sum_floats([0.0], f"RL step {version}: every rank's background generation done")
+        with timer("sync"), self.sampler.lock:
+            self.sampler.load_weights(policy, version=version)
+
+    def step_metrics(self) -> dict[str, float]:
+        """Background generation since the last call: its seconds (``time_generation_background``),
+        those that overlapped the main thread's work and their fraction (``overlap_frac``)."""
+        overlapped = max(0.0, self.generated - self.waited)
+        metrics = {"time_generation_background": self.generated, "time_generation_overlapped": overlapped,
+                   "overlap_frac": overlapped / self.generated if self.generated > 0 else 0.0}
+        self.generated = self.waited = 0.0
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generated batches not yet learned from, every rank's groups (a collective: every
+        rank calls it at the same point)."""
+        self.drain()
+        mine = {step: batch.trajectories for step, batch in self.pending.items()}
+        shares = self.world.all_gather_objects(mine, "a checkpoint: the batches generated ahead")
+        batches = []
+        for step in sorted(self.pending):
+            trajectories = sorted((t for share in shares for t in share[step]), key=lambda t: t.group)
+            batches.append({"step": step, "problems": self.pending[step].problems, "trajectories": trajectories})
+        return {"max_staleness": self.max_staleness, "batches": batches}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """The saved batches, each rank taking its own groups (with the ranks the run has now)."""
+        for saved in (state or {}).get("batches", []):
+            mine = set(self.world.strided(range(len(saved["problems"]))))
+            self.pending[saved["step"]] = AheadBatch(saved["step"], saved["problems"],
+                                                     trajectories=[t for t in saved["trajectories"] if t.group in mine])
+
+    def close(self) -> None:
+        """Cancel queued jobs and wait for a running one (the engine is then free to close)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "AheadGenerator":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 @dataclass
@@ -556,14 +755,22 @@ def logged_groups(trajectories: list[Trajectory], limit: int) -> list[Trajectory
     return [t for index in range(count) for t in members[int(index * stride)]]
 
 
-def rl_step(roles: RLRoles, step: int) -> tuple[dict[str, Any], list[Trajectory], dict[str, float]]:
+def rl_step(roles: RLRoles, step: int, ahead: AheadGenerator | None = None,
+            ) -> tuple[dict[str, Any], list[Trajectory], dict[str, float]]:
     """One RL step (0-based), top to bottom: sample and judge groups, learn from them, hand
     the new weights to the sampler. Returns the metrics record, the kept trajectories and the
-    pass rates of every group generated."""
+    pass rates of every group generated. With ``ahead`` (``rl.max_staleness`` > 0) the first
+    round of groups was generated in the background, and the background job of a later step
+    runs while this one learns."""
     sampler, judge, learner, config = roles.sampler, roles.judge, roles.learner, roles.learner.config
     timer = StageTimer()
     # 1. rollout: groups until enough pass the data filter, scored and shaped
-    trajectories, rollout_stats, rates = collect_rollouts(sampler, judge, roles.prompts, step, timer, learner.world)
+    first = None
+    if ahead is not None:
+        with timer("generation_wait"):
+            first = ahead.take(step)
+    trajectories, rollout_stats, rates = collect_rollouts(sampler, judge, roles.prompts, step, timer, learner.world,
+                                                          ahead=first)
     roles.samples_generated += int(rollout_stats["samples_generated"])
     record: dict[str, Any] = {"stage": "rl", "step": step + 1}
     if trajectories:
@@ -581,14 +788,22 @@ def rl_step(roles: RLRoles, step: int) -> tuple[dict[str, Any], list[Trajectory]
         if update.get("skipped_updates") and "loss" not in update:
             batch_stats = {key: value for key, value in batch_stats.items() if math.isfinite(value)}
         # 4. the new weights to the sampler
-        with timer("sync"):
-            sampler.load_weights(learner.policy, version=step + 1)
+        if ahead is None:
+            with timer("sync"):
+                sampler.load_weights(learner.policy, version=step + 1)
         record = step_metrics(step + 1, trajectories, config)
         record.update(batch_stats)
         record.update(update)
         learner.update_coefficients(record, step + 1, len(trajectories))
         check_logprob_gap(record, config, step + 1)
+    if ahead is not None:  # the background job done, then the new weights (even after a step without a batch)
+        ahead.push(learner.policy, step + 1, timer)
+        record.update(staleness_metrics(trajectories, step, ahead.max_staleness))
+        record.update(ahead.step_metrics())
     record.update(rollout_stats)
+    engine_stats = getattr(sampler.engine, "stats", None)  # a server pool: servers alive, restarts, re-issues
+    if engine_stats is not None:
+        record.update(engine_stats())
     elapsed = timer.elapsed()
     record.update(step_time=elapsed, **timer.metrics())
     if trajectories:
@@ -649,11 +864,21 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, judge: 
         restore_rng_states(trainer_state["rng"])
         start = trainer_state["step"]
     sampler.load_weights(model, version=start)
+    ahead = None  # rl.max_staleness > 0: later steps' rollouts generated in the background
+    if rl.max_staleness > 0:
+        if not getattr(sampler.engine, "owns_weights", False):
+            raise ValueError(f"rl.max_staleness={rl.max_staleness} needs a rollout engine that holds its own weights "
+                             f"(rollout.engine: vllm), not {config.rollout.engine}")
+        ahead = AheadGenerator(sampler, roles.prompts, config, world)
+        if start:  # the batches the checkpoint's run had generated and not learned from yet
+            ahead.load_state_dict(trainer_state.get("ahead"))
+        ahead.fill(start)
 
     watch = NoSignalWatch(run.path)
-    with StageProgress("RL", rl.steps, start, config.logging.progress, silent=not world.is_main) as progress:
+    with StageProgress("RL", rl.steps, start, config.logging.progress, silent=not world.is_main) as progress, \
+            ahead if ahead is not None else contextlib.nullcontext():
         for step in range(start, rl.steps):
-            record, trajectories, rates = rl_step(roles, step)
+            record, trajectories, rates = rl_step(roles, step, ahead)
             warning = watch.observe(record, trajectories)
             if warning is not None and world.is_main:
                 progress.note(f"rlvr: warning: {warning}")
@@ -674,14 +899,20 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, judge: 
                 state["rl_last_step"] = step + 1
                 break
             if evaluate_fn is not None and config.eval.every and (step + 1) % config.eval.every == 0 and step + 1 < rl.steps:
-                evaluate_fn(f"rl-step-{step + 1}", step + 1)
+                # (with rl.max_staleness no background job runs here, and the engine holds the new weights)
+                with sampler.lock if ahead is not None else contextlib.nullcontext():
+                    evaluate_fn(f"rl-step-{step + 1}", step + 1)
             if (step + 1) % config.checkpoint.every == 0 and step + 1 < rl.steps:
                 name = f"rl-step-{step + 1:06d}"
                 state.update(stage="rl", checkpoint=f"checkpoints/{name}")
-                run.save_model(name, model, tokenizer, {"learners": roles.state_dict(), "rng": rng_states(),
-                                                        "stage": "rl", "step": step + 1}, state=state)
+                trainer_state = {"learners": roles.state_dict(), "rng": rng_states(), "stage": "rl", "step": step + 1}
+                if ahead is not None:
+                    trainer_state["ahead"] = ahead.state_dict()
+                run.save_model(name, model, tokenizer, trainer_state, state=state)
                 run.prune("rl-step", config.checkpoint.keep_last)  # (a kill here: the resume takes the checkpoint's newer state)
                 run.save_state(state)
+            if ahead is not None:
+                ahead.fill(step + 1)  # batch step+1+k, under the weights just pushed
 
     # The stage's end: the state after it travels inside final, then becomes state.json.
     state.update(stage=None, checkpoint=None, final_checkpoint="checkpoints/final")

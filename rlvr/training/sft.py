@@ -7,6 +7,7 @@ step s replays exactly the batches an uninterrupted run would see.
 
 from __future__ import annotations
 
+import copy
 import random
 import time
 from typing import Any
@@ -16,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.config import RunConfig
 from rlvr.distributed import SINGLE, World
+from rlvr.distributed.fsdp import copy_full_weights, full_optimizer_state, load_optimizer_state, shard, uses_fsdp
 from rlvr.models.prompt_fit import check_fits_context, check_prompt_lengths
 from rlvr.rollout.environment import Environment, EnvironmentFactory
 from rlvr.rollout.trajectory import render_prompts, truncate_left
@@ -69,18 +71,22 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: 
     """Run (or continue) the SFT stage; leaves ``checkpoints/sft-final`` and updates ``state``
     (the caller deletes the step checkpoints). With several trainer ranks each computes the
     loss of its share of the batch's rows over the whole batch's token count, and the
-    gradients are summed: the same step as one process."""
+    gradients are summed: the same step as one process. With ``distributed.strategy: fsdp``
+    the ranks train a sharded copy of ``model`` and gather it back into ``model`` for each
+    checkpoint and at the end."""
     cfg = config.sft
-    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     precision = Precision.from_config(config)
+    trained = shard(copy.deepcopy(model), world, precision.dtype) if uses_fsdp(config, world) else model
+    optimizer = make_optimizer(trained, cfg.lr, cfg.weight_decay)
     start = 0
     if state.get("checkpoint") and state.get("stage") == "sft":
         trainer_state = load_trainer_state(run.path / state["checkpoint"])
-        optimizer.load_state_dict(trainer_state["optimizer"])
+        load_optimizer_state(optimizer, trainer_state["optimizer"])
         precision.load_state_dict(trainer_state.get("precision"))
         restore_rng_states(trainer_state["rng"])
         start = trainer_state["step"]
     model.train()
+    trained.train()
     guard = UpdateGuard("SFT", "sft", cfg.max_nonfinite_updates)  # a NaN/inf loss or gradient skips the step
     if start:
         guard.in_a_row = trainer_state.get("nonfinite_in_a_row", 0)
@@ -101,17 +107,18 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: 
             tokens = batch.target_mask.sum()
             mine = batch if not world.distributed else batch.rows(torch.tensor(world.strided(range(len(batch.targets)))))
             with precision.autocast():
-                logp, _ = token_logprobs(model, mine)
+                logp, _ = token_logprobs(trained, mine)
                 loss = -(logp * mine.target_mask).sum() / tokens
             optimizer.zero_grad(set_to_none=True)
             precision.backward(loss)
             if world.distributed:
-                world.sum_grads_([model], f"SFT step {step + 1}: summing gradients")
+                if trained is model:  # FSDP reduce-scattered (summed) the gradients in the backward already
+                    world.sum_grads_([model], f"SFT step {step + 1}: summing gradients")
                 loss = torch.tensor(world.sum_floats([loss.item()], f"SFT step {step + 1}: summing the loss")[0])
             precision.unscale(optimizer)
-            grad_norm = clip_grad_norm(model, cfg.grad_clip)
+            grad_norm = clip_grad_norm(trained, cfg.grad_clip)
             skipped = (precision.overflowed(loss.item(), [grad_norm])  # float16: the loss scale backs off
-                       or not guard.allow(f"step {step + 1}", loss.item(), [("model", model, grad_norm)]))
+                       or not guard.allow(f"step {step + 1}", loss.item(), [("model", trained, grad_norm)]))
             if skipped:
                 precision.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -127,13 +134,17 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: 
             run.append("metrics.jsonl", record)
             progress.update(step + 1, loss=record["loss"])
             if (step + 1) % config.checkpoint.every == 0 and step + 1 < cfg.steps:
-                _checkpoint(run, model, tokenizer, {"optimizer": optimizer.state_dict(),
+                if trained is not model:  # every rank gathers the shards (rank 0 writes)
+                    copy_full_weights(model, trained)
+                _checkpoint(run, model, tokenizer, {"optimizer": full_optimizer_state(optimizer),
                                                     "nonfinite_in_a_row": guard.in_a_row,
                                                     "precision": precision.state_dict()},
                             state, step + 1, config.checkpoint.keep_last)
     # The stage's end: the state after it travels inside sft-final, then becomes state.json.
     state.update(stage=None, checkpoint=None, sft_final="checkpoints/sft-final")
     state["completed_stages"].append("sft")
+    if trained is not model:
+        copy_full_weights(model, trained)
     run.save_model("sft-final", model, tokenizer, state=state)
     run.save_state(state)
 

@@ -2,7 +2,7 @@
 
 Each configuration below is a short ``rlvr train`` run (a tiny Llama, a brief SFT warm start
 so that rewards vary within groups, then 4 RL steps), driven through the CLI entry point
-with a run directory in a temporary folder. ``tests/golden/<name>.json`` records, for every
+with a run directory in a temporary folder. ``tests/golden/<cpu vendor>/<name>.json`` records, for every
 RL step, the metrics the loop writes to ``metrics.jsonl`` (loss, grad norm, reward, KL,
 clip fraction, ...), plus a sha256 of the SFT and of the final weights.
 ``tests/test_golden.py`` reruns the same configurations and compares.
@@ -26,10 +26,14 @@ is, bit for bit on the machine that recorded them: that is what these files are 
 random draws or the order of floating-point operations; find out which before touching
 these files.
 
-What the test compares: each pinned metric within a relative tolerance of 1e-5 (plus
-1e-6 absolute, for sums of O(1) terms that cancel, such as a GRPO loss), on any machine;
-the weight hashes exactly, but only where torch's version and the CPU's vector capability
-match those recorded here (another kernel may round differently in the last bit).
+What the test compares: the recording of this machine's CPU vendor (``GenuineIntel``,
+``AuthenticAMD``: MKL and oneDNN take other kernels on each, whose last-bit differences the
+150-step SFT warm start amplifies to ~1e-4 in its loss and up to a few percent in an RL
+step's gradient norm, measured), each pinned metric within a relative tolerance of 1e-5
+(plus 1e-6 absolute, for sums of O(1) terms that cancel, such as a GRPO loss); the weight
+hashes exactly, where torch's version and the CPU's vector capability match too. On a CPU
+vendor with no recording the test is skipped and says how to record one (on a machine
+where the other recordings still pass).
 """
 
 from __future__ import annotations
@@ -125,10 +129,26 @@ def weights_sha256(checkpoint: Path) -> str:
     return digest.hexdigest()
 
 
+def cpu_vendor() -> str:
+    """``vendor_id`` of /proc/cpuinfo (GenuineIntel, AuthenticAMD), else the platform's name."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def golden_dir() -> Path:
+    """Where this machine's recordings live."""
+    return GOLDEN_DIR / cpu_vendor()
+
+
 def environment() -> dict[str, str]:
     """Where bit-exact weights can be expected to repeat."""
     return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "machine": platform.machine()}
+            "machine": platform.machine(), "cpu_vendor": cpu_vendor()}
 
 
 def run_config(name: str, workdir: Path) -> dict[str, Any]:
@@ -203,11 +223,12 @@ def main(names: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="rlvr-golden-") as workdir:
         for name in names or list(CONFIGS):
             record = run_config(name, Path(workdir))
-            path = GOLDEN_DIR / f"{name}.json"
+            path = golden_dir() / f"{name}.json"
+            path.parent.mkdir(exist_ok=True)
             old = json.loads(path.read_text()) if path.exists() else None
             path.write_text(json.dumps(record, indent=1) + "\n")
             moved = compare(old, record) if old else ["new file"]
-            print(f"{path.name}: " + ("unchanged" if not moved else f"{len(moved)} change(s)"))
+            print(f"{path.relative_to(GOLDEN_DIR)}: " + ("unchanged" if not moved else f"{len(moved)} change(s)"))
             for line in moved[:10]:
                 print(f"  {line}")
     return 0
