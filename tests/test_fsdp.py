@@ -2,13 +2,14 @@
 critic update as one process on the same batch (weights and both Adam moments within the
 replicate test's tolerances) for every loss aggregation, KL + entropy, TIS and PPO-GAE's
 critic; each rank holds only its shard of the optimizer state; the sampler's whole copy
-holds the trained weights after every step (never a stale copy); and the gathered trainer
-state loads into a learner with another number of ranks."""
+holds the trained weights after every step (never a stale copy); and the trainer state the
+ranks write sharded loads into a learner with another number of ranks."""
 
 from __future__ import annotations
 
 import datetime
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ import torch.multiprocessing as mp
 from rlvr.algorithms import LOSS_AGGREGATIONS
 from rlvr.config import load_config
 from rlvr.distributed import SINGLE, World
-from rlvr.distributed.fsdp import full_module_state, full_optimizer_state, is_sharded
+from rlvr.distributed.fsdp import SHARDS, full_module_state, full_optimizer_state, is_sharded
 from rlvr.models import build_char_tokenizer, build_tiny_model
 from rlvr.rollout.kv_cache import KVCacheEngine
 from rlvr.rollout.sampler import Sampler
@@ -33,9 +34,10 @@ VARIANTS = {
 FSDP = ["distributed.strategy=fsdp"]
 
 
-def _learn(overrides: list[str], world: World, steps: int = 2) -> dict:
+def _learn(overrides: list[str], world: World, steps: int = 2, shards: str | None = None) -> dict:
     """``steps`` RL updates on fixed batches; the trained weights and Adam moments, whole,
-    and (FSDP) what each step's sampler copy held and this rank's optimizer shard size."""
+    and (FSDP) what each step's sampler copy held and this rank's optimizer shard size;
+    with ``shards``, the learner's sharded trainer state written there (every rank)."""
     torch.manual_seed(0)
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, seed=0)
@@ -56,8 +58,11 @@ def _learn(overrides: list[str], world: World, steps: int = 2) -> dict:
     for index, moments in full_optimizer_state(learner.optimizer)["state"].items():
         state[f"adam.{index}.exp_avg"] = moments["exp_avg"].clone()
         state[f"adam.{index}.exp_avg_sq"] = moments["exp_avg_sq"].clone()
+        state[f"adam.{index}.step"] = moments["step"].clone()
     local = sum(m["exp_avg"].to_local().numel() if hasattr(m["exp_avg"], "to_local") else m["exp_avg"].numel()
                 for m in learner.optimizer.state.values())
+    if shards is not None:
+        learner.save_shards(Path(shards) / SHARDS)
     return {"state": state, "stale": stale, "sharded": is_sharded(learner.policy), "adam_local_numel": local,
             "params": sum(p.numel() for p in model.parameters()), "trainer_state": learner.state_dict()}
 
@@ -68,7 +73,8 @@ def _rank(rank: int, size: int, port: int, out: str, names: list[str]) -> None:
     torch.distributed.init_process_group("gloo", rank=rank, world_size=size, timeout=datetime.timedelta(seconds=60))
     try:
         world = World(rank=rank, size=size, timeout_s=60)
-        results = {name: _learn(VARIANTS[name], world) for name in names}
+        results = {name: _learn(VARIANTS[name], world, shards=f"{out}.{name}" if name == "kl+entropy" else None)
+                   for name in names}
         if rank == 0:
             results = {name: {**r, "trainer_state": r["trainer_state"] if name == "kl+entropy" else None}
                        for name, r in results.items()}
@@ -81,7 +87,9 @@ def _rank(rank: int, size: int, port: int, out: str, names: list[str]) -> None:
 def two_ranks(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("fsdp") / "ranks")
     mp.start_processes(_rank, args=(2, _free_port(), out, list(VARIANTS)), nprocs=2, start_method="spawn", join=True)
-    return [torch.load(f"{out}.{rank}", weights_only=False) for rank in range(2)]
+    results = [torch.load(f"{out}.{rank}", weights_only=False) for rank in range(2)]
+    results[0]["kl+entropy"]["checkpoint"] = Path(f"{out}.kl+entropy")
+    return results
 
 
 @pytest.fixture
@@ -119,17 +127,29 @@ def test_each_rank_holds_half_the_optimizer_state(two_ranks):
     assert not one["sharded"] and one["adam_local_numel"] == one["params"]
 
 
-def test_gathered_trainer_state_resumes_one_process(two_ranks):
-    """The FSDP ranks' checkpointed learner state (gathered optimizer, reference) is the
-    format one process loads: resume with another number of ranks."""
-    saved = two_ranks[0]["kl+entropy"]["trainer_state"]
+def test_sharded_trainer_state_resumes_in_one_process(two_ranks):
+    """The FSDP ranks' checkpointed learner state: the tensors left out of the pickled state
+    and written by torch.distributed.checkpoint, one file per rank; one process reads them
+    back whole (resume with another number of ranks): the 2-rank run's Adam moments exactly,
+    and the KL reference (the initial model)."""
+    result = two_ranks[0]["kl+entropy"]
+    saved, checkpoint = result["trainer_state"], result["checkpoint"]
+    assert saved["shards"] == SHARDS and not {"optimizer", "reference"} & saved.keys()
+    assert sorted(p.name for p in (checkpoint / SHARDS).iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, seed=0)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
     config = load_config(None, [*BASE, *VARIANTS["kl+entropy"]])
     learner = Learner.build(model, config, tokenizer.pad_token_id)
-    learner.load_state_dict(saved)
+    with pytest.raises(ValueError, match="read from its checkpoint directory"):
+        learner.load_state_dict(saved)
+    learner.load_state_dict(saved, checkpoint)
     again = learner.state_dict()
-    for index, moments in saved["optimizer"]["state"].items():
-        for key, value in moments.items():
-            assert torch.equal(again["optimizer"]["state"][index][key], value), (index, key)
-    assert all(torch.equal(again["reference"][k], v) for k, v in saved["reference"].items())
+    assert "shards" not in again and again["kl_coef"] == saved["kl_coef"]
+    moments = again["optimizer"]["state"]
+    assert len(moments) == len([k for k in result["state"] if k.endswith(".exp_avg")])
+    for index, values in moments.items():
+        for key in ("exp_avg", "exp_avg_sq", "step"):  # (not the zero-gradient step that initialised the state)
+            assert torch.equal(values[key], result["state"][f"adam.{index}.{key}"]), (index, key)
+    assert any(float(v["exp_avg"].abs().max()) > 0 for v in moments.values())
+    assert all(torch.equal(again["reference"][k], v) for k, v in initial.items())

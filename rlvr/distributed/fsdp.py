@@ -16,16 +16,23 @@ Rollouts, evaluation and the HF-format checkpoints read a whole, unsharded model
 engine reads layer weights directly, so FSDP's unshard hooks would never run there): the
 pipeline's ``model`` stays whole on every rank, the trainer shards a copy of it, and after
 every update each rank gathers the new weights into its whole copy (``copy_full_weights``,
-called where the sampler takes the learner's weights). Trainer state in checkpoints is
-gathered too (``full_optimizer_state``, ``full_module_state``) in the format ``replicate``
-and one process write, so a run resumes with any number of ranks and either strategy.
+called where the sampler takes the learner's weights). The trainer state that exists only in
+shards (AdamW's moments, the sharded KL reference and critic) is checkpointed sharded with
+``torch.distributed.checkpoint`` (``save_sharded_state``: each rank writes its own shards,
+no rank ever holds the whole optimizer state) and read back with resharding
+(``load_sharded_state``), so a run resumes exactly with the same ranks and also with any other
+number of ranks or with one process. The policy's weights go to the usual whole HF-format
+checkpoint, which evaluation and ``from_pretrained`` read.
 
 Every function here that gathers is a collective: every rank calls it, in the same order.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import warnings
+from pathlib import Path
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -189,3 +196,52 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
                        for key, value in moments.items()}
         moments_by_index[index] = moments
     optimizer.load_state_dict({**state, "state": moments_by_index})
+
+
+SHARDS = "trainer_shards"  # a checkpoint's folder of sharded trainer state
+
+# A sharded checkpoint's part: a module (its state dict) or a module with its optimizer (the
+# optimizer's state, keyed by parameter names so that it maps onto any sharding of the module).
+ShardedPart = Union[nn.Module, "tuple[nn.Module, torch.optim.Optimizer]"]
+
+
+def _distributed_state(parts: dict[str, ShardedPart]) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    return {name: get_optimizer_state_dict(*part) if isinstance(part, tuple) else get_model_state_dict(part)
+            for name, part in parts.items()}
+
+
+@contextlib.contextmanager
+def _one_process_is_meant():
+    """Without a process group DCP warns that it assumes one process: that is what is meant."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
+def save_sharded_state(directory: Path, parts: dict[str, ShardedPart]) -> None:
+    """Write ``parts`` (modules and optimizers, sharded or not) to ``directory`` with
+    ``torch.distributed.checkpoint``: every rank writes the shards it holds (one file per
+    rank) and rank 0 the metadata, after all ranks' writes are done. A collective: every rank
+    calls it with the same ``directory``, in the same order."""
+    import torch.distributed.checkpoint as dcp
+
+    with _one_process_is_meant():
+        dcp.save(_distributed_state(parts), checkpoint_id=str(directory))
+
+
+def load_sharded_state(directory: Path, parts: dict[str, ShardedPart]) -> None:
+    """Load what ``save_sharded_state`` wrote into ``parts``, resharded to how they are held
+    now (another number of ranks, or whole tensors in one process). Every rank calls it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    state = _distributed_state(parts)  # (an optimizer without state yet gets it, to be overwritten)
+    with _one_process_is_meant():
+        dcp.load(state, checkpoint_id=str(directory))
+    for name, part in parts.items():
+        if isinstance(part, tuple):
+            set_optimizer_state_dict(part[0], part[1], state[name])
+        else:
+            set_model_state_dict(part, state[name])

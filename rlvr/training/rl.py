@@ -21,6 +21,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -40,8 +41,9 @@ from rlvr.algorithms import (
 from rlvr.config import RunConfig
 from rlvr.data.sampler import PromptSampler
 from rlvr.distributed import SINGLE, World
-from rlvr.distributed.fsdp import (full_module_state, full_optimizer_state, is_sharded, load_full_module_state,
-                                   load_optimizer_state, shard, uses_fsdp)
+from rlvr.distributed.fsdp import (SHARDS, full_module_state, full_optimizer_state, is_sharded,
+                                   load_full_module_state, load_optimizer_state, load_sharded_state, save_sharded_state,
+                                   shard, uses_fsdp)
 from rlvr.data.selection import group_pass_rates, groups_to_keep
 from rlvr.eval.evaluate import accuracy_by_task
 from rlvr.models.prompt_fit import check_fits_context, check_prompt_lengths
@@ -112,12 +114,30 @@ class Learner:
             precision=precision, world=world,
         )
 
+    @property
+    def sharded(self) -> bool:
+        """Whether the learner trains FSDP shards (its tensor state is checkpointed sharded)."""
+        return is_sharded(self.policy)
+
+    def _tensor_parts(self) -> dict[str, Any]:
+        parts: dict[str, Any] = {"optimizer": (self.policy, self.optimizer)}
+        if self.reference is not None:
+            parts["reference"] = self.reference
+        if self.critic is not None:
+            parts["critic"] = self.critic
+            parts["critic_optimizer"] = (self.critic, self.critic_optimizer)
+        return parts
+
     def state_dict(self) -> dict[str, Any]:
-        """The learner's state, whole (sharded tensors gathered: every rank calls it), in
-        the same format with either strategy and any number of ranks."""
-        state: dict[str, Any] = {"optimizer": full_optimizer_state(self.optimizer), "kl_coef": self.kl_coef,
-                                 "entropy_coef": self.entropy_coef, "nonfinite_in_a_row": self.guard.in_a_row,
+        """The learner's state. Sharded (FSDP), the tensors (optimizer moments, reference,
+        critic) are left out and marked ``shards``: ``save_shards`` writes them, each rank its
+        own. Otherwise whole, in the same format with any number of ranks."""
+        state: dict[str, Any] = {"kl_coef": self.kl_coef, "entropy_coef": self.entropy_coef,
+                                 "nonfinite_in_a_row": self.guard.in_a_row,
                                  "precision": self.precision.state_dict()}
+        if self.sharded:
+            return {**state, "shards": SHARDS}
+        state["optimizer"] = full_optimizer_state(self.optimizer)
         if self.reference is not None:
             state["reference"] = full_module_state(self.reference)
         if self.critic is not None:
@@ -125,11 +145,23 @@ class Learner:
             state["critic_optimizer"] = full_optimizer_state(self.critic_optimizer)
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        load_optimizer_state(self.optimizer, state["optimizer"])
+    def save_shards(self, directory: Path) -> None:
+        """Write the sharded tensor state to ``directory`` (torch.distributed.checkpoint; a
+        collective)."""
+        save_sharded_state(directory, self._tensor_parts())
+
+    def load_state_dict(self, state: dict[str, Any], checkpoint: Path | None = None) -> None:
+        """Load ``state``; a sharded one reads its tensors from ``checkpoint``'s shards,
+        resharded to this learner's ranks (any number, or one process)."""
         self.kl_coef, self.entropy_coef = state["kl_coef"], state["entropy_coef"]
         self.guard.in_a_row = state.get("nonfinite_in_a_row", 0)
         self.precision.load_state_dict(state.get("precision"))
+        if "shards" in state:
+            if checkpoint is None:
+                raise ValueError("a sharded learner state is read from its checkpoint directory")
+            load_sharded_state(checkpoint / state["shards"], self._tensor_parts())
+            return
+        load_optimizer_state(self.optimizer, state["optimizer"])
         if self.reference is not None:
             load_full_module_state(self.reference, state["reference"])
         if self.critic is not None:
@@ -722,8 +754,8 @@ class RLRoles:
                 "sampler": self.prompts.state_dict(), "samples_generated": self.samples_generated,
                 "seconds": self.seconds}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.learner.load_state_dict(state)
+    def load_state_dict(self, state: dict[str, Any], checkpoint: Path | None = None) -> None:
+        self.learner.load_state_dict(state, checkpoint)
         self.judge.load_state_dict(state["shapers"])
         self.prompts.load_state_dict(state["sampler"])
         self.samples_generated = state["samples_generated"]
@@ -860,7 +892,7 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, judge: 
     start = 0
     if state.get("checkpoint") and state.get("stage") == "rl":
         trainer_state = load_trainer_state(run.path / state["checkpoint"])
-        roles.load_state_dict(trainer_state["learners"])
+        roles.load_state_dict(trainer_state["learners"], run.path / state["checkpoint"])
         restore_rng_states(trainer_state["rng"])
         start = trainer_state["step"]
     sampler.load_weights(model, version=start)
@@ -908,7 +940,10 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, judge: 
                 trainer_state = {"learners": roles.state_dict(), "rng": rng_states(), "stage": "rl", "step": step + 1}
                 if ahead is not None:
                     trainer_state["ahead"] = ahead.state_dict()
-                run.save_model(name, model, tokenizer, trainer_state, state=state)
+                shards = None
+                if roles.learner.sharded:  # every rank writes its shards, then rank 0 the checkpoint around them
+                    roles.learner.save_shards(shards := run.shard_dir(name))
+                run.save_model(name, model, tokenizer, trainer_state, state=state, shards=shards)
                 run.prune("rl-step", config.checkpoint.keep_last)  # (a kill here: the resume takes the checkpoint's newer state)
                 run.save_state(state)
             if ahead is not None:

@@ -47,6 +47,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.config import RunConfig, save_config
+from rlvr.distributed.fsdp import SHARDS
 from rlvr.finite import check_finite_state, check_finite_weights
 
 STATE_FILE = "state.json"
@@ -321,10 +322,20 @@ class RunDir:
         return records
 
     # ---- checkpoints -------------------------------------------------------------------
+    def shard_dir(self, name: str) -> Path:
+        """Where every trainer rank writes its shards of checkpoint ``name``'s trainer state
+        (emptied first; ``save_model(shards=...)`` moves it into the checkpoint)."""
+        shards = self.checkpoints / f".{name}.shards"
+        shutil.rmtree(shards, ignore_errors=True)  # an attempt killed mid-write, maybe with other ranks
+        return shards
+
     def save_model(self, name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                   trainer_state: dict[str, Any] | None = None, state: dict[str, Any] | None = None) -> Path:
+                   trainer_state: dict[str, Any] | None = None, state: dict[str, Any] | None = None,
+                   shards: Path | None = None) -> Path:
         """Write an HF-format checkpoint (loadable with from_pretrained) under checkpoints/,
-        with ``state`` (stamped) as its run_state.json and a manifest written last."""
+        with ``state`` (stamped) as its run_state.json, the folder ``shards`` (the trainer
+        ranks' sharded state, already written) moved in as trainer_shards/, and a manifest of
+        every file written last."""
         check_finite_weights(model, f"refusing to write checkpoint {name!r}")  # never a NaN checkpoint
         final = self.checkpoints / name
         tmp = self.checkpoints / f".{name}.tmp"
@@ -338,6 +349,8 @@ class RunDir:
                 torch.save(trainer_state, tmp / TRAINER_STATE)
             if state is not None:
                 (tmp / CHECKPOINT_STATE).write_text(json.dumps(self.stamp(state), indent=2))
+            if shards is not None:
+                os.replace(shards, tmp / SHARDS)
             write_manifest(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)  # a partial checkpoint only takes disk room
@@ -345,7 +358,7 @@ class RunDir:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         _fsync_dir(self.checkpoints)
-        self._checkpoint_bytes[resumable] = sum(f.stat().st_size for f in final.iterdir())
+        self._checkpoint_bytes[resumable] = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
         return final
 
     def _check_disk_room(self, name: str, model: PreTrainedModel, resumable: bool) -> None:
@@ -384,8 +397,12 @@ class FollowerRunDir(RunDir):
     def append(self, name: str, records: list[dict[str, Any]] | dict[str, Any]) -> None:
         pass
 
+    def shard_dir(self, name: str) -> Path:
+        return self.checkpoints / f".{name}.shards"  # rank 0 empties it before the ranks write
+
     def save_model(self, name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                   trainer_state: dict[str, Any] | None = None, state: dict[str, Any] | None = None) -> Path:
+                   trainer_state: dict[str, Any] | None = None, state: dict[str, Any] | None = None,
+                   shards: Path | None = None) -> Path:
         return self.checkpoints / name
 
     def prune(self, prefix: str, keep_last: int) -> None:
@@ -399,10 +416,10 @@ def write_manifest(directory: Path) -> None:
     """Flush every file of a checkpoint to disk, then record each one's size and sha256 in
     manifest.json (written last: a checkpoint without it was not completely written)."""
     manifest = {}
-    for path in sorted(p for p in directory.iterdir() if p.is_file() and p.name != MANIFEST):
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST):
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
-            manifest[path.name] = {"bytes": path.stat().st_size, "sha256": hashlib.file_digest(fh, "sha256").hexdigest()}
+            manifest[path.relative_to(directory).as_posix()] = {"bytes": path.stat().st_size, "sha256": hashlib.file_digest(fh, "sha256").hexdigest()}
     atomic_write(directory / MANIFEST, json.dumps(manifest, indent=1))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +18,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.config import RunConfig
 from rlvr.distributed import SINGLE, World
-from rlvr.distributed.fsdp import copy_full_weights, full_optimizer_state, load_optimizer_state, shard, uses_fsdp
+from rlvr.distributed.fsdp import (SHARDS, copy_full_weights, full_optimizer_state, load_optimizer_state,
+                                   load_sharded_state, save_sharded_state, shard, uses_fsdp)
 from rlvr.models.prompt_fit import check_fits_context, check_prompt_lengths
 from rlvr.rollout.environment import Environment, EnvironmentFactory
 from rlvr.rollout.trajectory import render_prompts, truncate_left
@@ -81,7 +83,10 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: 
     start = 0
     if state.get("checkpoint") and state.get("stage") == "sft":
         trainer_state = load_trainer_state(run.path / state["checkpoint"])
-        load_optimizer_state(optimizer, trainer_state["optimizer"])
+        if "shards" in trainer_state:  # an FSDP run's: resharded to these ranks (or one process)
+            load_sharded_state(run.path / state["checkpoint"] / trainer_state["shards"], {"optimizer": (trained, optimizer)})
+        else:
+            load_optimizer_state(optimizer, trainer_state["optimizer"])
         precision.load_state_dict(trainer_state.get("precision"))
         restore_rng_states(trainer_state["rng"])
         start = trainer_state["step"]
@@ -134,12 +139,17 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: 
             run.append("metrics.jsonl", record)
             progress.update(step + 1, loss=record["loss"])
             if (step + 1) % config.checkpoint.every == 0 and step + 1 < cfg.steps:
-                if trained is not model:  # every rank gathers the shards (rank 0 writes)
+                trainer_state: dict[str, Any] = {"nonfinite_in_a_row": guard.in_a_row,
+                                                 "precision": precision.state_dict()}
+                shards = None
+                if trained is not model:  # every rank gathers the weights and writes its optimizer shards
                     copy_full_weights(model, trained)
-                _checkpoint(run, model, tokenizer, {"optimizer": full_optimizer_state(optimizer),
-                                                    "nonfinite_in_a_row": guard.in_a_row,
-                                                    "precision": precision.state_dict()},
-                            state, step + 1, config.checkpoint.keep_last)
+                    shards = run.shard_dir(f"sft-step-{step + 1:06d}")
+                    save_sharded_state(shards, {"optimizer": (trained, optimizer)})
+                    trainer_state["shards"] = SHARDS
+                else:
+                    trainer_state["optimizer"] = full_optimizer_state(optimizer)
+                _checkpoint(run, model, tokenizer, trainer_state, state, step + 1, config.checkpoint.keep_last, shards)
     # The stage's end: the state after it travels inside sft-final, then becomes state.json.
     state.update(stage=None, checkpoint=None, sft_final="checkpoints/sft-final")
     state["completed_stages"].append("sft")
@@ -150,11 +160,12 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: 
 
 
 def _checkpoint(run: RunDir, model, tokenizer, trainer_state: dict[str, Any], state, step: int,
-                keep_last: int) -> None:
-    """A resumable SFT checkpoint: weights, ``trainer_state`` (optimizer, skip counter) and RNGs."""
+                keep_last: int, shards: Path | None) -> None:
+    """A resumable SFT checkpoint: weights, ``trainer_state`` (optimizer or its ``shards``,
+    skip counter) and RNGs."""
     name = f"sft-step-{step:06d}"
     state.update(stage="sft", checkpoint=f"checkpoints/{name}")
     run.save_model(name, model, tokenizer, {**trainer_state, "rng": rng_states(), "stage": "sft", "step": step},
-                   state=state)
+                   state=state, shards=shards)
     run.prune("sft-step", keep_last)  # (a kill here: the resume takes the checkpoint's newer state)
     run.save_state(state)
