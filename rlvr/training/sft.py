@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -141,15 +140,12 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: 
             if (step + 1) % config.checkpoint.every == 0 and step + 1 < cfg.steps:
                 trainer_state: dict[str, Any] = {"nonfinite_in_a_row": guard.in_a_row,
                                                  "precision": precision.state_dict()}
-                shards = None
-                if trained is not model:  # every rank gathers the weights and writes its optimizer shards
+                if trained is not model:  # every rank gathers the weights (its optimizer shards: _checkpoint)
                     copy_full_weights(model, trained)
-                    shards = run.shard_dir(f"sft-step-{step + 1:06d}")
-                    save_sharded_state(shards, {"optimizer": (trained, optimizer)})
-                    trainer_state["shards"] = SHARDS
                 else:
                     trainer_state["optimizer"] = full_optimizer_state(optimizer)
-                _checkpoint(run, model, tokenizer, trainer_state, state, step + 1, config.checkpoint.keep_last, shards)
+                _checkpoint(run, model, tokenizer, trainer_state, state, step + 1, config.checkpoint.keep_last,
+                            {"optimizer": (trained, optimizer)} if trained is not model else None)
     # The stage's end: the state after it travels inside sft-final, then becomes state.json.
     state.update(stage=None, checkpoint=None, sft_final="checkpoints/sft-final")
     state["completed_stages"].append("sft")
@@ -160,10 +156,14 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: 
 
 
 def _checkpoint(run: RunDir, model, tokenizer, trainer_state: dict[str, Any], state, step: int,
-                keep_last: int, shards: Path | None) -> None:
-    """A resumable SFT checkpoint: weights, ``trainer_state`` (optimizer or its ``shards``,
-    skip counter) and RNGs."""
+                keep_last: int, sharded: dict[str, Any] | None) -> None:
+    """A resumable SFT checkpoint: weights, ``trainer_state`` (optimizer, skip counter) and
+    RNGs; ``sharded`` (FSDP): the optimizer's shards, which every rank writes itself."""
     name = f"sft-step-{step:06d}"
+    shards = None
+    if sharded is not None:
+        save_sharded_state(shards := run.shard_dir(name), sharded)
+        trainer_state = {**trainer_state, "shards": SHARDS}
     state.update(stage="sft", checkpoint=f"checkpoints/{name}")
     run.save_model(name, model, tokenizer, {**trainer_state, "rng": rng_states(), "stage": "sft", "step": step},
                    state=state, shards=shards)
