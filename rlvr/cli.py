@@ -249,13 +249,17 @@ def _launch_on_ray(args: argparse.Namespace, config: Any, rank_args: list[str]) 
     except ImportError:
         raise ConfigError("distributed.launcher: ray needs Ray, which is not installed: pip install -e \".[ray]\"") \
             from None
-    from rlvr.distributed.ray_launch import LaunchError, launch
+    from rlvr.distributed.ray_launch import EngineBundles, LaunchError, launch
 
     gpu = config.device.startswith("cuda")
     threads = config.threads or max(1, int(config.distributed.ray_cpus_per_rank))
+    v = config.rollout.vllm
+    hosted = config.rollout.engine == "vllm" and v.mode == "server" and not v.url  # servers rlvr starts: actors
+    engines = EngineBundles(v.engines if hosted else 0, config.distributed.ray_cpus_per_engine,
+                            v.tensor_parallel_size if gpu else 0, bool(v.weights_dir))
     try:
         return launch(rank_args, args.nproc, config.distributed.ray_cpus_per_rank, 1 if gpu else 0,
-                      config.distributed.timeout_s, threads)
+                      config.distributed.timeout_s, threads, engines)
     except LaunchError as err:
         raise ConfigError(str(err)) from None
 

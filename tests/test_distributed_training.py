@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -97,6 +98,32 @@ def test_resume_with_another_number_of_ranks_finishes(uninterrupted):
     resumed = rlvr("train", "--resume", str(run), cwd=root)  # one process now
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [m["step"] for m in records(run, "metrics.jsonl") if m["stage"] == "rl"] == list(range(1, 11))
+
+
+def test_two_nodes_of_one_rank_each_train_as_two_ranks_on_one_node(uninterrupted):
+    """`--nnodes 2 --node-rank R --master-addr --master-port` (torchrun's static rendezvous),
+    the two "machines" being two commands on this one, each from its own working directory,
+    the run directory on a filesystem both see: the same records as `--nproc 2`."""
+    root, _ = uninterrupted
+    run = root / "nodes"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    nodes = []
+    for node in (0, 1):
+        (root / f"node{node}").mkdir()
+        nodes.append(subprocess.Popen(
+            [sys.executable, "-m", "rlvr", "train", "--nproc", "1", "--nnodes", "2", "--node-rank", str(node),
+             "--master-addr", "127.0.0.1", "--master-port", port, "--output-dir", str(run), *OVERRIDES, "threads=1"],
+            cwd=root / f"node{node}", env=rank_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert "(2 trainer ranks)" in outs[0][0] and "held-out accuracy:" in outs[0][0]
+    assert "held-out accuracy:" not in outs[1][0]  # rank 1 prints nothing of the run
+    a = root / "a"
+    assert without_timings(records(run, "metrics.jsonl")) == without_timings(records(a, "metrics.jsonl"))
+    assert records(run, "eval.jsonl") == records(a, "eval.jsonl")
+    assert not list((root / "node1").iterdir())  # the run directory is the one named, not a node's own
 
 
 def test_a_mistake_is_one_line_before_any_rank_starts(tmp_path):

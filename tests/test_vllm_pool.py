@@ -38,12 +38,12 @@ def base(tmp_path_factory):
 def pool(base):
     path, _, _ = base
 
-    def start(port):
+    def start(index, port):
         return VLLMServerEngine(path, port=port, dtype="float32", max_model_len=256, max_num_seqs=32,
                                 kv_cache_memory_bytes=64 << 20, startup_timeout_s=300, generate_timeout_s=120,
                                 call_timeout_s=60, env=SERVER_ENV)
 
-    members = [start(None), start(None)]
+    members = [start(0, None), start(1, None)]
     engine = ServerPool(members, start=start, generate_timeout_s=120, call_timeout_s=60, max_concurrency=32)
     yield engine
     engine.close()

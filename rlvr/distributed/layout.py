@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rlvr.distributed.ray_engines import hosts_from_env
 from rlvr.distributed.world import World
 
 
@@ -27,8 +28,11 @@ def describe_layout(config: Any, world: World, device: str) -> str:
         v = config.rollout.vllm
         if v.mode == "server":
             urls = [u for u in (v.url or "").split(",") if u.strip()]
+            starter = "rank 0" if world.distributed else "the trainer"
+            if hosts_from_env() is not None:
+                starter += ", each in a Ray actor of its own placement-group bundle"
             where = (f"{len(urls)} vLLM server(s) at {', '.join(u.strip() for u in urls)}" if urls else
-                     f"{v.engines} vLLM server process(es) started by {'rank 0' if world.distributed else 'the trainer'}")
+                     f"{v.engines} vLLM server process(es) started by {starter}")
             rollouts = (f"{where}, shared by {'every rank' if world.distributed else 'the trainer'}; weights pushed "
                         f"after each update{' by rank 0' if world.distributed else ''} as safetensors buckets, "
                         f"version + checksum checked every {v.verify_every} sync(s)")

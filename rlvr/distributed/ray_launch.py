@@ -12,7 +12,11 @@ everything else (gloo/NCCL, collectives, checkpoints) is unchanged; Ray only pla
   within ``distributed.timeout_s`` or the launch fails naming what the cluster has.
 * one actor per bundle starts its rank as a child process (its own process group) and hands
   its output to this driver, which prints rank 0's as its own and the others' errors with a
-  ``[rank i]`` prefix. vLLM servers a run starts are children of rank 0, in its bundle.
+  ``[rank i]`` prefix.
+* the vLLM servers a run starts (``rollout.vllm.mode: server`` without a ``url``) get bundles
+  of their own after the ranks' (``distributed.ray_cpus_per_engine`` CPUs, and
+  ``rollout.vllm.tensor_parallel_size`` GPUs on a GPU run), an ``EngineHost`` actor in each
+  (``rlvr.distributed.ray_engines``): rank 0's pool runs its servers there.
 * teardown: when a rank exits non-zero, an actor dies (a lost node), or this process gets
   Ctrl-C or SIGTERM, every rank gets SIGTERM (they stop like torchrun's: the last checkpoint
   kept), then SIGKILL after a grace period; the actors and the placement group are removed
@@ -26,10 +30,22 @@ import signal
 import socket
 import sys
 import time
-from typing import Any, Sequence
+import json
+import uuid
+from typing import Any, NamedTuple, Sequence
 
 GRACE_S = 60.0  # between SIGTERM and SIGKILL of the ranks (they save nothing on SIGTERM: they stop)
 CALL_TIMEOUT_S = 60.0  # one actor call (start, drain, signal)
+
+
+class EngineBundles(NamedTuple):
+    """The vLLM servers' share of the placement group: ``count`` bundles of ``cpus`` CPUs and
+    ``gpus`` GPUs each (count 0: the run starts no servers, or rank 0 would start them)."""
+
+    count: int = 0
+    cpus: float = 1.0
+    gpus: int = 0
+    shared_dir: bool = False  # rollout.vllm.weights_dir is set: servers on other nodes can read the weights
 
 
 class RankProcess:
@@ -83,8 +99,9 @@ class RankProcess:
 
 
 def launch(argv: Sequence[str], nproc: int, cpus_per_rank: float, gpus_per_rank: int, timeout_s: float,
-           threads: int) -> int:
-    """Run ``python -m rlvr ARGV`` as ``nproc`` trainer ranks placed by Ray; their exit code."""
+           threads: int, engines: EngineBundles = EngineBundles()) -> int:
+    """Run ``python -m rlvr ARGV`` as ``nproc`` trainer ranks placed by Ray, with ``engines``
+    bundles for the run's vLLM servers; the ranks' exit code."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -96,9 +113,15 @@ def launch(argv: Sequence[str], nproc: int, cpus_per_rank: float, gpus_per_rank:
 
         ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.ERROR, configure_logging=False)
+    from rlvr.distributed.ray_engines import ENV as ENGINES_ENV
+    from rlvr.distributed.ray_engines import EngineHost
+
     bundle = {"CPU": float(cpus_per_rank), **({"GPU": float(gpus_per_rank)} if gpus_per_rank else {})}
-    group = placement_group([dict(bundle) for _ in range(nproc)], strategy="PACK")
+    engine_bundle = {"CPU": float(engines.cpus), **({"GPU": float(engines.gpus)} if engines.gpus else {})}
+    group = placement_group([dict(bundle) for _ in range(nproc)] + [dict(engine_bundle) for _ in range(engines.count)],
+                            strategy="PACK")
     actors: list[Any] = []
+    hosts: list[Any] = []
     stopping: list[int] = []
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
 
@@ -108,9 +131,11 @@ def launch(argv: Sequence[str], nproc: int, cpus_per_rank: float, gpus_per_rank:
     try:
         ready, _ = ray.wait([group.ready()], timeout=timeout_s)
         if not ready:
-            raise LaunchError(f"Ray could not place {nproc} trainer ranks of {bundle} each within distributed."
+            servers = f" and {engines.count} vLLM server(s) of {engine_bundle} each" if engines.count else ""
+            raise LaunchError(f"Ray could not place {nproc} trainer ranks of {bundle} each{servers} within distributed."
                               f"timeout_s={timeout_s:g} s; the cluster has {ray.available_resources()} available "
-                              "(lower distributed.ray_cpus_per_rank or --nproc, or add nodes)")
+                              "(lower distributed.ray_cpus_per_rank" + (", ray_cpus_per_engine" if servers else "")
+                              + " or --nproc, or add nodes)")
         actor_cls = ray.remote(RankProcess)
         actors = [actor_cls.options(num_cpus=0, max_concurrency=4, scheduling_strategy=PlacementGroupSchedulingStrategy(
             placement_group=group, placement_group_bundle_index=i)).remote() for i in range(nproc)]
@@ -118,6 +143,23 @@ def launch(argv: Sequence[str], nproc: int, cpus_per_rank: float, gpus_per_rank:
         master_addr, master_port = nodes[0]
         ips = [ip for ip, _ in nodes]
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        if engines.count:  # named actors in a namespace of this launch, found by rank 0's server proxies
+            namespace = f"rlvr-{uuid.uuid4().hex[:12]}"
+            host_cls = ray.remote(EngineHost)
+            hosts = [host_cls.options(name=f"engine-{i}", namespace=namespace, num_cpus=0, max_concurrency=4,
+                                      scheduling_strategy=PlacementGroupSchedulingStrategy(
+                                          placement_group=group, placement_group_bundle_index=nproc + i)).remote()
+                     for i in range(engines.count)]
+            host_ips = ray.get([h.node.remote() for h in hosts], timeout=CALL_TIMEOUT_S)
+            elsewhere = sorted({ip for ip in host_ips if ip != master_addr})
+            if elsewhere and not engines.shared_dir:  # they would not find the checkpoint rank 0 writes
+                raise LaunchError(f"Ray placed vLLM servers on {', '.join(elsewhere)}, not on rank 0's node "
+                                  f"{master_addr}: set rollout.vllm.weights_dir to a directory every node mounts")
+            base_env[ENGINES_ENV] = json.dumps({
+                "address": ray.get_runtime_context().gcs_address, "namespace": namespace,
+                "hosts": [{"name": f"engine-{i}", "ip": ip} for i, ip in enumerate(host_ips)],
+                # the ranks get no RAY_* variables, but the proxies connect as this driver does
+                "env": {k: v for k, v in os.environ.items() if k.startswith("RAY_AUTH_")}})
         starts = []
         for rank, actor in enumerate(actors):
             env = {**base_env, "RANK": str(rank), "WORLD_SIZE": str(nproc), "MASTER_ADDR": master_addr,
@@ -132,7 +174,7 @@ def launch(argv: Sequence[str], nproc: int, cpus_per_rank: float, gpus_per_rank:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        for actor in actors:
+        for actor in [*actors, *hosts]:  # (a host's server watches its actor and ends with it)
             try:
                 ray.kill(actor)
             except Exception:  # noqa: BLE001 (already gone)

@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from transformers import PreTrainedModel
 
+from rlvr.distributed.ray_engines import hosts_from_env, proxy_command
 from rlvr.rollout.engine import Generation, RolloutEngine
 from rlvr.rollout.vllm_common import (
     EngineHangError,
@@ -57,7 +58,7 @@ from rlvr.rollout.vllm_server import (
     write_weight_files,
 )
 
-StartServer = Callable[[int | None], VLLMServerEngine]  # (port or None) -> a started server
+StartServer = Callable[[int, int | None], VLLMServerEngine]  # (index, port or None) -> a started server
 
 
 def server_urls(url: str | None) -> list[str]:
@@ -127,16 +128,23 @@ class ServerPool(RolloutEngine):
                 pool.close()
                 raise
             return pool
-        base_dir = tempfile.mkdtemp(prefix="rlvr-vllm-pool-")
+        hosts = hosts_from_env()  # servers hosted by Ray actors (distributed.launcher: ray), else local
+        if hosts is not None and len(hosts["hosts"]) != v.engines:
+            raise ValueError(f"the Ray launcher placed {len(hosts['hosts'])} engine hosts for "
+                             f"rollout.vllm.engines={v.engines}")
+        base_dir = tempfile.mkdtemp(prefix="rlvr-vllm-pool-", dir=v.weights_dir)  # (servers read it by path)
         try:
             model.save_pretrained(base_dir)
             tokenizer.save_pretrained(base_dir)
             server_settings = {**engine_settings(config, model), **settings}
 
-            def start(port: int | None) -> VLLMServerEngine:
-                return VLLMServerEngine(base_dir, port=port, **server_settings)
+            def start(index: int, port: int | None) -> VLLMServerEngine:
+                if hosts is None:
+                    return VLLMServerEngine(base_dir, port=port, **server_settings)
+                return VLLMServerEngine(base_dir, port=port, host=hosts["hosts"][index]["ip"],
+                                        launcher=proxy_command(index), **server_settings)
 
-            members = _in_parallel([lambda: start(None) for _ in range(v.engines)], VLLMServerEngine.close)
+            members = _in_parallel([lambda i=i: start(i, None) for i in range(v.engines)], VLLMServerEngine.close)
         except BaseException:
             _remove_tree(base_dir)
             raise
@@ -353,7 +361,7 @@ class ServerPool(RolloutEngine):
         def run() -> None:
             try:
                 old.close()  # the rest of its process group
-                server = self._start(self.ports[index])  # type: ignore[misc]
+                server = self._start(index, self.ports[index])  # type: ignore[misc]
                 with self._sync_lock:  # no sync between loading the latest files and taking requests
                     if self._closed:
                         server.close()

@@ -258,9 +258,11 @@ class VLLMServerEngine(RolloutEngine):
     ``weights_dir`` holds the safetensors buckets of a sync while it runs (default: the
     system's temporary directory; it must be visible to the server). Timeouts: startup
     (until ``/health`` answers), one ``generate`` call, any other request;
-    ``shutdown_grace_s`` between SIGTERM and SIGKILL. ``port``: the loopback port a started
+    ``shutdown_grace_s`` between SIGTERM and SIGKILL. ``port``: the port a started
     server listens on (default: a free one; a restarted server takes its old one, so that
-    every client's URL stays valid). ``python``/``launcher``/``env``/
+    every client's URL stays valid); ``host``: the address it listens on and is reached at
+    (loopback; a Ray engine host's node address, ``rlvr.distributed.ray_engines``).
+    ``python``/``launcher``/``env``/
     ``extra_args`` change how a server is started (the interpreter, the argv before the
     flags, extra environment, extra flags).
     """
@@ -291,6 +293,7 @@ class VLLMServerEngine(RolloutEngine):
         call_timeout_s: float = 600.0,
         shutdown_grace_s: float = 10.0,
         port: int | None = None,
+        host: str = "127.0.0.1",
         python: str | None = None,
         launcher: Sequence[str] | None = None,
         env: dict[str, str] | None = None,
@@ -304,6 +307,7 @@ class VLLMServerEngine(RolloutEngine):
         self.generate_timeout_s = generate_timeout_s
         self.call_timeout_s = call_timeout_s
         self.shutdown_grace_s = shutdown_grace_s
+        self.host = host  # the address a started server listens on (another node's, when a Ray actor hosts it)
         self.weight_version: int | None = None
         self.startup_s: float | None = None  # seconds from start to a healthy server (started servers)
         self.proc: subprocess.Popen | None = None
@@ -354,8 +358,8 @@ class VLLMServerEngine(RolloutEngine):
         attempts = 10 if fixed_port else 3
         for attempt in range(attempts):  # another process may take the free port before the server binds it
             port = fixed_port or _free_port()
-            self.url = f"http://127.0.0.1:{port}"
-            cmd = [*prefix, "--model", str(checkpoint), "--host", "127.0.0.1", "--port", str(port), *args,
+            self.url = f"http://{self.host}:{port}"
+            cmd = [*prefix, "--model", str(checkpoint), "--host", self.host, "--port", str(port), *args,
                    *extra_args]
             with open(self.log_path, "ab") as log:
                 log.write(f"$ {' '.join(cmd)}\n".encode())
