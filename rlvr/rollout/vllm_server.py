@@ -490,12 +490,15 @@ class VLLMServerEngine(RolloutEngine):
 
     def log_tail(self, lines: int = 40) -> str:
         """The last ``lines`` lines of a started server's log ('' for a connected one)."""
-        if self.log_path is None or not os.path.exists(self.log_path):
+        if self.log_path is None:
             return ""
-        with open(self.log_path, "rb") as log:
-            log.seek(0, os.SEEK_END)
-            log.seek(max(0, log.tell() - 64 * 1024))
-            text = log.read().decode(errors="replace")
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(0, os.SEEK_END)
+                log.seek(max(0, log.tell() - 64 * 1024))
+                text = log.read().decode(errors="replace")
+        except FileNotFoundError:  # closed meanwhile (a pool restarting it removed the log): the error stands
+            return "(the log was removed: the server has been closed)"
         kept = [line for line in text.splitlines() if "Route: " not in line]
         return "\n".join(kept[-lines:])
 
