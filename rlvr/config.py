@@ -173,6 +173,25 @@ class KLConfig:
 
 
 @dataclass
+class TeacherConfig:
+    path: str | None = _f(None, "the teacher for KDRL and on-policy distillation: a Hugging Face checkpoint directory, a hub id in the local cache, or a run directory (its final checkpoint); null = no teacher. Its tokenizer must be the student's (the same vocabulary and ids; there is no re-tokenisation). Loaded frozen on the run's device; its log-probs of the sampled tokens are computed without gradient, in the trainer's batches, timed as time_teacher")
+    coef: float = _f(0.0, "beta of the reverse KL(policy || teacher) term on the policy's own samples (KDRL, Xu et al. 2025; on-policy distillation); > 0 needs teacher.path", ge=0, le=1e6)
+    coef_final: float | None = _f(None, "anneal the coefficient linearly from coef (first RL step) to this (last RL step), KDRL's schedule (e.g. 5e-3 -> 1e-3); null keeps coef", ge=0, le=1e6)
+    estimator: str = _f("k2", "per-token estimator of KL(policy || teacher) on the sampled tokens (algorithm.kl's registry): k2 (as a loss, its gradient is the exact reverse-KL gradient on the policy's own samples, KDRL's choice), k3 (GRPO's low-variance KL; a biased gradient), k1, k1_st, k3_st")
+    placement: Literal["loss", "reward"] = _f("loss", "loss: coef * KL is a loss term, aggregated like the policy loss; reward: -coef * KL_t is each token's reward (per token with gae and reinforce_pp; group estimators fold it into the sequence score)")
+    mask: Literal["all", "incorrect"] = _f("all", "the responses the teacher term covers: all, or incorrect (KDRL's reward-guided masking: no pull towards the teacher on responses the verifier accepts)")
+    outcome: bool = _f(True, "learn from the task's reward too; false = pure on-policy distillation: the rewards are logged but the advantages see zero, so the teacher term is the whole signal")
+
+    def __post_init__(self) -> None:
+        if self.coef > 0 and not self.path:
+            raise ValueError("coef > 0 needs teacher.path (the model to distil from)")
+        if self.path and self.coef == 0:
+            raise ValueError("teacher.path is set but coef is 0: the teacher would be loaded and never used; set coef")
+        if not self.outcome and self.coef == 0:
+            raise ValueError("outcome: false without a teacher term leaves nothing to learn from; set path and coef")
+
+
+@dataclass
 class EntropyConfig:
     coef: float = _f(0.0, "entropy bonus coefficient: loss -= coef * entropy (nats/token)", ge=0)
     target: float | None = _f(None, "adaptive coefficient: entropy (nats/token) to steer towards; null keeps coef fixed", ge=0)
@@ -361,6 +380,7 @@ class RunConfig:
     rollout: RolloutConfig = _sub(RolloutConfig, "sampling of responses")
     algorithm: AlgorithmConfig = _sub(AlgorithmConfig, "advantage estimator, policy loss and KL")
     rl: RLConfig = _sub(RLConfig, "the RL training recipe")
+    teacher: TeacherConfig = _sub(TeacherConfig, "a teacher model: KDRL (GRPO + reverse KL to the teacher) and on-policy distillation")
     data: DataConfig = _sub(DataConfig, "which prompts RL trains on")
     eval: EvalConfig = _sub(EvalConfig, "held-out evaluation")
     checkpoint: CheckpointConfig = _sub(CheckpointConfig, "checkpointing for resume")

@@ -23,6 +23,7 @@ from rlvr.algorithms.advantages import (
     rloo_advantages,
 )
 from rlvr.algorithms.controllers import adaptive_entropy_coef, adaptive_kl_coef
+from rlvr.algorithms.distill import annealed_coef, teacher_response_mask
 from rlvr.algorithms.kl import KL_ESTIMATORS, LOG_RATIO_CLAMP, kl_k1, kl_k1_st, kl_k2, kl_k3, kl_k3_st
 from rlvr.algorithms.losses import (
     LOSS_AGGREGATIONS,
@@ -51,6 +52,7 @@ __all__ = [
     "adaptive_entropy_coef",
     "adaptive_kl_coef",
     "aggregate_loss",
+    "annealed_coef",
     "cispo_loss",
     "clipped_value_loss",
     "discounted_returns",
@@ -79,5 +81,6 @@ __all__ = [
     "seq_mean_token_mean",
     "seq_mean_token_sum",
     "seq_mean_token_sum_norm",
+    "teacher_response_mask",
     "token_mean",
 ]

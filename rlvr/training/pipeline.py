@@ -40,6 +40,7 @@ from rlvr.training.run_dir import RunDir, atomic_write, model_source, resume_poi
 from rlvr.verify import make_verifier
 from rlvr.training import warmstart_cache
 from rlvr.training.sft import sft_demonstrations, train_sft
+from rlvr.training.teacher import check_teacher
 from rlvr.typed_yaml import ConfigError, from_dict, source_of
 
 
@@ -208,7 +209,8 @@ def check_names(config: RunConfig, source: str = "config", task: Task | None = N
               ("algorithm.advantage", ADVANTAGES, [config.algorithm.advantage]),
               ("algorithm.loss", POLICY_LOSSES, [config.algorithm.loss]),
               ("algorithm.loss_agg", LOSS_AGGREGATIONS, [config.algorithm.loss_agg]),
-              ("algorithm.kl.estimator", KL_ESTIMATORS, [config.algorithm.kl.estimator])]
+              ("algorithm.kl.estimator", KL_ESTIMATORS, [config.algorithm.kl.estimator]),
+              ("teacher.estimator", KL_ESTIMATORS, [config.teacher.estimator] if config.teacher.path else [])]
     for field_name, registry, names in checks:
         for name in names:
             try:
@@ -247,6 +249,8 @@ def check_names(config: RunConfig, source: str = "config", task: Task | None = N
         tokenizer, positions = run_tokenizer(config)
     except TokenizerSettingError as err:
         raise ConfigError(f"{source_of(source, *err.fields)}: {err}") from None
+    if "rl" in config.stages:
+        check_teacher(config, tokenizer, source)
     data = config.data
     if data.max_prompt_length is not None and positions is not None \
             and data.max_prompt_length + config.rollout.max_new_tokens > positions:

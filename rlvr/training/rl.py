@@ -34,9 +34,11 @@ from rlvr.algorithms import (
     adaptive_entropy_coef,
     adaptive_kl_coef,
     aggregate_loss,
+    annealed_coef,
     clipped_value_loss,
     high_entropy_mask,
     sample_weights,
+    teacher_response_mask,
 )
 from rlvr.config import RunConfig
 from rlvr.data.sampler import PromptSampler
@@ -55,6 +57,7 @@ from rlvr.seeding import derive_seed
 from rlvr.tasks.base import Problem
 from rlvr.training.batch import TokenBatch, make_token_batch, token_logprobs
 from rlvr.training.critic import ValueModel
+from rlvr.training.teacher import load_teacher
 from rlvr.training.finite import UpdateGuard, clip_grad_norm, nonfinite_rows
 from rlvr.training.optim import lr_at, make_optimizer, set_lr
 from rlvr.training.judge import Judge
@@ -88,6 +91,8 @@ class Learner:
     guard: UpdateGuard
     precision: Precision
     world: World = SINGLE  # trainer ranks: each computes its share of every forward and backward
+    teacher: PreTrainedModel | None = None  # teacher.path: frozen, whole on every rank (rlvr.training.teacher)
+    teacher_coef: float = 0.0  # this step's (annealed) teacher coefficient, set by prepare
 
     @classmethod
     def build(cls, policy: PreTrainedModel, config: RunConfig, pad_token_id: int,
@@ -103,8 +108,9 @@ class Learner:
             policy = shard(copy.deepcopy(policy), world, precision.dtype)
             reference = shard(reference, world, precision.dtype) if reference is not None else None
             critic = shard(critic, world, precision.dtype) if critic is not None else None
+        teacher = load_teacher(config, precision.device) if config.teacher.path else None
         return cls(
-            policy=policy, config=config, pad_token_id=pad_token_id,
+            policy=policy, config=config, pad_token_id=pad_token_id, teacher=teacher,
             optimizer=make_optimizer(policy, config.rl.lr, config.rl.weight_decay),
             reference=reference,
             critic=critic,
@@ -168,12 +174,13 @@ class Learner:
             load_full_module_state(self.critic, state["critic"])
             load_optimizer_state(self.critic_optimizer, state["critic_optimizer"])
 
-    def prepare(self, trajectories: list[Trajectory],
-                baseline: torch.Tensor | None = None) -> tuple[TokenBatch, dict[str, float]]:
-        """Tensors for the update: advantages and returns, per-token weights (truncated IS,
-        high-entropy token selection), reference log-probs, critic values — whatever the
-        config uses, in the batch's ``extras``. ``baseline`` [N]: each trajectory's group
-        baseline, for estimators that require one (ReMax's greedy reward)."""
+    def prepare(self, trajectories: list[Trajectory], baseline: torch.Tensor | None = None,
+                step: int = 0) -> tuple[TokenBatch, dict[str, float]]:
+        """Tensors for the update of RL step ``step`` (0-based): advantages and returns,
+        per-token weights (truncated IS, high-entropy token selection), reference and teacher
+        log-probs, critic values — whatever the config uses, in the batch's ``extras``.
+        ``baseline`` [N]: each trajectory's group baseline, for estimators that require one
+        (ReMax's greedy reward)."""
         config, model = self.config, self.policy
         alg, temperature = config.algorithm, config.rollout.temperature
         # an engine that returns no entropies (vLLM): the learner computes them when needed
@@ -218,6 +225,10 @@ class Learner:
                 stats["kl_rollout"] = float(kl.sum() / mask.sum())
                 if alg.kl.placement == "reward":
                     token_rewards = -self.kl_coef * kl
+            if self.teacher is not None:
+                token_rewards = self._teacher_term(batch, trajectories, step, stats, token_rewards)
+            if not config.teacher.outcome:  # pure on-policy distillation: the teacher term is the signal
+                rewards = torch.zeros_like(rewards)
             estimator = ADVANTAGES.get(alg.advantage)
             inputs: dict[str, Any] = {}
             if "values" in estimator.requires:
@@ -237,6 +248,32 @@ class Learner:
                 batch.extras["token_weight"] = batch.extras.get("token_weight", mask) * selected
                 stats["selected_token_frac"] = float(selected.sum() / mask.sum())
         return batch, stats
+
+    def _teacher_term(self, batch: TokenBatch, trajectories: list[Trajectory], step: int, stats: dict[str, float],
+                      token_rewards: torch.Tensor | None) -> torch.Tensor | None:
+        """The teacher's log-probs of the sampled tokens (``teacher_logprobs``), the responses
+        its term covers (``teacher_mask``) in the batch's extras, this step's coefficient in
+        ``teacher_coef``; with ``teacher.placement: reward``, the token rewards with
+        -coef * KL_t added. Logs ``teacher_kl`` (k1, an unbiased estimate of KL(policy ||
+        teacher) per token on the rollout), ``teacher_coef``, ``teacher_covered_frac`` and
+        ``time_teacher`` (part of ``time_prepare``)."""
+        t, mask = self.config.teacher, batch.target_mask
+        started = time.perf_counter()
+        teacher = self.by_rows(lambda rows: token_logprobs(self.teacher, rows, self.config.rollout.temperature)[0],
+                               batch)
+        stats["time_teacher"] = time.perf_counter() - started
+        covered = teacher_response_mask(torch.tensor([tr.correct for tr in trajectories]), t.mask).to(mask.device)
+        coef = annealed_coef(t.coef, t.coef_final, step, self.config.rl.steps)
+        batch.extras["teacher_logprobs"] = teacher
+        batch.extras["teacher_mask"] = mask * covered[:, None]
+        self.teacher_coef = coef
+        stats["teacher_kl"] = float(((batch.old_logprobs - teacher) * mask).sum() / mask.sum().clamp(min=1))
+        stats["teacher_coef"] = coef
+        stats["teacher_covered_frac"] = float(covered.mean())
+        if t.placement != "reward":
+            return token_rewards
+        kl = KL_ESTIMATORS.get(t.estimator)(batch.old_logprobs, teacher) * batch.extras["teacher_mask"]
+        return -coef * kl if token_rewards is None else token_rewards - coef * kl
 
     def by_rows(self, forward: Callable[[TokenBatch], Any], batch: TokenBatch) -> Any:
         """``forward(batch)`` (a tensor [N, L-1], or a tuple of them and Nones), with each
@@ -338,6 +375,8 @@ def policy_update(learner: Learner, batch: TokenBatch, generator: torch.Generato
     rl, alg = config.rl, config.algorithm
     loss_fn = POLICY_LOSSES.get(alg.loss)
     kl_fn = KL_ESTIMATORS.get(alg.kl.estimator) if alg.kl.placement == "loss" and learner.reference else None
+    teacher_fn = KL_ESTIMATORS.get(config.teacher.estimator) \
+        if config.teacher.placement == "loss" and learner.teacher is not None else None
     entropy_coef = learner.entropy_coef
     precision, world = learner.precision, learner.world
     sharded = is_sharded(model)
@@ -392,6 +431,11 @@ def policy_update(learner: Learner, batch: TokenBatch, generator: torch.Generato
                             kl = kl_fn(logp, micro.extras["ref_logprobs"]) * mask
                             loss = loss + learner.kl_coef * aggregate_loss(kl, mask, alg.loss_agg, **agg)
                             stats["kl"] = kl.sum() / mask.sum().clamp(min=1)
+                        if teacher_fn is not None:  # KDRL / on-policy distillation: beta * KL(pi || teacher)
+                            covered = micro.extras["teacher_mask"]
+                            kd = teacher_fn(logp, micro.extras["teacher_logprobs"]) * covered
+                            loss = loss + learner.teacher_coef * aggregate_loss(kd, mask, alg.loss_agg, **agg)
+                            stats["teacher_loss_kl"] = kd.sum() / mask.sum().clamp(min=1)
                         if entropy_coef > 0:
                             loss = loss - entropy_coef * aggregate_loss(entropy * mask, mask, alg.loss_agg, **agg)
                         stats["entropy"] = (entropy * mask).sum() / mask.sum().clamp(min=1)
@@ -479,7 +523,7 @@ def update_inputs(batch: TokenBatch) -> dict[str, torch.Tensor]:
     """The per-token tensors of a prepared batch that enter the loss, by name."""
     named = {"old log-probs": batch.old_logprobs, "advantages": batch.extras.get("advantages"),
              "returns": batch.extras.get("returns"), "reference log-probs": batch.extras.get("ref_logprobs"),
-             "token weights": batch.extras.get("token_weight"), "old values": batch.extras.get("old_values")}
+             "teacher log-probs": batch.extras.get("teacher_logprobs"), "token weights": batch.extras.get("token_weight"), "old values": batch.extras.get("old_values")}
     return {name: tensor for name, tensor in named.items() if tensor is not None}
 
 
@@ -813,7 +857,7 @@ def rl_step(roles: RLRoles, step: int, ahead: AheadGenerator | None = None,
                 baseline = greedy_baselines(sampler, judge, trajectories, config)
         # 3. learn: advantages and reference, then the optimizer phase
         with timer("prepare"):
-            batch, batch_stats = learner.prepare(trajectories, baseline)
+            batch, batch_stats = learner.prepare(trajectories, baseline, step)
             note_advantages(trajectories, batch)
         with timer("update"):
             update = learner.update(batch, step, trajectories)
@@ -911,7 +955,8 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, judge: 
             ahead if ahead is not None else contextlib.nullcontext():
         for step in range(start, rl.steps):
             record, trajectories, rates = rl_step(roles, step, ahead)
-            warning = watch.observe(record, trajectories)
+            # (a teacher term learns from every sample, whatever the rewards)
+            warning = watch.observe(record, trajectories) if roles.learner.teacher is None else None
             if warning is not None and world.is_main:
                 progress.note(f"rlvr: warning: {warning}")
             run.append("pass_rates.jsonl", {"stage": "rl", "step": step + 1, "rates": rates})
