@@ -175,7 +175,9 @@ class KLConfig:
 @dataclass
 class TeacherConfig:
     path: str | None = _f(None, "the teacher for KDRL and on-policy distillation: a Hugging Face checkpoint directory, a hub id in the local cache, or a run directory (its final checkpoint); null = no teacher. Its tokenizer must be the student's (the same vocabulary and ids; there is no re-tokenisation). Loaded frozen on the run's device; its log-probs of the sampled tokens are computed without gradient, in the trainer's batches, timed as time_teacher")
-    coef: float = _f(0.0, "beta of the reverse KL(policy || teacher) term on the policy's own samples (KDRL, Xu et al. 2025; on-policy distillation); > 0 needs teacher.path", ge=0, le=1e6)
+    sft_steps: int = _f(0, "no path: the run trains its own teacher first, as a run directory of its own in <run>/teacher (resumed, and reused once done): SFT on the task's demonstrations for this many steps, then teacher.rl_steps of RL, with the run's own model, SFT and RL settings (no teacher term) and another seed; 0 = none", ge=0)
+    rl_steps: int = _f(0, "teacher.sft_steps: RL steps after the teacher's SFT (0 = SFT only; on the default task SFT alone saturates near the warm start's accuracy, RL takes the teacher further)", ge=0)
+    coef: float = _f(0.0, "beta of the reverse KL(policy || teacher) term on the policy's own samples (KDRL, Xu et al. 2025; on-policy distillation); > 0 needs teacher.path or teacher.sft_steps", ge=0, le=1e6)
     coef_final: float | None = _f(None, "anneal the coefficient linearly from coef (first RL step) to this (last RL step), KDRL's schedule (e.g. 5e-3 -> 1e-3); null keeps coef", ge=0, le=1e6)
     estimator: str = _f("k2", "per-token estimator of KL(policy || teacher) on the sampled tokens (algorithm.kl's registry): k2 (as a loss, its gradient is the exact reverse-KL gradient on the policy's own samples, KDRL's choice), k3 (GRPO's low-variance KL; a biased gradient), k1, k1_st, k3_st")
     placement: Literal["loss", "reward"] = _f("loss", "loss: coef * KL is a loss term, aggregated like the policy loss; reward: -coef * KL_t is each token's reward (per token with gae and reinforce_pp; group estimators fold it into the sequence score)")
@@ -183,10 +185,15 @@ class TeacherConfig:
     outcome: bool = _f(True, "learn from the task's reward too; false = pure on-policy distillation: the rewards are logged but the advantages see zero, so the teacher term is the whole signal")
 
     def __post_init__(self) -> None:
-        if self.coef > 0 and not self.path:
-            raise ValueError("coef > 0 needs teacher.path (the model to distil from)")
-        if self.path and self.coef == 0:
-            raise ValueError("teacher.path is set but coef is 0: the teacher would be loaded and never used; set coef")
+        if self.rl_steps and not self.sft_steps:
+            raise ValueError("rl_steps needs sft_steps: a teacher the run trains starts with SFT")
+        if self.coef > 0 and not self.path and not self.sft_steps:
+            raise ValueError("coef > 0 needs teacher.path (the model to distil from) or teacher.sft_steps (train one)")
+        if self.path and self.sft_steps:
+            raise ValueError("teacher.path and teacher.sft_steps both set: distil from the given teacher (path) or "
+                             "train one (sft_steps), not both")
+        if (self.path or self.sft_steps) and self.coef == 0:
+            raise ValueError("a teacher is set but coef is 0: it would be loaded and never used; set coef")
         if not self.outcome and self.coef == 0:
             raise ValueError("outcome: false without a teacher term leaves nothing to learn from; set path and coef")
 

@@ -47,6 +47,11 @@ def _variants() -> list[tuple[str, list[str]]]:
         ("dual-clip", ["algorithm.clip_c=3.0"]),
         ("truncated-is", ["algorithm.tis_cap=2.0"]),
         ("overlong-filtering", ["rl.mask_truncated=true"]),
+        # a teacher the run trains itself (4 SFT steps), its term in the loss and in the token rewards
+        ("teacher-kdrl", ["teacher.sft_steps=4", "teacher.coef=0.1", "teacher.coef_final=0.01",
+                          "teacher.mask=incorrect"]),
+        ("teacher-in-reward", ["teacher.sft_steps=4", "teacher.coef=0.1", "teacher.placement=reward",
+                               "teacher.estimator=k1", "algorithm.advantage=reinforce_pp"]),
     ]
     shaping_params = {"overlong": "{buffer: 4}", "laser": "{target_length: 8}", "laser_d": "{interval: 4}",
                       "label_noise": "{p: 0.5}"}
@@ -119,7 +124,15 @@ def _check_overlong(rl):
     assert any(m["truncated_frac"] > 0 for m in rl)
 
 
+def _check_teacher(rl):
+    # the teacher is another model: a KL to it on the rollout, the term counted on every step
+    assert all(m["teacher_kl"] > 0 and m["teacher_covered_frac"] > 0 and m["time_teacher"] > 0 for m in rl)
+    assert rl[0]["teacher_coef"] == 0.1
+
+
 LOOP_CHECKS = {
+    "teacher-kdrl": _check_teacher,
+    "teacher-in-reward": _check_teacher,
     "prorl-reset-threshold": _check_reset,
     "shaping=random_reward": _check_random_reward,
     "shaping=overlong": _check_overlong,

@@ -152,6 +152,7 @@ def test_a_teacher_with_another_vocabulary_is_refused_before_any_work(tmp_path, 
         .save_pretrained(tmp_path / "other")
     tokenizer.add_tokens(["<extra>"])
     tokenizer.save_pretrained(tmp_path / "other")
+    capsys.readouterr()  # (the save's progress bar)
     code = main(["train", "--output-dir", str(tmp_path / "run"), *TINY, "sft.steps=2", "rl.steps=2",
                  f"teacher.path={tmp_path / 'other'}", "teacher.coef=0.1"])
     err = capsys.readouterr().err
@@ -159,7 +160,10 @@ def test_a_teacher_with_another_vocabulary_is_refused_before_any_work(tmp_path, 
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
     for bad, said in ((["teacher.coef=0.1"], "coef > 0 needs teacher.path"),
                       ([f"teacher.path={tmp_path / 'missing'}", "teacher.coef=0.1"], "teacher.path:"),
-                      ([f"teacher.path={tmp_path / 'other'}"], "coef is 0")):
+                      ([f"teacher.path={tmp_path / 'other'}"], "coef is 0"),
+                      (["teacher.sft_steps=2", f"teacher.path={tmp_path / 'other'}", "teacher.coef=0.1"],
+                       "teacher.path and teacher.sft_steps both set"),
+                      (["teacher.rl_steps=2", "teacher.coef=0.1"], "rl_steps needs sft_steps")):
         code = main(["train", "--output-dir", str(tmp_path / "run"), *TINY, *bad])
         err = capsys.readouterr().err
         assert code == 2 and said in err and len(err.strip().splitlines()) == 1, err
@@ -194,3 +198,21 @@ def test_kdrl_resumes_exactly_after_a_crash(sft_teacher, tmp_path, monkeypatch):
     assert a == b and [r["teacher_coef"] for r in a] == pytest.approx([0.05, 0.05 - 0.04 / 3, 0.05 - 0.08 / 3, 0.01])
     assert json.loads((straight.path / "summary.json").read_text())["final_accuracy"] == \
         json.loads((crashed.path / "summary.json").read_text())["final_accuracy"]
+
+
+def test_a_teacher_the_run_trains_itself_is_a_run_dir_of_its_own_reused_on_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [*TINY, "sft.steps=4", "rl.steps=2", "checkpoint.every=2", "teacher.sft_steps=6", "teacher.rl_steps=2",
+            "teacher.coef=0.1"]
+    assert main(["train", "--output-dir", str(run), *args]) == 0
+    out = capsys.readouterr().out
+    assert "teacher: SFT for 6 steps, then RL for 2, in" in out and "teacher: held-out accuracy" in out
+    teacher = RunDir(run / "teacher").read("metrics.jsonl")
+    assert [r["step"] for r in teacher if r["stage"] == "sft"] == list(range(1, 7))
+    assert [r["step"] for r in teacher if r["stage"] == "rl"] == [1, 2]
+    assert all("teacher_kl" not in r for r in teacher)  # the teacher learns without a teacher
+    student = [r for r in RunDir(run).read("metrics.jsonl") if r["stage"] == "rl"]
+    assert all(r["teacher_kl"] > 0 for r in student)
+    assert json.loads((run / "teacher" / "summary.json").read_text())["final_checkpoint"].endswith("checkpoints/final")
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "teacher: SFT" not in capsys.readouterr().out

@@ -7,7 +7,7 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,7 +36,7 @@ from rlvr.training.judge import Judge, Verifier
 from rlvr.training.rl import train_rl
 from rlvr.training.precision import (DeviceError, check_precision, enable_gradient_checkpointing, forward_autocast,
                                    resolve_device)
-from rlvr.training.run_dir import RunDir, atomic_write, model_source, resume_point
+from rlvr.training.run_dir import FollowerRunDir, RunDir, atomic_write, model_source, resume_point
 from rlvr.verify import make_verifier
 from rlvr.training import warmstart_cache
 from rlvr.training.sft import sft_demonstrations, train_sft
@@ -210,7 +210,7 @@ def check_names(config: RunConfig, source: str = "config", task: Task | None = N
               ("algorithm.loss", POLICY_LOSSES, [config.algorithm.loss]),
               ("algorithm.loss_agg", LOSS_AGGREGATIONS, [config.algorithm.loss_agg]),
               ("algorithm.kl.estimator", KL_ESTIMATORS, [config.algorithm.kl.estimator]),
-              ("teacher.estimator", KL_ESTIMATORS, [config.teacher.estimator] if config.teacher.path else [])]
+              ("teacher.estimator", KL_ESTIMATORS, [config.teacher.estimator] if config.teacher.coef > 0 else [])]
     for field_name, registry, names in checks:
         for name in names:
             try:
@@ -359,6 +359,7 @@ def run_pipeline(config: RunConfig, run: RunDir, task: Task | None = None,
 
 
 def _run_stages(config: RunConfig, run: RunDir, task: Task | None = None, world: World = SINGLE) -> dict[str, Any]:
+    config = _with_trained_teacher(config, run, task, world)
     cacheable = task is None and warmstart_cache.enabled(config)  # a task object has no config to key on
     task = build_task(config) if task is None else task
     tokenizer = run_tokenizer(config)[0] if config.data.overlong_prompts == "drop" else None
@@ -372,6 +373,43 @@ def _run_stages(config: RunConfig, run: RunDir, task: Task | None = None, world:
             eval_sets.append(EvalTarget(name, other, problems, other_verifier, build_environment(
                 config.rollout.environment, other, other_verifier.score_many)))
         return _run_stages_with(config, run, task, verifier, eval_sets, cacheable, world)
+
+
+TEACHER_DIR = "teacher"
+
+
+def _with_trained_teacher(config: RunConfig, run: RunDir, task: Task | None, world: World) -> RunConfig:
+    """``teacher.sft_steps``: train the run's teacher (SFT on the task's demonstrations, then
+    ``teacher.rl_steps`` of RL; the run's model, SFT and RL settings, its own seed) as a run
+    directory of its own in ``<run>/teacher``, resumed if interrupted and reused once done;
+    the config the student runs with names it as ``teacher.path``."""
+    t = config.teacher
+    if t.path or not t.sft_steps or "rl" not in config.stages:
+        return config
+    path = run.path / TEACHER_DIR
+    stages: list[Any] = ["sft", "rl"] if t.rl_steps else ["sft"]
+    teacher_config = replace(config, stages=stages, seed=derive_seed(config.seed, "teacher") % 2**31,
+                             sft=replace(config.sft, steps=t.sft_steps),
+                             rl=replace(config.rl, steps=max(t.rl_steps, 1)), teacher=type(t)())
+    if not world.is_main:
+        sub: RunDir = FollowerRunDir(path)
+    elif (path / "config.yaml").is_file():
+        sub = RunDir.open(path)
+    else:
+        sub = RunDir.create(teacher_config, path)
+    done = None
+    if world.is_main:
+        state = sub.recover()
+        done = set(stages) <= set(state["completed_stages"]) and ("final" if t.rl_steps else "warmstart") in state["evals"]
+    done = world.broadcast_object(done, "the teacher's state")
+    if not done:
+        if world.is_main:
+            print(f"teacher: SFT for {t.sft_steps} steps" + (f", then RL for {t.rl_steps}" if t.rl_steps else "")
+                  + f", in {path}", flush=True)
+        summary = run_pipeline(teacher_config, sub, task=task, world=world)
+        if world.is_main:
+            print(f"teacher: held-out accuracy {100 * summary['final_accuracy']:.1f}%", flush=True)
+    return replace(config, teacher=replace(t, path=str(path), sft_steps=0, rl_steps=0))
 
 
 @dataclass
