@@ -224,6 +224,7 @@ class AlgorithmConfig:
     gamma: float = _f(1.0, "discount per token (gae, reinforce_pp)", ge=0, le=1)
     lam: float = _f(1.0, "GAE lambda (gae)", ge=0, le=1)
     pass_k: int = _f(1, "pass_at_k estimator: the k whose pass@k is optimised (<= samples_per_prompt)", ge=1)
+    accept_reward: float = _f(1.0, "rft estimator (expert iteration): a sample whose reward is >= this is accepted (advantage 1), the rest get 0; 1.0 = the correctness reward's value", ge=-1e6, le=1e6)
     top_entropy_fraction: float = _f(1.0, "train only on this fraction of response tokens with the highest entropy (0.2 in 'Beyond the 80/20 rule'); 1 trains on all", gt=0, le=1)
     positive_weight: float = _f(1.0, "multiplies advantages > 0 (W-REINFORCE uses 0.1: negative-sample reinforcement)", ge=0)
     negative_weight: float = _f(1.0, "multiplies advantages < 0", ge=0)

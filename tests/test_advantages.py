@@ -20,6 +20,7 @@ from rlvr.algorithms.advantages import (
     reinforce_pp_advantages,
     reinforce_pp_baseline_advantages,
     remax_advantages,
+    rft_advantages,
     rloo_advantages,
 )
 
@@ -57,8 +58,9 @@ def outcome_adv(fn, rewards, group_ids, **kwargs):
 
 def test_registered_names():
     assert ADVANTAGES.names() == [
-        "dr_grpo", "gae", "grpo", "pass_at_k", "reinforce_pp", "reinforce_pp_baseline", "remax", "rloo",
+        "dr_grpo", "gae", "grpo", "pass_at_k", "reinforce_pp", "reinforce_pp_baseline", "remax", "rft", "rloo",
     ]
+    assert ADVANTAGES.get("rft") is rft_advantages
     assert ADVANTAGES.get("grpo") is grpo_advantages
     assert ADVANTAGES.get("dr_grpo") is dr_grpo_advantages
     assert ADVANTAGES.get("rloo") is rloo_advantages
@@ -72,7 +74,7 @@ def test_registered_names():
 def test_requires_attributes():
     expected = {
         "dr_grpo": frozenset(), "grpo": frozenset(), "pass_at_k": frozenset(), "reinforce_pp": frozenset(),
-        "reinforce_pp_baseline": frozenset(), "rloo": frozenset(),
+        "reinforce_pp_baseline": frozenset(), "rloo": frozenset(), "rft": frozenset(),
         "remax": frozenset({"baseline"}), "gae": frozenset({"values"}),
     }
     for name in ADVANTAGES.names():
@@ -543,3 +545,25 @@ def test_pass_at_k_invalid_arguments():
         pass_at_k_advantages(rewards, torch.tensor([0, 0, 0]), mask, k=0)
     with pytest.raises(ValueError, match="token_rewards"):
         pass_at_k_advantages(rewards, torch.tensor([0, 0, 0]), mask, k=1, token_rewards=torch.zeros(3, 1))
+
+
+def test_rft_accepts_the_samples_at_or_above_the_threshold():
+    # rewards 1 (correct), 0.2 (format only), 0 and 1.5 (correct + bonus); groups play no part
+    rewards = torch.tensor([1.0, 0.2, 0.0, 1.5])
+    adv = outcome_adv(rft_advantages, rewards, torch.tensor([0, 0, 1, 1]))
+    assert adv.tolist() == [1.0, 0.0, 0.0, 1.0]
+    assert outcome_adv(rft_advantages, rewards, torch.tensor([0, 0, 1, 1]), accept=0.1).tolist() == [1, 1, 0, 1]
+    # a group all accepted still learns (unlike a group baseline, which would give it 0)
+    assert outcome_adv(rft_advantages, torch.ones(3), torch.zeros(3, dtype=torch.long)).tolist() == [1, 1, 1]
+
+
+def test_rft_with_reinforce_is_the_nll_of_the_accepted_samples():
+    from rlvr.algorithms.losses import aggregate_loss, reinforce_loss
+
+    logp = torch.tensor([[-0.5, -1.0, -2.0], [-0.1, -0.3, 0.0], [-4.0, 0.0, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    adv, _ = rft_advantages(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0, 0, 0]), mask)
+    per_token, _ = reinforce_loss(logp, logp.detach(), adv, mask)
+    loss = aggregate_loss(per_token, mask, "token_mean", num_tokens=mask.sum(), num_seqs=3, norm_len=3)
+    # accepted rows 0 and 2: -(-0.5 - 1.0 - 2.0 - 4.0) / 6 counted tokens
+    assert loss.item() == pytest.approx(7.5 / 6)

@@ -20,6 +20,7 @@ from rlvr.algorithms.advantages import (
     reinforce_pp_advantages,
     reinforce_pp_baseline_advantages,
     remax_advantages,
+    rft_advantages,
     rloo_advantages,
 )
 from rlvr.algorithms.controllers import adaptive_entropy_coef, adaptive_kl_coef
@@ -76,6 +77,7 @@ __all__ = [
     "reinforce_pp_advantages",
     "reinforce_pp_baseline_advantages",
     "remax_advantages",
+    "rft_advantages",
     "rloo_advantages",
     "sample_weights",
     "seq_mean_token_mean",

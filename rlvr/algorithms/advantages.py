@@ -375,6 +375,48 @@ def grpo_advantages(
     return _outcome_output(adv, rewards, valid, token_r, gamma)
 
 
+@ADVANTAGES.register("rft")
+@needs()
+def rft_advantages(
+    rewards: Tensor,
+    group_ids: Tensor,
+    mask: Tensor,
+    *,
+    token_rewards: Optional[Tensor] = None,
+    gamma: float = 1.0,
+    accept: float = 1.0,
+    **kwargs: object,
+) -> tuple[Tensor, Tensor]:
+    """Rejection-sampling fine-tuning, one round of expert iteration (Zelikman et al. 2022,
+    STaR; Yuan et al. 2023, RFT; Singh et al. 2023, ReST-EM; Huang et al. 2024, "Self-Improvement
+    in Language Models: The Sharpening Mechanism"): sample, keep what the verifier accepts,
+    fine-tune on it.
+
+        s_i   = r_i + sum_t token_rewards_{i,t}
+        A_i   = 1 if s_i >= accept else 0,   broadcast over the valid tokens of trajectory i
+
+    With the ``reinforce`` loss (-A * log pi per token) the update is the negative
+    log-likelihood of the accepted samples only: supervised fine-tuning on the policy's own
+    verified samples, rejected ones ignored (no baseline, no negative gradient); ``rl.epochs``
+    passes over each batch make one expert-iteration round. Groups play no part.
+
+    Args:
+        rewards: Tensor[N] outcome reward per trajectory.
+        group_ids: Tensor[N] long (unused: the acceptance is per sample).
+        mask: Tensor[N, T]; nonzero = trained response token.
+        token_rewards: optional Tensor[N, T] per-token rewards, folded into the score.
+        gamma: discount of the returned reward-to-go.
+        accept: the lowest accepted score (the correctness reward's 1.0 by default).
+        **kwargs: ignored (shared estimator signature).
+
+    Returns:
+        (advantages, returns), Tensor[N, T] each: 1 on the accepted samples' valid tokens, else 0.
+    """
+    rewards, valid, token_r, _, _ = _prepare(rewards, group_ids, mask, token_rewards)
+    adv = (_score(rewards, token_r) >= accept).to(rewards.dtype)
+    return _outcome_output(adv, rewards, valid, token_r, gamma)
+
+
 @ADVANTAGES.register("dr_grpo")
 @needs()
 def dr_grpo_advantages(

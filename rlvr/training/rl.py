@@ -237,7 +237,8 @@ class Learner:
             if "baseline" in estimator.requires:
                 inputs["baseline"] = baseline.to(device)
             adv, returns = estimator(rewards, group_ids, mask, token_rewards=token_rewards, gamma=alg.gamma,
-                                     lam=alg.lam, scale_by_std=alg.scale_by_std, k=alg.pass_k, **inputs)
+                                     lam=alg.lam, scale_by_std=alg.scale_by_std, k=alg.pass_k, accept=alg.accept_reward,
+                                     **inputs)
             adv = adv * sample_weights(adv, alg.positive_weight, alg.negative_weight)
             batch.extras["advantages"] = adv
             batch.extras["returns"] = returns
