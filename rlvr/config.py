@@ -239,6 +239,12 @@ class AlgorithmConfig:
 
 
 @dataclass
+class ReliftConfig:
+    buffer: int = _f(0, "ReLIFT (Ma et al. 2025): buffer the problems no sample of a group solved (accuracy 0) with a demonstration each (the task's solver, as for SFT); once this many are buffered, one fine-tuning update on them, then the buffer empties; 0 = off", ge=0)
+    lr: float | None = _f(None, "learning rate of the fine-tuning updates (the policy's optimizer, between RL updates); null = sft.lr", gt=0)
+
+
+@dataclass
 class RLConfig:
     steps: int = _f(60, "RL steps; each samples a fresh batch of prompts", ge=0)
     max_seconds: float = _f(0.0, "also stop RL once its steps have taken this many wall-clock seconds in all (evaluations excluded); 0 = no limit", ge=0)
@@ -256,6 +262,7 @@ class RLConfig:
     mask_truncated: bool = _f(False, "DAPO overlong filtering: responses cut at max_new_tokens get no gradient")
     max_nonfinite_updates: int = _f(3, "an update whose loss, gradient or inputs (advantages, log-probs) hold NaN/inf is skipped; stop the run after this many skipped in a row (optimizer updates)", ge=1)
     max_staleness: int = _f(0, "asynchronous RL, bounded staleness: 0 = synchronous (each step samples with the weights it trains); k >= 1 = the rollouts of step t+k are generated in a background thread while step t trains, so a step learns from samples up to k weight versions old (each trajectory carries the policy_version it was sampled under; older ones are dropped and counted in stale_dropped) and truncated importance sampling against the engine's log-probs corrects for it (algorithm.tis_cap, 2.0 when null). logprob_gap_* then also measures the policy's change over those versions. Needs an engine that holds its own weights (rollout.engine: vllm, colocated or server); logs staleness_mean/_max, staleness/<s> fractions, stale_dropped, time_generation_background/_overlapped/_wait and overlap_frac", ge=0)
+    relift: ReliftConfig = _sub(ReliftConfig, "ReLIFT: fine-tuning on demonstrations of the problems RL fails, interleaved with RL")
 
     def __post_init__(self) -> None:
         batch = self.prompts_per_step * self.samples_per_prompt

@@ -251,6 +251,7 @@ def check_names(config: RunConfig, source: str = "config", task: Task | None = N
         raise ConfigError(f"{source_of(source, *err.fields)}: {err}") from None
     if "rl" in config.stages:
         check_teacher(config, tokenizer, source)
+        check_relift(config, task, source)
     data = config.data
     if data.max_prompt_length is not None and positions is not None \
             and data.max_prompt_length + config.rollout.max_new_tokens > positions:
@@ -295,6 +296,25 @@ def check_names(config: RunConfig, source: str = "config", task: Task | None = N
     except (ValueError, OSError) as err:  # the message names the file and record, or the fields
         raise ConfigError(f"{source}: {err}") from None
     return warnings
+
+
+def check_relift(config: RunConfig, task: Task, source: str = "config") -> None:
+    """``rl.relift.buffer`` needs demonstrations from the task, as single-turn text."""
+    if not config.rl.relift.buffer:
+        return
+    where = f"{source_of(source, 'rl.relift.buffer')}: rl.relift.buffer={config.rl.relift.buffer}"
+    if config.rollout.environment.name:
+        raise ConfigError(f"{where}: ReLIFT's fine-tuning on demonstrations is single-turn; it does not run with a "
+                          f"multi-turn rollout.environment ({config.rollout.environment.name}) yet")
+    import random
+
+    try:
+        problem = task.sample_problems(1, config.seed, split="train")[0]
+        task.demonstration(problem, random.Random(0))
+    except NotImplementedError as err:
+        raise ConfigError(f"{where}: ReLIFT fine-tunes on the task's demonstrations: {err}") from None
+    except Exception:  # noqa: BLE001 (too little data and the like: the data checks below say it)
+        return
 
 
 def check_staleness(config: RunConfig, source: str = "config") -> None:

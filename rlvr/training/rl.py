@@ -57,6 +57,7 @@ from rlvr.seeding import derive_seed
 from rlvr.tasks.base import Problem
 from rlvr.training.batch import TokenBatch, make_token_batch, token_logprobs
 from rlvr.training.critic import ValueModel
+from rlvr.training.relift import ReliftBuffer
 from rlvr.training.teacher import load_teacher
 from rlvr.training.finite import UpdateGuard, clip_grad_norm, nonfinite_rows
 from rlvr.training.optim import lr_at, make_optimizer, set_lr
@@ -312,6 +313,36 @@ class Learner:
         shuffle = torch.Generator().manual_seed(derive_seed(self.config.seed, "rl-shuffle", step))
         return policy_update(self, batch, shuffle, step * updates_per_step,
                              train_policy=step >= self.config.algorithm.critic.warmup_steps)
+
+    def fine_tune(self, batch: TokenBatch, lr: float, step: int) -> dict[str, float]:
+        """One supervised update of the policy on ``batch`` (ReLIFT's demonstrations): the
+        negative log-likelihood per counted token, through the policy's optimizer at ``lr``,
+        clipped like an RL update; with several ranks each computes its share of the rows over
+        the whole batch's token count and the gradients are summed."""
+        world, precision, model = self.world, self.precision, self.policy
+        batch = batch.to(precision.device)
+        tokens = batch.target_mask.sum()
+        mine = batch if not world.distributed else batch.rows(torch.tensor(world.strided(range(len(batch.targets)))))
+        set_lr(self.optimizer, lr)
+        self.optimizer.zero_grad(set_to_none=True)
+        with precision.autocast():
+            logp, _ = token_logprobs(model, mine)
+            loss = -(logp * mine.target_mask).sum() / tokens
+        precision.backward(loss)
+        value = loss.item()
+        if world.distributed:
+            if not self.sharded:  # FSDP reduce-scattered (summed) the gradients in the backward already
+                world.sum_grads_([model], f"RL step {step + 1}: summing the ReLIFT gradients")
+            value = world.sum_floats([value], f"RL step {step + 1}: summing the ReLIFT loss")[0]
+        precision.unscale(self.optimizer)
+        grad_norm = clip_grad_norm(model, self.config.rl.grad_clip)
+        if precision.overflowed(value, [grad_norm]) or not self.guard.allow(
+                f"step {step + 1} (ReLIFT fine-tuning)", value, [("policy", model, grad_norm)]):
+            precision.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            return {"relift_loss": value, "relift_skipped": 1.0}
+        precision.step(self.optimizer)
+        return {"relift_loss": value, "relift_grad_norm": grad_norm, "relift_skipped": 0.0}
 
     def update_coefficients(self, metrics: dict[str, float], step: int, n_samples: int) -> None:
         """Adaptive KL / entropy coefficients, and ProRL's reference reset, after a step."""
@@ -793,13 +824,19 @@ class RLRoles:
     prompts: PromptSampler
     samples_generated: int = 0
     seconds: float = 0.0  # wall-clock time of the RL steps so far (rl.max_seconds)
+    relift: ReliftBuffer | None = None  # rl.relift.buffer > 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.learner.state_dict(), "shapers": self.judge.state_dict(),
-                "sampler": self.prompts.state_dict(), "samples_generated": self.samples_generated,
-                "seconds": self.seconds}
+        state = {**self.learner.state_dict(), "shapers": self.judge.state_dict(),
+                 "sampler": self.prompts.state_dict(), "samples_generated": self.samples_generated,
+                 "seconds": self.seconds}
+        if self.relift is not None:
+            state["relift"] = self.relift.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any], checkpoint: Path | None = None) -> None:
+        if self.relift is not None:
+            self.relift.load_state_dict(state["relift"])
         self.learner.load_state_dict(state, checkpoint)
         self.judge.load_state_dict(state["shapers"])
         self.prompts.load_state_dict(state["sampler"])
@@ -862,6 +899,12 @@ def rl_step(roles: RLRoles, step: int, ahead: AheadGenerator | None = None,
             note_advantages(trajectories, batch)
         with timer("update"):
             update = learner.update(batch, step, trajectories)
+        if roles.relift is not None:  # ReLIFT: the failed problems' demonstrations, once enough are buffered
+            with timer("relift"):
+                roles.relift.collect(trajectories)
+                if roles.relift.ready():
+                    update.update(learner.fine_tune(roles.relift.take(judge.tokenizer, step),
+                                                    config.rl.relift.lr or config.sft.lr, step))
         if update.get("skipped_updates") and "loss" not in update:
             batch_stats = {key: value for key, value in batch_stats.items() if math.isfinite(value)}
         # 4. the new weights to the sampler
@@ -871,6 +914,8 @@ def rl_step(roles: RLRoles, step: int, ahead: AheadGenerator | None = None,
         record = step_metrics(step + 1, trajectories, config)
         record.update(batch_stats)
         record.update(update)
+        if roles.relift is not None:
+            record.update(roles.relift.metrics())
         learner.update_coefficients(record, step + 1, len(trajectories))
         check_logprob_gap(record, config, step + 1)
     if ahead is not None:  # the background job done, then the new weights (even after a step without a batch)
@@ -933,7 +978,8 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, judge: 
     and evaluates (``run`` and ``evaluate_fn`` do nothing on the others)."""
     rl = config.rl
     roles = RLRoles(sampler, judge, Learner.build(model, config, tokenizer.pad_token_id, world),
-                    PromptSampler(judge.task, config, exclude))
+                    PromptSampler(judge.task, config, exclude),
+                    relift=ReliftBuffer(rl.relift.buffer, judge.task, config) if rl.relift.buffer else None)
     start = 0
     if state.get("checkpoint") and state.get("stage") == "rl":
         trainer_state = load_trainer_state(run.path / state["checkpoint"])
