@@ -36,6 +36,18 @@ def _sub(cls: type, help: str) -> Any:
 
 
 @dataclass
+class LoraSettings:
+    r: int = _f(0, "LoRA rank of the RL stage's adapters (Hu et al. 2022; RL on LoRA as in Tina, Wang et al. 2025); 0 = full fine-tuning. SFT stays full; RL trains only the adapters, the KL reference is the base with the adapters off (no second copy), checkpoints hold the merged weights plus adapter/. Needs peft (pip install -e '.[lora]')", ge=0, le=4096)
+    alpha: float = _f(16.0, "LoRA scaling numerator: the update is (alpha / r) * B A", gt=0, le=1e6)
+    dropout: float = _f(0.0, "dropout on the adapters' input", ge=0, lt=1)
+    target_modules: list[str] = _f(["all-linear"], "modules that get adapters: all-linear (every linear layer but the output head) or module names such as [q_proj, v_proj]")
+
+    def __post_init__(self) -> None:
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one module (or all-linear)")
+
+
+@dataclass
 class ModelConfig:
     path: str | None = _f(None, "Hugging Face checkpoint to start from: a local directory, or a hub id (org/name) found in the Hugging Face cache (HF_HUB_CACHE / HF_HOME; fetched unless HF_HUB_OFFLINE=1); null builds a tiny model from the fields below")
     architecture: Literal["llama", "qwen2"] = _f("llama", "architecture of the tiny model built when path is null")
@@ -48,6 +60,7 @@ class ModelConfig:
     chat_template: str | None = _f(None, "replace the checkpoint's chat template: a preset (chatml, llama3), a Jinja file or the template text; null keeps the checkpoint's")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = _f("sdpa", "attention kernel of the model's own forward (transformers' attn_implementation); flash_attention_2 needs the flash-attn package and a CUDA device. rlvr's packed forward and KV-cache decoder use SDPA")
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (less memory, ~30% more compute); training forwards then use the model's own forward, not the packed one")
+    lora: LoraSettings = _sub(LoraSettings, "LoRA adapters for the RL stage (r: 0 = full fine-tuning)")
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:

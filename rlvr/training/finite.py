@@ -28,7 +28,7 @@ def clip_grad_norm(module: nn.Module, max_norm: float) -> float:
     ``max_norm`` if it is larger (``max_norm`` <= 0: no clipping), as
     ``torch.nn.utils.clip_grad_norm_`` does; but a NaN/inf norm leaves the gradients as they
     are, so ``first_nonfinite_grad`` can still name the parameter it came from."""
-    params = [p for p in module.parameters() if p.grad is not None]
+    params = [p for p in module.parameters() if p.grad is not None and p.requires_grad]  # (frozen: not trained)
     norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     value = float(norm)
     if max_norm > 0 and math.isfinite(value):

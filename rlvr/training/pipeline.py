@@ -252,6 +252,7 @@ def check_names(config: RunConfig, source: str = "config", task: Task | None = N
     if "rl" in config.stages:
         check_teacher(config, tokenizer, source)
         check_relift(config, task, source)
+    check_lora(config, source)
     data = config.data
     if data.max_prompt_length is not None and positions is not None \
             and data.max_prompt_length + config.rollout.max_new_tokens > positions:
@@ -296,6 +297,27 @@ def check_names(config: RunConfig, source: str = "config", task: Task | None = N
     except (ValueError, OSError) as err:  # the message names the file and record, or the fields
         raise ConfigError(f"{source}: {err}") from None
     return warnings
+
+
+def check_lora(config: RunConfig, source: str = "config") -> None:
+    """``model.lora``: peft installed, an RL stage, and nothing it does not combine with yet."""
+    if not config.model.lora.r:
+        return
+    where = f"{source_of(source, 'model.lora')}: model.lora.r={config.model.lora.r}"
+    try:
+        import peft  # noqa: F401,F811
+    except ImportError:
+        raise ConfigError(f"{where}: LoRA needs peft, which is not installed: pip install -e \".[lora]\"") from None
+    kl = config.algorithm.kl
+    for bad, why in (("rl" not in config.stages, "the adapters train in the RL stage, and stages has no rl"),
+                     (config.rollout.engine == "vllm", "rollout.engine=vllm would need the merged weights at every "
+                      "sync; use the own engine (rollout.engine=kv_cache) with LoRA"),
+                     (config.distributed.strategy == "fsdp", "distributed.strategy=fsdp does not shard adapters "
+                      "yet; use replicate (the adapters are small)"),
+                     (bool(kl.reset_every or kl.reset_threshold), "algorithm.kl.reset_* would copy the policy into "
+                      "the reference, which with LoRA is the base itself (adapters off)")):
+        if bad:
+            raise ConfigError(f"{where}: {why}")
 
 
 def check_relift(config: RunConfig, task: Task, source: str = "config") -> None:
@@ -573,6 +595,10 @@ def _starting_model(config: RunConfig, run: RunDir, state: dict[str, Any]):
     ``config.device`` (``rlvr.training.precision``)."""
     m = config.model
     source = model_source(state)
+    if m.lora.r and state.get("stage") == "rl" and state.get("checkpoint"):
+        # an interrupted LoRA RL stage: its checkpoints hold merged weights; the adapters (in the
+        # trainer state) go back onto the stage's starting model, the frozen base
+        source = state.get("sft_final")
     if source or m.path:
         model, tokenizer = load_model_and_tokenizer(run.path / source if source else m.path,
                                                     attn_implementation=m.attn_implementation)

@@ -48,6 +48,7 @@ from rlvr.distributed.fsdp import (SHARDS, full_module_state, full_optimizer_sta
                                    shard, uses_fsdp)
 from rlvr.data.selection import group_pass_rates, groups_to_keep
 from rlvr.eval.evaluate import accuracy_by_task
+from rlvr.models.lora import AdapterDisabled, adapter_state, attach_lora, load_adapter_state, peft_of
 from rlvr.models.prompt_fit import check_fits_context, check_prompt_lengths
 from rlvr.rewards import describe_sample
 from rlvr.rewards.shaping import overlong_filter_mask, void_turn_filter_mask
@@ -104,7 +105,11 @@ class Learner:
         alg = config.algorithm
         precision = Precision.from_config(config)
         critic = ValueModel(policy) if "values" in ADVANTAGES.get(alg.advantage).requires else None
-        reference = copy.deepcopy(policy).eval().requires_grad_(False) if alg.kl.coef > 0 else None
+        if config.model.lora.r:  # adapters in place: the sampler and evaluation see them; the reference is the base
+            attach_lora(policy, config.model.lora)
+            reference = AdapterDisabled(policy) if alg.kl.coef > 0 else None
+        else:
+            reference = copy.deepcopy(policy).eval().requires_grad_(False) if alg.kl.coef > 0 else None
         if uses_fsdp(config, world):  # policy, reference and critic sharded; optimizers over the shards
             policy = shard(copy.deepcopy(policy), world, precision.dtype)
             reference = shard(reference, world, precision.dtype) if reference is not None else None
@@ -145,8 +150,10 @@ class Learner:
         if self.sharded:
             return {**state, "shards": SHARDS}
         state["optimizer"] = full_optimizer_state(self.optimizer)
-        if self.reference is not None:
+        if self.reference is not None and not isinstance(self.reference, AdapterDisabled):
             state["reference"] = full_module_state(self.reference)
+        if peft_of(self.policy) is not None:  # the adapters (the base is the RL stage's starting model)
+            state["lora"] = adapter_state(self.policy)
         if self.critic is not None:
             state["critic"] = full_module_state(self.critic)
             state["critic_optimizer"] = full_optimizer_state(self.critic_optimizer)
@@ -168,8 +175,12 @@ class Learner:
                 raise ValueError("a sharded learner state is read from its checkpoint directory")
             load_sharded_state(checkpoint / state["shards"], self._tensor_parts())
             return
+        if peft_of(self.policy) is not None:  # before the optimizer: its state is keyed by these parameters
+            if "lora" not in state:
+                raise ValueError("this checkpoint was written without model.lora: resume it without LoRA")
+            load_adapter_state(self.policy, state["lora"])
         load_optimizer_state(self.optimizer, state["optimizer"])
-        if self.reference is not None:
+        if self.reference is not None and not isinstance(self.reference, AdapterDisabled):
             load_full_module_state(self.reference, state["reference"])
         if self.critic is not None:
             load_full_module_state(self.critic, state["critic"])

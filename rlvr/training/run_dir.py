@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from rlvr.models.lora import save_pretrained
 from rlvr.config import RunConfig, save_config
 from rlvr.distributed.fsdp import SHARDS
 from rlvr.finite import check_finite_state, check_finite_weights
@@ -343,7 +344,7 @@ class RunDir:
         resumable = trainer_state is not None
         self._check_disk_room(name, model, resumable)
         try:
-            model.save_pretrained(tmp)
+            save_pretrained(model, tmp)  # with LoRA adapters: the merged weights, and adapter/
             tokenizer.save_pretrained(tmp)
             if trainer_state is not None:
                 torch.save(trainer_state, tmp / TRAINER_STATE)
