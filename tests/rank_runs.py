@@ -31,3 +31,18 @@ def records(run: Path, name: str) -> list[dict]:
 
 def without_timings(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMINGS and not k.startswith("time_")} for r in rows]
+
+
+def vllm_servers() -> list[int]:
+    """Process ids of running vLLM servers that rlvr started (their command line names rlvr's
+    launcher and a server pool's base checkpoint)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"rlvr.rollout.vllm_launch" in cmdline and b"rlvr-vllm-pool-" in cmdline:
+                found.append(int(entry))
+    return found

@@ -18,12 +18,12 @@ from rlvr.config import load_config
 from rlvr.models import build_char_tokenizer, build_tiny_model
 from rlvr.rollout.trajectory import Trajectory
 from rlvr.tasks import Problem
-from rlvr.training import rl as rl_module
 from rlvr.training.batch import make_token_batch, token_logprobs
 from rlvr.training.pipeline import new_run_dir, run_pipeline
 from rlvr.training.rl import Learner
 from rlvr.training.run_dir import RunDir
-from rlvr.typed_yaml import ConfigError
+
+from crash_resume import crash_in_rl_step_then_resume, rl_records
 
 
 def test_annealed_coef_is_linear_from_start_to_final():
@@ -176,28 +176,11 @@ def test_kdrl_resumes_exactly_after_a_crash(sft_teacher, tmp_path, monkeypatch):
                                 "teacher.coef_final=0.01", "teacher.mask=incorrect"])
     straight = new_run_dir(config, str(tmp_path / "straight"), "t")
     run_pipeline(config, straight)
-    crashed = new_run_dir(config, str(tmp_path / "crashed"), "t")
-    original = rl_module.policy_update
-
-    def failing(*args, **kwargs):
-        if kwargs.get("opt_step", args[-1] if args else 0) == 3 * config.rl.mini_batches * config.rl.epochs:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(rl_module, "policy_update", failing)
-    with pytest.raises(KeyboardInterrupt):
-        run_pipeline(config, crashed)
-    monkeypatch.undo()
-    assert main(["train", "--resume", str(crashed.path)]) == 0
-
-    def comparable(run):
-        return [{k: v for k, v in r.items() if not k.startswith("time_") and k not in ("step_time", "tokens_per_s", "rl_seconds_total")}
-                for r in RunDir(run).read("metrics.jsonl") if r["stage"] == "rl"]
-
-    a, b = comparable(straight.path), comparable(crashed.path)
+    crashed = crash_in_rl_step_then_resume(config, tmp_path / "crashed", monkeypatch)
+    a, b = rl_records(straight.path), rl_records(crashed)
     assert a == b and [r["teacher_coef"] for r in a] == pytest.approx([0.05, 0.05 - 0.04 / 3, 0.05 - 0.08 / 3, 0.01])
     assert json.loads((straight.path / "summary.json").read_text())["final_accuracy"] == \
-        json.loads((crashed.path / "summary.json").read_text())["final_accuracy"]
+        json.loads((crashed / "summary.json").read_text())["final_accuracy"]
 
 
 def test_a_teacher_the_run_trains_itself_is_a_run_dir_of_its_own_reused_on_resume(tmp_path, capsys):

@@ -22,11 +22,11 @@ from rlvr.models import build_char_tokenizer, build_tiny_model  # noqa: E402
 from rlvr.models.lora import AdapterDisabled  # noqa: E402
 from rlvr.rollout.trajectory import Trajectory  # noqa: E402
 from rlvr.tasks import Problem  # noqa: E402
-from rlvr.training import rl as rl_module  # noqa: E402
 from rlvr.training.batch import make_token_batch, token_logprobs  # noqa: E402
-from rlvr.training.pipeline import new_run_dir, run_pipeline  # noqa: E402
 from rlvr.training.rl import Learner  # noqa: E402
 from rlvr.training.run_dir import RunDir  # noqa: E402
+
+from crash_resume import crash_in_rl_step_then_resume, rl_records  # noqa: E402
 
 TINY = ["model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
         "sft.steps=4", "sft.batch_size=8", "rl.prompts_per_step=4", "rl.samples_per_prompt=4", "rl.mini_batches=2",
@@ -93,32 +93,14 @@ def test_checkpoints_are_merged_hf_weights_with_the_adapter_beside(lora_run):
 
 def test_lora_resumes_exactly_after_a_crash(lora_run, tmp_path, monkeypatch):
     config = load_config(lora_run / "config.yaml")
-    crashed = new_run_dir(config, str(tmp_path / "crashed"), "t")
-    original = rl_module.policy_update
-
-    def failing(*args, **kwargs):
-        if kwargs.get("opt_step", args[-1] if args else 0) == 3 * config.rl.mini_batches * config.rl.epochs:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(rl_module, "policy_update", failing)
-    with pytest.raises(KeyboardInterrupt):
-        run_pipeline(config, crashed)
-    monkeypatch.undo()
-    assert main(["train", "--resume", str(crashed.path)]) == 0
-
-    def comparable(run):
-        return [{k: v for k, v in r.items() if not k.startswith("time_")
-                 and k not in ("step_time", "tokens_per_s", "rl_seconds_total")}
-                for r in RunDir(run).read("metrics.jsonl") if r["stage"] == "rl"]
-
-    assert comparable(lora_run) == comparable(crashed.path)
+    crashed = crash_in_rl_step_then_resume(config, tmp_path / "crashed", monkeypatch)
+    assert rl_records(lora_run) == rl_records(crashed)
     a = AutoModelForCausalLM.from_pretrained(lora_run / "checkpoints" / "final", local_files_only=True).state_dict()
-    b = AutoModelForCausalLM.from_pretrained(crashed.path / "checkpoints" / "final",
+    b = AutoModelForCausalLM.from_pretrained(crashed / "checkpoints" / "final",
                                              local_files_only=True).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((lora_run / "summary.json").read_text())["final_accuracy"] == \
-        json.loads((crashed.path / "summary.json").read_text())["final_accuracy"]
+        json.loads((crashed / "summary.json").read_text())["final_accuracy"]
 
 
 @pytest.mark.parametrize("extra, said", [

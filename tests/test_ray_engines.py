@@ -19,7 +19,7 @@ import pytest
 pytest.importorskip("vllm")
 pytest.importorskip("ray")
 
-from rank_runs import rank_env, records  # noqa: E402
+from rank_runs import rank_env, records, vllm_servers  # noqa: E402
 
 # 2 ranks of 0.5 CPU and a server bundle of 1 CPU fill the 2-core local Ray cluster
 OVERRIDES = ["distributed.launcher=ray", "distributed.ray_cpus_per_rank=0.5", "distributed.ray_cpus_per_engine=1",
@@ -32,29 +32,13 @@ OVERRIDES = ["distributed.launcher=ray", "distributed.ray_cpus_per_rank=0.5", "d
              "rl.max_staleness=1"]  # each rank generates its next batch in the background: the kill hits one
 
 
-def _servers() -> list[int]:
-    """Process ids of running vLLM servers that rlvr started (their command line names
-    rlvr's launcher and a pool's base checkpoint)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if cmdline.startswith(sys.executable.encode()) and b"rlvr.rollout.vllm_launch" in cmdline \
-                    and b"rlvr-vllm-pool-" in cmdline:
-                found.append(int(entry))
-    return found
-
-
 def _parent_cmdline(pid: int) -> bytes:
     ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
     return Path(f"/proc/{ppid}/cmdline").read_bytes().replace(b"\0", b" ")
 
 
 def test_server_in_its_own_ray_actor_is_restarted_after_a_kill(tmp_path):
-    assert not _servers(), "another test left a vLLM server running"
+    assert not vllm_servers(), "another test left a vLLM server running"
     run = tmp_path / "run"
     child = subprocess.Popen([sys.executable, "-m", "rlvr", "train", "--nproc", "2", "--output-dir", str(run),
                               *OVERRIDES], cwd=tmp_path, env=rank_env(VLLM_ENABLE_V1_MULTIPROCESSING="0"),
@@ -64,7 +48,7 @@ def test_server_in_its_own_ray_actor_is_restarted_after_a_kill(tmp_path):
         while not (run / "checkpoints" / "rl-step-000002").is_dir():
             assert child.poll() is None and time.time() < deadline, "the run ended before its step-2 checkpoint"
             time.sleep(0.05)
-        servers = _servers()
+        servers = vllm_servers()
         assert len(servers) == 1
         parent = _parent_cmdline(servers[0])
         assert b"EngineHost" in parent, parent  # the Ray actor, not rank 0, runs the server
@@ -81,6 +65,6 @@ def test_server_in_its_own_ray_actor_is_restarted_after_a_kill(tmp_path):
     assert rl[0]["staleness_mean"] == 0 and all(m["staleness_mean"] == 1 for m in rl[1:])  # both ranks one step ahead
     assert rl[1]["engine_restarts"] == 0 and rl[-1]["engine_restarts"] == 1 and rl[-1]["engines_alive"] == 1
     deadline = time.time() + 30
-    while _servers() and time.time() < deadline:
+    while vllm_servers() and time.time() < deadline:
         time.sleep(0.2)
-    assert not _servers(), "a vLLM server outlived the run"
+    assert not vllm_servers(), "a vLLM server outlived the run"

@@ -15,12 +15,13 @@ from rlvr.config import load_config
 from rlvr.models import build_char_tokenizer, build_tiny_model
 from rlvr.rollout.trajectory import Trajectory
 from rlvr.tasks import Problem
-from rlvr.training import rl as rl_module
 from rlvr.training.batch import make_token_batch, token_logprobs
 from rlvr.training.pipeline import new_run_dir, run_pipeline
 from rlvr.training.relift import ReliftBuffer, hardest_problems
 from rlvr.training.rl import Learner
 from rlvr.training.run_dir import RunDir
+
+from crash_resume import crash_in_rl_step_then_resume, rl_records
 
 TINY = ["model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=64",
         "sft.steps=4", "sft.batch_size=8", "rl.prompts_per_step=4", "rl.samples_per_prompt=4", "rl.mini_batches=2",
@@ -92,31 +93,13 @@ def test_relift_resumes_exactly_after_a_crash(tmp_path, monkeypatch):
     config = load_config(None, [*TINY, "rl.steps=5", "checkpoint.every=2", "rl.relift.buffer=6"])
     straight = new_run_dir(config, str(tmp_path / "straight"), "t")
     run_pipeline(config, straight)
-    crashed = new_run_dir(config, str(tmp_path / "crashed"), "t")
-    original = rl_module.policy_update
-
-    def failing(*args, **kwargs):
-        if kwargs.get("opt_step", args[-1] if args else 0) == 3 * config.rl.mini_batches * config.rl.epochs:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(rl_module, "policy_update", failing)
-    with pytest.raises(KeyboardInterrupt):
-        run_pipeline(config, crashed)
-    monkeypatch.undo()
-    assert main(["train", "--resume", str(crashed.path)]) == 0
-
-    def comparable(run):
-        return [{k: v for k, v in r.items() if not k.startswith("time_")
-                 and k not in ("step_time", "tokens_per_s", "rl_seconds_total")}
-                for r in RunDir(run).read("metrics.jsonl") if r["stage"] == "rl"]
-
-    a = comparable(straight.path)
-    assert a == comparable(crashed.path)
+    crashed = crash_in_rl_step_then_resume(config, tmp_path / "crashed", monkeypatch)
+    a = rl_records(straight.path)
+    assert a == rl_records(crashed)
     assert a[2]["relift_buffered"] > 0  # the checkpoint at step 2 held a part-full buffer... or the updates ran
     assert a[-1]["relift_updates"] >= 1
     assert json.loads((straight.path / "summary.json").read_text())["final_accuracy"] == \
-        json.loads((crashed.path / "summary.json").read_text())["final_accuracy"]
+        json.loads((crashed / "summary.json").read_text())["final_accuracy"]
 
 
 def test_relift_with_a_multi_turn_environment_is_one_line_before_any_work(tmp_path, capsys):

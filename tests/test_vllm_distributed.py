@@ -9,12 +9,10 @@ without vLLM (CI runs it in the vllm environment)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -22,7 +20,7 @@ pytest.importorskip("vllm")
 
 from safetensors.torch import load_file  # noqa: E402
 
-from rank_runs import rank_env, records, without_timings  # noqa: E402
+from rank_runs import rank_env, records, vllm_servers, without_timings  # noqa: E402
 
 # rank_env: vLLM's worker inside its engine core, the server starts in ~13 s instead of ~19 s on 2 cores
 
@@ -36,21 +34,6 @@ OVERRIDES = ["model.hidden_size=64", "model.num_layers=1", "model.num_heads=2", 
 
 
 
-
-
-def _servers_of(pid: int) -> list[int]:
-    """Process ids of vLLM servers started by rlvr that are still running (their command line
-    names rlvr's launcher), other than in this test's process tree before the run."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"rlvr.rollout.vllm_launch" in cmdline and b"rlvr-vllm-pool-" in cmdline:
-                found.append(int(entry))
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +57,7 @@ def test_two_ranks_share_one_vllm_server(uninterrupted):
         assert m["samples_generated"] == 16 and m["engines_alive"] == 1 and m["engine_restarts"] == 0
         # both ranks' groups were sampled from the weights the trainer holds (TIS recompute)
         assert m["logprob_gap_mean"] < 1e-4 and m["grad_norm"] > 0
-    assert not _servers_of(os.getpid())  # the server ended with the run
+    assert not vllm_servers()  # the server ended with the run
 
 
 def test_sigterm_then_resume_continues_exactly(uninterrupted):
@@ -91,9 +74,9 @@ def test_sigterm_then_resume_continues_exactly(uninterrupted):
     _, err = child.communicate(timeout=120)
     assert child.returncode != 0 and "rl" not in json.loads((run / "state.json").read_text())["completed_stages"]
     deadline = time.time() + 30
-    while _servers_of(os.getpid()) and time.time() < deadline:
+    while vllm_servers() and time.time() < deadline:
         time.sleep(0.1)
-    assert not _servers_of(os.getpid()), "a vLLM server outlived the stopped run"
+    assert not vllm_servers(), "a vLLM server outlived the stopped run"
     resumed = subprocess.run([sys.executable, "-m", "rlvr", "train", "--nproc", "2", "--resume", str(run)],
                              cwd=root, env=rank_env(VLLM_ENABLE_V1_MULTIPROCESSING="0"), capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
