@@ -44,7 +44,7 @@ def test_hardest_problems_are_the_groups_without_a_correct_sample():
 def test_fine_tuning_loss_is_the_demonstrations_nll():
     tokenizer = build_char_tokenizer()
     model = build_tiny_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=0)
-    learner = Learner.build(model, load_config(None, ["threads=1"]), tokenizer.pad_token_id)
+    learner = Learner.build(model, load_config(None, ["threads=1", "rl.relift.buffer=4"]), tokenizer.pad_token_id)
     batch = make_token_batch([[5, 6, 7], [8, 9]], [[10, 11, 2], [12, 2]], tokenizer.pad_token_id)
     with torch.no_grad():
         logp = token_logprobs(model, batch)[0]

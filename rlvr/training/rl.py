@@ -95,6 +95,7 @@ class Learner:
     world: World = SINGLE  # trainer ranks: each computes its share of every forward and backward
     teacher: PreTrainedModel | None = None  # teacher.path: frozen, whole on every rank (rlvr.training.teacher)
     teacher_coef: float = 0.0  # this step's (annealed) teacher coefficient, set by prepare
+    sft_optimizer: torch.optim.Optimizer | None = None  # ReLIFT's fine-tuning updates: moments of their own
 
     @classmethod
     def build(cls, policy: PreTrainedModel, config: RunConfig, pad_token_id: int,
@@ -124,6 +125,8 @@ class Learner:
             kl_coef=alg.kl.coef, entropy_coef=alg.entropy.coef,
             guard=UpdateGuard("RL", "rl", config.rl.max_nonfinite_updates),
             precision=precision, world=world,
+            sft_optimizer=make_optimizer(policy, config.sft.lr, config.sft.weight_decay)
+            if config.rl.relift.buffer else None,
         )
 
     @property
@@ -133,6 +136,8 @@ class Learner:
 
     def _tensor_parts(self) -> dict[str, Any]:
         parts: dict[str, Any] = {"optimizer": (self.policy, self.optimizer)}
+        if self.sft_optimizer is not None:
+            parts["sft_optimizer"] = (self.policy, self.sft_optimizer)
         if self.reference is not None:
             parts["reference"] = self.reference
         if self.critic is not None:
@@ -150,6 +155,8 @@ class Learner:
         if self.sharded:
             return {**state, "shards": SHARDS}
         state["optimizer"] = full_optimizer_state(self.optimizer)
+        if self.sft_optimizer is not None:
+            state["sft_optimizer"] = full_optimizer_state(self.sft_optimizer)
         if self.reference is not None and not isinstance(self.reference, AdapterDisabled):
             state["reference"] = full_module_state(self.reference)
         if peft_of(self.policy) is not None:  # the adapters (the base is the RL stage's starting model)
@@ -180,6 +187,8 @@ class Learner:
                 raise ValueError("this checkpoint was written without model.lora: resume it without LoRA")
             load_adapter_state(self.policy, state["lora"])
         load_optimizer_state(self.optimizer, state["optimizer"])
+        if self.sft_optimizer is not None:
+            load_optimizer_state(self.sft_optimizer, state["sft_optimizer"])
         if self.reference is not None and not isinstance(self.reference, AdapterDisabled):
             load_full_module_state(self.reference, state["reference"])
         if self.critic is not None:
@@ -327,15 +336,17 @@ class Learner:
 
     def fine_tune(self, batch: TokenBatch, lr: float, step: int) -> dict[str, float]:
         """One supervised update of the policy on ``batch`` (ReLIFT's demonstrations): the
-        negative log-likelihood per counted token, through the policy's optimizer at ``lr``,
+        negative log-likelihood per counted token, through an AdamW of its own (``sft_optimizer``:
+        the demonstrations' large gradients do not inflate the RL optimizer's moments) at ``lr``,
         clipped like an RL update; with several ranks each computes its share of the rows over
         the whole batch's token count and the gradients are summed."""
-        world, precision, model = self.world, self.precision, self.policy
+        world, precision, model, optimizer = self.world, self.precision, self.policy, self.sft_optimizer
+        assert optimizer is not None, "fine_tune needs rl.relift.buffer > 0 (the learner's sft_optimizer)"
         batch = batch.to(precision.device)
         tokens = batch.target_mask.sum()
         mine = batch if not world.distributed else batch.rows(torch.tensor(world.strided(range(len(batch.targets)))))
-        set_lr(self.optimizer, lr)
-        self.optimizer.zero_grad(set_to_none=True)
+        set_lr(optimizer, lr)
+        optimizer.zero_grad(set_to_none=True)
         with precision.autocast():
             logp, _ = token_logprobs(model, mine)
             loss = -(logp * mine.target_mask).sum() / tokens
@@ -345,14 +356,14 @@ class Learner:
             if not self.sharded:  # FSDP reduce-scattered (summed) the gradients in the backward already
                 world.sum_grads_([model], f"RL step {step + 1}: summing the ReLIFT gradients")
             value = world.sum_floats([value], f"RL step {step + 1}: summing the ReLIFT loss")[0]
-        precision.unscale(self.optimizer)
+        precision.unscale(optimizer)
         grad_norm = clip_grad_norm(model, self.config.rl.grad_clip)
         if precision.overflowed(value, [grad_norm]) or not self.guard.allow(
                 f"step {step + 1} (ReLIFT fine-tuning)", value, [("policy", model, grad_norm)]):
             precision.update()
-            self.optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             return {"relift_loss": value, "relift_skipped": 1.0}
-        precision.step(self.optimizer)
+        precision.step(optimizer)
         return {"relift_loss": value, "relift_grad_norm": grad_norm, "relift_skipped": 0.0}
 
     def update_coefficients(self, metrics: dict[str, float], step: int, n_samples: int) -> None:
