@@ -254,7 +254,7 @@ class AlgorithmConfig:
 @dataclass
 class ReliftConfig:
     buffer: int = _f(0, "ReLIFT (Ma et al. 2025): buffer the problems no sample of a group solved (accuracy 0) with a demonstration each (the task's solver, as for SFT); once this many are buffered, one fine-tuning update on them, then the buffer empties; 0 = off", ge=0)
-    lr: float | None = _f(None, "learning rate of the fine-tuning updates (the policy's optimizer, between RL updates); null = sft.lr", gt=0)
+    lr: float | None = _f(None, "learning rate of the fine-tuning updates (an AdamW of their own, between RL updates, no warm-up); null = rl.lr. Measured on the default recipe: rl.lr (1e-4) 93.5% held-out, sft.lr (3e-3) 22.5%: a fresh Adam at the SFT rate undoes the warm start", gt=0)
 
 
 @dataclass

@@ -125,7 +125,7 @@ class Learner:
             kl_coef=alg.kl.coef, entropy_coef=alg.entropy.coef,
             guard=UpdateGuard("RL", "rl", config.rl.max_nonfinite_updates),
             precision=precision, world=world,
-            sft_optimizer=make_optimizer(policy, config.sft.lr, config.sft.weight_decay)
+            sft_optimizer=make_optimizer(policy, config.rl.relift.lr or config.rl.lr, config.sft.weight_decay)
             if config.rl.relift.buffer else None,
         )
 
@@ -926,7 +926,7 @@ def rl_step(roles: RLRoles, step: int, ahead: AheadGenerator | None = None,
                 roles.relift.collect(trajectories)
                 if roles.relift.ready():
                     update.update(learner.fine_tune(roles.relift.take(judge.tokenizer, step),
-                                                    config.rl.relift.lr or config.sft.lr, step))
+                                                    config.rl.relift.lr or config.rl.lr, step))
         if update.get("skipped_updates") and "loss" not in update:
             batch_stats = {key: value for key, value in batch_stats.items() if math.isfinite(value)}
         # 4. the new weights to the sampler
