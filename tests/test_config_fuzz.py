@@ -151,6 +151,10 @@ COMPANIONS = {
     "data.pass_rate_low": ["data.pass_rate_high=1.0"],
     "data.pass_rate_high": ["data.pass_rate_low=0.0"],
     "algorithm.kl.target": ["algorithm.kl.coef=0.1"],
+    # a teacher needs a coefficient and a coefficient a teacher: which one depends on the value
+    "teacher.coef": lambda value: ["teacher.path=teacher-dir"] if value > 0 else [],
+    "teacher.sft_steps": lambda value: ["teacher.coef=0.1"] if value > 0 else [],
+    "teacher.rl_steps": lambda value: ["teacher.sft_steps=1", "teacher.coef=0.1"] if value > 0 else [],
 }
 
 
@@ -161,7 +165,8 @@ def test_values_at_the_edge_of_the_range_load(path, kind, is_list, f):
             continue
         value = _inside(key, f.metadata[key], kind)
         text = f"[{_text(value)}]" if is_list else _text(value)
-        config = load_config(None, [f"{path}={text}", *COMPANIONS.get(path, [])])
+        companions = COMPANIONS.get(path, [])
+        config = load_config(None, [f"{path}={text}", *(companions(value) if callable(companions) else companions)])
         loaded = config
         for part in path.split("."):
             loaded = getattr(loaded, part)
