@@ -577,7 +577,8 @@ def update_inputs(batch: TokenBatch) -> dict[str, torch.Tensor]:
     """The per-token tensors of a prepared batch that enter the loss, by name."""
     named = {"old log-probs": batch.old_logprobs, "advantages": batch.extras.get("advantages"),
              "returns": batch.extras.get("returns"), "reference log-probs": batch.extras.get("ref_logprobs"),
-             "teacher log-probs": batch.extras.get("teacher_logprobs"), "token weights": batch.extras.get("token_weight"), "old values": batch.extras.get("old_values")}
+             "teacher log-probs": batch.extras.get("teacher_logprobs"),
+             "token weights": batch.extras.get("token_weight"), "old values": batch.extras.get("old_values")}
     return {name: tensor for name, tensor in named.items() if tensor is not None}
 
 
