@@ -14,11 +14,14 @@ without a language, or ``text``, are output shown to the reader.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,10 +66,17 @@ def _runnable(kind: str | None) -> list[Block]:
     return [b for b in readme_blocks() if b.language in RUNNABLE and b.kind == kind]
 
 
+# One warm-start cache for the session's blocks, as one user's machine has one ~/.cache/rlvr:
+# the blocks that run the default recipe train its SFT warm start once (rlvr's own cache,
+# keyed on everything the warm start depends on), not once per block.
+CACHE_DIR = Path(tempfile.mkdtemp(prefix="rlvr-readme-cache-"))
+atexit.register(shutil.rmtree, CACHE_DIR, True)
+
+
 def _fresh_env(home: Path) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     return {"PATH": f"{bin_dir}:/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8",
-            "VIRTUAL_ENV": str(Path(bin_dir).parent), "TMPDIR": str(home)}
+            "VIRTUAL_ENV": str(Path(bin_dir).parent), "TMPDIR": str(home), "RLVR_CACHE_DIR": str(CACHE_DIR)}
 
 
 def run_block(block: Block, workdir: Path, timeout_s: float = 600) -> subprocess.CompletedProcess:
@@ -112,7 +122,8 @@ def test_block_runs_as_written(block, tmp_path):
     for line in result.stdout.splitlines():  # a run's closing line states a real gain, not just exit 0
         got = re.match(r"held-out accuracy: ([\d.]+)% \(after SFT\) -> ([\d.]+)% \(after RL\)", line)
         if got and "task.name" not in block.text:  # the default recipe: the headline the README promises
-            assert float(got.group(2)) >= float(got.group(1)) + 30, line
+            # (tests/test_learning.py measures the same run in-process; it is marked slow, this is CI's)
+            assert float(got.group(1)) < 60 and float(got.group(2)) >= float(got.group(1)) + 30, line
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM blocks run in CI's vLLM environment")
