@@ -15,10 +15,11 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from rlvr.rollout.trajectory import Trajectory, render_prompts, truncate_left
+from rlvr.rollout.trajectory import Trajectory
 from rlvr.seeding import derive_seed
 from rlvr.tasks.base import Problem, Task
-from rlvr.training.batch import TokenBatch, make_token_batch
+from rlvr.training.batch import TokenBatch
+from rlvr.training.sft import demonstration_batch
 
 __all__ = ["ReliftBuffer", "hardest_problems"]
 
@@ -66,12 +67,9 @@ class ReliftBuffer:
         problems, self.problems = self.problems, []
         texts = [self.task.laid_out(self.task.demonstration(
             p, random.Random(derive_seed(self.config.seed, "relift-demo", p.id, step)))) for p in problems]
-        prompts = truncate_left(render_prompts(tokenizer, problems), self.config.data.prompt_keep_last)[0]
-        responses = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                     for text in texts]
         self.updates += 1
         self.demonstrations += len(problems)
-        return make_token_batch(prompts, responses, tokenizer.pad_token_id)
+        return demonstration_batch(problems, texts, tokenizer, self.config)  # as the SFT stage renders them
 
     def metrics(self) -> dict[str, float]:
         return {"relift_buffered": float(len(self.problems)), "relift_updates": float(self.updates),

@@ -51,6 +51,14 @@ def sft_batch(task: Task, tokenizer: PreTrainedTokenizerBase, config: RunConfig,
     segments (tool output really produced by running the demonstration's code); each
     segment is tokenized on its own, as the rollout loop does, and observations are masked."""
     problems, texts = sft_demonstrations(task, config, step, exclude)
+    return demonstration_batch(problems, texts, tokenizer, config, environment)
+
+
+def demonstration_batch(problems: list[Problem], texts: list[str], tokenizer: PreTrainedTokenizerBase,
+                        config: RunConfig, environment: EnvironmentFactory | None = None):
+    """``problems`` with their demonstration ``texts`` as a TokenBatch: the rendered prompts
+    (masked out), each demonstration and its EOS (trained; a multi-turn environment's
+    observations masked, as ``sft_batch`` says)."""
     prompts = truncate_left(render_prompts(tokenizer, problems), config.data.prompt_keep_last)[0]
     demonstrations = (Environment.demonstrations(None, texts) if environment is None
                       else environment.cls.demonstrations(environment.params, texts))
