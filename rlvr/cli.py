@@ -195,7 +195,7 @@ def _train(args: argparse.Namespace) -> int:
     result = train(args.config, overrides=args.overrides, output_dir=args.output_dir, resume=args.resume,
                    stages=["sft"] if args.command == "sft" and not args.resume else None, _on_run_dir=started)
     if int(os.environ.get("RANK", "0")) == 0:
-        _print_summary(result.summary, result.config.stages)
+        _print_summary(result.summary, result.config.stage_kinds())
     return 0
 
 
@@ -217,9 +217,11 @@ def _launch_ranks(args: argparse.Namespace) -> int:
         config, source, _ = _resolve_config(args.config, args.overrides)
     check_names(config, source)
     ranks = args.nproc * args.nnodes
-    if "sft" in config.stages and config.sft.batch_size < ranks:
-        raise ConfigError(f"sft.batch_size={config.sft.batch_size} is smaller than the {ranks} trainer ranks: "
-                          "every rank needs rows of each batch")
+    for index, kind in enumerate(config.stage_kinds()):
+        batch_size = config.stage_config(index).sft.batch_size if config.is_chain() else config.sft.batch_size
+        if kind == "sft" and batch_size < ranks:
+            raise ConfigError(f"sft.batch_size={batch_size} is smaller than the {ranks} trainer ranks: "
+                              "every rank needs rows of each batch")
     if ranks > 1 and config.distributed.strategy == "fsdp" and config.model.dtype == "float16":
         raise ConfigError(f"{source}: distributed.strategy=fsdp: model.dtype=float16 (dynamic loss scaling over "
                           "sharded gradients) is not supported; use bfloat16 or float32")
@@ -292,6 +294,11 @@ def _launch_torchrun(args: argparse.Namespace, config: Any, rank_args: list[str]
 
 def _print_summary(summary: dict, stages: list[str]) -> None:
     warm, final = summary["warmstart_accuracy"], summary["final_accuracy"]
+    if "stages" in summary:  # a chain: every stage's result
+        shown = " -> ".join(f"{100 * s['accuracy']:.1f}% (after {s['stage']}: {s['kind'].upper()})"
+                            for s in summary["stages"] if s.get("accuracy") is not None)
+        print(f"held-out accuracy: {shown}, {summary['wall_seconds']:.0f} s, run dir: {summary['run_dir']}")
+        return
     start = "after SFT" if "sft" in stages else "before RL"
     if "rl" in stages:
         line = f"held-out accuracy: {100 * warm:.1f}% ({start}) -> {100 * final:.1f}% (after RL)"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
-from rlvr.typed_yaml import ConfigError, dump_yaml, load_yaml_config
+from rlvr.typed_yaml import ConfigError, dump_yaml, from_dict, load_yaml_config, to_dict
 
 __all__ = ["RunConfig", "ConfigError", "load_config", "save_config"]
 
@@ -392,10 +392,17 @@ class LoggingConfig:
     project: str = _f("rlvr", "wandb project / mlflow experiment name the backends file runs under")
 
 
+# What a stage of a chain may set for itself (``stages: [{rl: {rl.steps: 30}}]``): training
+# settings. The model, task, held-out evaluation, seed and machinery stay the run's, so that
+# every stage's evaluation measures the same thing and the stages chain one model.
+STAGE_SETTINGS = ("sft", "rl", "algorithm", "reward", "rollout", "teacher", "data", "verifier", "checkpoint",
+                  "model.lora")
+
+
 @dataclass
 class RunConfig:
     seed: int = _f(0, "seed of everything random in the run (weights, data, sampling)", ge=0, lt=2**63)
-    stages: list[Literal["sft", "rl"]] = _f(["sft", "rl"], "pipeline stages in order")
+    stages: list[Literal["sft", "rl"] | dict[Literal["sft", "rl"], dict[str, Any]]] = _f(["sft", "rl"], "pipeline stages in order: sft and rl, any number in any order ([sft, rl, sft, rl]; [rl, sft] as Metis-RISE); an entry {rl: {rl.steps: 30, rl.lr: 1.0e-6}} gives that stage its own settings (dotted fields under " + ", ".join(STAGE_SETTINGS) + "). A chain other than [sft], [rl] or [sft, rl] runs each stage as a run directory of its own under <run>/stages/ (stage 1 with the run's seed, each later one with a seed derived from it), starting from the previous stage's result, and gathers their records into the run's")
     output_dir: str = _f("runs", "parent directory of run directories")
     run_name: str | None = _f(None, "run directory name; null uses <recipe>-<timestamp>")
     device: str = _f("auto", "where the model runs: auto (cuda when a GPU is visible, else cpu), cpu, cuda, or cuda:N")
@@ -415,6 +422,52 @@ class RunConfig:
     logging: LoggingConfig = _sub(LoggingConfig, "metrics, samples and progress display")
     distributed: DistributedConfig = _sub(DistributedConfig, "trainer ranks (rlvr train --nproc N, or torchrun): data parallel, gloo on CPU, NCCL on GPU")
 
+    def stage_kinds(self) -> list[str]:
+        """The kind of each entry of ``stages`` ('sft' or 'rl'), in order."""
+        return [entry if isinstance(entry, str) else next(iter(entry)) for entry in self.stages]
+
+    def is_chain(self) -> bool:
+        """True when ``stages`` is more than the one-directory pipeline ([sft], [rl], [sft, rl]
+        with no per-stage settings): repeated stages, RL before SFT, or settings per stage."""
+        return any(isinstance(entry, dict) for entry in self.stages) or \
+            self.stage_kinds() not in (["sft"], ["rl"], ["sft", "rl"])
+
+    def stage_config(self, index: int) -> "RunConfig":
+        """The whole config stage ``index`` (0-based) of a chain runs with: its own settings on
+        top of the run's, ``stages`` just its kind, and the run's seed for the first stage and
+        a seed derived from it (and the index) for each later one, so that a repeated stage
+        draws other problems and samples than the first."""
+        from rlvr.seeding import derive_seed
+
+        entry = self.stages[index]
+        kind = entry if isinstance(entry, str) else next(iter(entry))
+        settings = {} if isinstance(entry, str) else entry[kind]
+        where = f"stages[{index}] ({kind})"
+        if isinstance(entry, dict) and len(entry) != 1:
+            raise ValueError(f"{where}: a stage with settings is one kind and its settings, "
+                             f"{{{kind}: {{rl.steps: 30}}}}, not {len(entry)} keys")
+        if not isinstance(settings, dict):
+            raise ValueError(f"{where}: expected a mapping of dotted fields to values, got {settings!r}")
+        data = to_dict(self)
+        data["stages"] = [kind]
+        if index:
+            data["seed"] = derive_seed(self.seed, "stage", index) % 2**31
+        for key, value in settings.items():
+            if not any(key == allowed or key.startswith(allowed + ".") for allowed in STAGE_SETTINGS):
+                raise ValueError(f"{where}: {key!r} cannot differ between stages; a stage may set fields under "
+                                 + ", ".join(STAGE_SETTINGS))
+            node = data
+            parts = key.split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise ValueError(f"{where}: {key!r} is not a field")
+                node = node[part]
+            node[parts[-1]] = value
+        try:
+            return from_dict(RunConfig, data, source=where)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+
     def tis_cap(self) -> float | None:
         """``algorithm.tis_cap``, or its default for the engine: 2.0 with vllm (its log-probs
         come from another copy of the weights and another kernel) or with rl.max_staleness > 0
@@ -426,8 +479,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         if not self.stages:
             raise ValueError("stages must name at least one stage")
-        if "sft" in self.stages and "rl" in self.stages and self.stages.index("sft") > self.stages.index("rl"):
-            raise ValueError("stages: sft must come before rl")
+        if self.is_chain():
+            for index in range(len(self.stages)):
+                self.stage_config(index)  # every stage's settings checked now, not when it starts
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.algorithm.pass_k > self.rl.samples_per_prompt:

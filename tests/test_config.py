@@ -104,8 +104,9 @@ def test_validation_names_the_field(tmp_path):
     assert str(path) in str(info.value)
     with pytest.raises(ConfigError, match="mini_batches"):
         load_config(None, ["rl.prompts_per_step=3", "rl.samples_per_prompt=3", "rl.mini_batches=2"])
-    with pytest.raises(ConfigError, match="sft must come before rl"):
-        load_config(None, ["stages=[rl, sft]"])
+    with pytest.raises(ConfigError, match=r"stages\[1\] \(rl\): 'seed' cannot differ between stages"):
+        load_config(None, ["stages=[sft, {rl: {seed: 3}}]"])
+    assert load_config(None, ["stages=[rl, sft]"]).stage_kinds() == ["rl", "sft"]  # Metis-RISE's order
     with pytest.raises(ConfigError, match="model.architecture"):
         load_config(None, ["model.architecture=gpt2"])
 

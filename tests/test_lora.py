@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from rlvr.cli import main  # noqa: E402
 from rlvr.config import load_config  # noqa: E402
 from rlvr.models import build_char_tokenizer, build_tiny_model  # noqa: E402
 from rlvr.models.lora import AdapterDisabled  # noqa: E402
+from rlvr.rollout import steppers  # noqa: E402
 from rlvr.rollout.trajectory import Trajectory  # noqa: E402
 from rlvr.tasks import Problem  # noqa: E402
 from rlvr.training.batch import make_token_batch, token_logprobs  # noqa: E402
@@ -65,6 +67,21 @@ def test_only_the_adapters_train_and_the_reference_is_the_base_bit_for_bit():
     assert not torch.allclose(adapted, original, atol=1e-4)  # and the adapters have moved the policy
 
 
+def test_the_fast_paths_give_way_to_the_adapted_forward_and_say_so_once():
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=0)
+    Learner.build(model, load_config(None, ["model.lora.r=4", "threads=1"]), tokenizer.pad_token_id)
+    batch = make_token_batch([[5, 6, 7], [8, 9]], [[10, 11, 2], [12, 2]], tokenizer.pad_token_id)
+    steppers._FALLBACKS_SAID.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = token_logprobs(model, batch)[0]  # two callers, as the learner's forwards are
+        second = token_logprobs(model, batch, with_entropy=True)[0]
+    said = [str(w.message) for w in caught if "packed forward" in str(w.message)]
+    assert len(said) == 1 and "not a plain Linear (an adapter" in said[0]
+    assert torch.equal(first, second) and torch.equal(first, token_logprobs(model, batch, packed=False)[0])
+
+
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora")
@@ -104,7 +121,6 @@ def test_lora_resumes_exactly_after_a_crash(lora_run, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("extra, said", [
-    (["rollout.engine=vllm"], "rollout.engine=vllm"),
     (["distributed.strategy=fsdp"], "distributed.strategy=fsdp"),
     (["algorithm.kl.coef=0.1", "algorithm.kl.reset_every=2"], "algorithm.kl.reset_"),
 ])

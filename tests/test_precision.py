@@ -12,6 +12,7 @@ from rlvr.cli import main
 from rlvr.models import build_tiny_model
 from rlvr.models.tokenizer import build_char_tokenizer
 from rlvr.rollout.kv_cache import KVCacheEngine
+from rlvr.rollout import steppers
 from rlvr.training.batch import make_token_batch, token_logprobs
 from rlvr.training.precision import DeviceError, Precision, enable_gradient_checkpointing, resolve_device
 
@@ -91,6 +92,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_says_why_it_is_slow
     model.train()
     plain = grads(model)
     enable_gradient_checkpointing(model)
+    steppers._FALLBACKS_SAID.clear()  # said once per process: another test may have said it
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         checkpointed = grads(model)

@@ -88,3 +88,14 @@ def test_the_prompt_length_settings_are_in_the_key():
     keys = {warmstart_cache.warmstart_key(load_config(None, extra)) for extra in
             ([], ["data.max_prompt_length=8"], ["data.max_prompt_length=8", "data.overlong_prompts=truncate_left"])}
     assert len(keys) == 3 and warmstart_cache.warmstart_key(base) in keys
+
+
+def test_a_starting_checkpoint_written_again_at_the_same_path_is_another_key(tmp_path):
+    checkpoint = tmp_path / "model"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"first weights")
+    config = load_config(None, [f"model.path={checkpoint}"])
+    key = warmstart_cache.warmstart_key(config)
+    assert warmstart_cache.warmstart_key(config) == key
+    (checkpoint / "model.safetensors").write_bytes(b"other weights, longer")
+    assert warmstart_cache.warmstart_key(config) != key

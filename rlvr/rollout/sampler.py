@@ -18,6 +18,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.distributed.fsdp import copy_full_weights, is_sharded
+from rlvr.models.lora import merged_state_dict, peft_of
 from rlvr.rollout.engine import RolloutEngine
 from rlvr.rollout.sampling import sample_trajectories
 from rlvr.rollout.trajectory import Trajectory
@@ -76,7 +77,9 @@ class Sampler:
             copy_full_weights(self.policy, policy)
             policy = self.policy
         if getattr(self.engine, "owns_weights", False):
-            named = list(policy.state_dict().items())
+            # LoRA (model.lora): the engine gets the merged weights (W + scale * B A), under the
+            # plain names, as a model without adapters has them: the engine needs no LoRA support
+            named = list((merged_state_dict(policy) if peft_of(policy) is not None else policy.state_dict()).items())
             self._wake()
             self.engine.load_weights(named, version)
             self.syncs += 1

@@ -299,7 +299,14 @@ def make_stepper(model: PreTrainedModel, batch: int, capacity: int, max_rows: in
     return HFStepper(model)
 
 
+_FALLBACKS_SAID: set[tuple[str, str]] = set()
+
+
 def warn_fallback(fast_path: str, reason: str) -> None:
-    """Say once per reason (Python's default warning filter) that a fast path gave way to the
-    model's own forward: the result is the same, only slower."""
+    """Say once per process, fast path and reason that a fast path gave way to the model's own
+    forward: the result is the same, only slower. (Python's own filter says it once per
+    calling line, and the packed forward has several callers.)"""
+    if (fast_path, reason) in _FALLBACKS_SAID:
+        return
+    _FALLBACKS_SAID.add((fast_path, reason))
     warnings.warn(f"rlvr: {fast_path} uses the model's own forward: {reason}", RuntimeWarning, stacklevel=3)

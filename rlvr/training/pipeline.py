@@ -196,12 +196,23 @@ def check_data_sizes(task: Task, config: RunConfig, source: str) -> tuple[list[P
     return heldout, warnings
 
 
-def check_names(config: RunConfig, source: str = "config", task: Task | None = None) -> list[str]:
+def check_names(config: RunConfig, source: str = "config", task: Task | None = None,
+                later_stage: bool = False) -> list[str]:
     """Fail before any work (and before a run directory exists) when a config names a component
     that is not registered, or its task's data cannot be read, or a sampled prompt (with
     rollout.max_new_tokens) or SFT demonstration does not fit the model's context or holds a
     character its tokenizer cannot encode. Cheap: one held-out split, one step of each stage.
+    A chain of stages is checked stage by stage, each with its own settings (``later_stage``:
+    one that starts from the stage before it, not from ``model``).
     Returns warnings (small data) for the caller to show once the run has started."""
+    if config.is_chain():
+        warnings: list[str] = []
+        for index, kind in enumerate(config.stage_kinds()):
+            stage_source = f"{source_of(source, 'stages')}: stages[{index}] ({kind})"
+            for warning in check_names(config.stage_config(index), stage_source, task, later_stage=index > 0):
+                if warning not in warnings:
+                    warnings.append(warning)
+        return warnings
     checks = [("task.name", TASKS, [config.task.name] if task is None else []),
               ("reward.components", REWARDS, list(config.reward.components)),
               ("reward.shaping", REWARD_SHAPERS, [step.name for step in config.reward.shaping]),
@@ -237,7 +248,7 @@ def check_names(config: RunConfig, source: str = "config", task: Task | None = N
         check_precision(resolve_device(config.device), config.model.dtype, config.model.attn_implementation)
     except DeviceError as err:
         raise ConfigError(f"{source_of(source, 'device', 'model.dtype', 'model.attn_implementation')}: {err}") from None
-    if config.model.path is None and "sft" not in config.stages:
+    if config.model.path is None and "sft" not in config.stages and not later_stage:
         raise ConfigError(f"{source_of(source, 'stages')}: stages: a freshly built tiny model needs the 'sft' stage "
                           "(or set model.path to a trained checkpoint)")
     # The data, drawn as the run will draw it: the held-out split, RL step 0's prompts and
@@ -310,8 +321,6 @@ def check_lora(config: RunConfig, source: str = "config") -> None:
         raise ConfigError(f"{where}: LoRA needs peft, which is not installed: pip install -e \".[lora]\"") from None
     kl = config.algorithm.kl
     for bad, why in (("rl" not in config.stages, "the adapters train in the RL stage, and stages has no rl"),
-                     (config.rollout.engine == "vllm", "rollout.engine=vllm would need the merged weights at every "
-                      "sync; use the own engine (rollout.engine=kv_cache) with LoRA"),
                      (config.distributed.strategy == "fsdp", "distributed.strategy=fsdp does not shard adapters "
                       "yet; use replicate (the adapters are small)"),
                      (bool(kl.reset_every or kl.reset_threshold), "algorithm.kl.reset_* would copy the policy into "
@@ -402,6 +411,10 @@ def run_pipeline(config: RunConfig, run: RunDir, task: Task | None = None,
 
 def _run_stages(config: RunConfig, run: RunDir, task: Task | None = None, world: World = SINGLE) -> dict[str, Any]:
     config = _with_trained_teacher(config, run, task, world)
+    if config.is_chain():
+        from rlvr.training.chain import run_chain
+
+        return run_chain(config, run, task, world, _run_stages)
     cacheable = task is None and warmstart_cache.enabled(config)  # a task object has no config to key on
     task = build_task(config) if task is None else task
     tokenizer = run_tokenizer(config)[0] if config.data.overlong_prompts == "drop" else None
@@ -426,7 +439,7 @@ def _with_trained_teacher(config: RunConfig, run: RunDir, task: Task | None, wor
     directory of its own in ``<run>/teacher``, resumed if interrupted and reused once done;
     the config the student runs with names it as ``teacher.path``."""
     t = config.teacher
-    if t.path or not t.sft_steps or "rl" not in config.stages:
+    if t.path or not t.sft_steps or "rl" not in config.stage_kinds():
         return config
     path = run.path / TEACHER_DIR
     stages: list[Any] = ["sft", "rl"] if t.rl_steps else ["sft"]

@@ -5,7 +5,8 @@ Trying five recipes from the default warm start trains the same SFT stage five t
 cache keeps each finished SFT stage (the ``sft-final`` weights and tokenizer, and its metrics
 records) under a key that covers everything the stage's result depends on:
 
-- the config fields SFT reads: ``seed``, ``model``, ``task``, ``sft``, ``eval.problems`` and
+- the config fields SFT reads: ``seed``, ``model`` (and a local ``model.path``'s files by
+  name, size and modification time), ``task``, ``sft``, ``eval.problems`` and
   ``eval.seed`` (the held-out ids it never trains on), ``data.reuse_problems``,
   ``data.max_prompt_length`` and ``data.overlong_prompts`` (the prompts it trains on),
   ``rollout.environment`` (multi-turn demonstrations), ``device``, ``threads`` and the
@@ -77,6 +78,17 @@ def _data_fingerprint(params: dict[str, Any]) -> str | None:
     return digest.hexdigest()
 
 
+def _model_files(path: str | None) -> list[tuple[str, int, int]] | None:
+    """A local starting checkpoint's files by name, size and modification time: a checkpoint
+    written again at the same path (another run into the same directory) is another key. A
+    hub id is keyed by its name (the cache's snapshot of a revision does not change)."""
+    location = Path(path).expanduser() if path else None
+    if location is None or not location.is_dir():
+        return None
+    return [(str(p.relative_to(location)), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(location.rglob("*")) if p.is_file()]
+
+
 def warmstart_key(config: Any) -> str:
     """The cache key of ``config``'s SFT stage (module docstring)."""
     inputs = {
@@ -87,6 +99,7 @@ def warmstart_key(config: Any) -> str:
         "environment": asdict(config.rollout.environment), "device": config.device, "threads": config.threads,
         "ranks": os.environ.get("WORLD_SIZE", "1"),
         "data_fingerprint": _data_fingerprint(config.task.params), "code": _code_fingerprint(),
+        "model_files": _model_files(config.model.path),
     }
     inputs["sft"].pop("cache", None)
     text = json.dumps(inputs, sort_keys=True, default=str)
