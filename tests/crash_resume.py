@@ -15,10 +15,12 @@ from rlvr.training.pipeline import new_run_dir, run_pipeline
 from rlvr.training.run_dir import RunDir
 
 
-def crash_in_rl_step_then_resume(config: Any, path: Path, monkeypatch: pytest.MonkeyPatch, step: int = 3) -> Path:
-    """Run ``config`` into ``path``, interrupted in RL step ``step``'s optimizer phase, then
-    ``rlvr train --resume`` it to the end; returns the run directory."""
-    crashed = new_run_dir(config, str(path), "t")
+def crash_in_rl_step_then_resume(config: Any, path: Path, monkeypatch: pytest.MonkeyPatch, step: int = 3,
+                                 resume: bool = False) -> Path:
+    """Run ``config`` into ``path`` (``resume``: continue the run already there), interrupted
+    in RL step ``step``'s optimizer phase, then ``rlvr train --resume`` it to the end; returns
+    the run directory."""
+    crashed = RunDir.open(path) if resume else new_run_dir(config, str(path), "t")
     original = rl_module.policy_update
 
     def failing(*args: Any, **kwargs: Any) -> Any:

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from rlvr.cli import main
 from rlvr.config import load_config
+from rlvr.training import chain as chain_module
 from rlvr.training.pipeline import new_run_dir, run_pipeline
 from rlvr.training.run_dir import RunDir
 
@@ -73,13 +76,28 @@ def test_a_later_sft_stage_continues_training_the_same_model(tmp_path):
     assert abs(losses[2][0] - losses[1][-1]) < 0.25 * (losses[1][0] - losses[1][-1])
 
 
-def test_a_crash_inside_a_later_stage_resumes_exactly(tmp_path, monkeypatch):
+def test_crashes_at_a_stage_boundary_and_inside_a_later_stage_resume_exactly(tmp_path, monkeypatch):
     chain = "stages=[sft, {rl: {rl.steps: 2}}, {rl: {rl.steps: 4}}]"
     config = load_config(None, [*TINY, "sft.steps=4", "checkpoint.every=2", chain])
     straight = new_run_dir(config, str(tmp_path / "straight"), "t")
     run_pipeline(config, straight)
-    # step 3 of an RL stage first comes in the third stage (the second has 2 steps)
-    crashed = crash_in_rl_step_then_resume(config, tmp_path / "crashed", monkeypatch, step=3)
+
+    # killed between the second stage's end and the chain's record of it
+    original = chain_module.gather
+
+    def killed_after_stage_two(config, run, state, stages_done):
+        if stages_done == 2:
+            raise KeyboardInterrupt
+        original(config, run, state, stages_done)
+
+    monkeypatch.setattr(chain_module, "gather", killed_after_stage_two)
+    first = new_run_dir(config, str(tmp_path / "crashed"), "t")
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, first)
+    monkeypatch.undo()
+    assert json.loads((first.path / "state.json").read_text())["completed_stages"] == ["sft"]
+    # then, resumed, killed inside step 3 of the third stage, and resumed again to the end
+    crashed = crash_in_rl_step_then_resume(config, first.path, monkeypatch, step=3, resume=True)
     assert rl_records(straight.path) == rl_records(crashed)
     assert [r["step"] for r in rl_records(crashed)] == [1, 2, 3, 4, 5, 6]
     assert RunDir(crashed).read("eval.jsonl") == RunDir(straight.path).read("eval.jsonl")

@@ -60,26 +60,78 @@ def test_only_the_adapters_train_and_the_reference_is_the_base_bit_for_bit():
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
     batch = make_token_batch([[5, 6, 7], [8, 9]], [[10, 11, 2], [12, 2]], tokenizer.pad_token_id)
     with torch.no_grad():
-        reference = token_logprobs(learner.reference, batch)[0]
-        original = token_logprobs(base, batch, packed=False)[0]
+        reference = token_logprobs(learner.reference, batch)[0]  # the packed forward, as the learner uses it
+        original = token_logprobs(base, batch)[0]
         adapted = token_logprobs(model, batch)[0]
-    assert torch.equal(reference, original)  # the adapters off: the starting policy, bit for bit
+        reference_own = token_logprobs(learner.reference, batch, packed=False)[0]  # the model's own forward
+        original_own = token_logprobs(base, batch, packed=False)[0]
+    # the adapters off: the starting policy, bit for bit, through either forward
+    assert torch.equal(reference, original) and torch.equal(reference_own, original_own)
     assert not torch.allclose(adapted, original, atol=1e-4)  # and the adapters have moved the policy
 
 
-def test_the_fast_paths_give_way_to_the_adapted_forward_and_say_so_once():
+def _moved_adapters(model, dropout: float = 0.0):
+    """``model`` with rank-4 adapters whose B is no longer zero (as after some training)."""
+    Learner.build(model, load_config(None, ["model.lora.r=4", f"model.lora.dropout={dropout}", "threads=1"]), 0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if ".lora_B." in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(len(name))) * 0.3)
+    return model
+
+
+def test_the_packed_forward_computes_the_adapted_model_and_its_adapter_gradients():
     tokenizer = build_char_tokenizer()
-    model = build_tiny_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, seed=0)
-    Learner.build(model, load_config(None, ["model.lora.r=4", "threads=1"]), tokenizer.pad_token_id)
-    batch = make_token_batch([[5, 6, 7], [8, 9]], [[10, 11, 2], [12, 2]], tokenizer.pad_token_id)
+    model = _moved_adapters(build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2,
+                                             intermediate_size=64, seed=0))
+    batch = make_token_batch([[5, 6, 7], [5, 6, 7], [8, 9]], [[10, 11, 2], [10, 12, 2], [12, 2]],
+                             tokenizer.pad_token_id)
+    steppers._FALLBACKS_SAID.clear()
+
+    def run(packed: bool):
+        model.zero_grad()
+        logp, _ = token_logprobs(model, batch, packed=packed)
+        (-(logp * batch.target_mask).sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return logp.detach() * batch.target_mask, grads
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        packed, packed_grads = run(True)
+    assert not [w for w in caught if "packed forward" in str(w.message)]  # no fallback: adapters are supported
+    own, own_grads = run(False)
+    torch.testing.assert_close(packed, own, atol=1e-5, rtol=1e-5)
+    assert own_grads.keys() == packed_grads.keys() and all(".lora_" in n for n in own_grads)
+    for name in own_grads:
+        torch.testing.assert_close(packed_grads[name], own_grads[name], atol=1e-5, rtol=1e-4)
+
+
+def test_the_kv_cache_decoder_samples_the_adapted_model():
+    from rlvr.rollout.steppers import HFStepper, LlamaStepper, make_stepper
+
+    tokenizer = build_char_tokenizer()
+    model = _moved_adapters(build_tiny_model(tokenizer, hidden_size=32, num_layers=2, num_heads=2,
+                                             intermediate_size=64, seed=0)).eval()
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    positions = torch.arange(4).expand(2, 4)
+    with torch.no_grad():
+        stepper = make_stepper(model, 2, 8)
+        assert isinstance(stepper, LlamaStepper)
+        fast = stepper.prefill(ids, positions, torch.ones_like(ids, dtype=torch.bool))
+        reference = model(input_ids=ids).logits[:, -1]
+    torch.testing.assert_close(fast, reference, atol=1e-4, rtol=1e-4)
+    # with lora dropout in training mode the adapters are random: the packed forward gives way, once
+    model = _moved_adapters(build_tiny_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2,
+                                             intermediate_size=64, seed=0), dropout=0.1).train()
     steppers._FALLBACKS_SAID.clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        first = token_logprobs(model, batch)[0]  # two callers, as the learner's forwards are
-        second = token_logprobs(model, batch, with_entropy=True)[0]
+        batch = make_token_batch([[5, 6, 7]], [[10, 11, 2]], tokenizer.pad_token_id)
+        token_logprobs(model, batch)
+        token_logprobs(model, batch, with_entropy=True)
     said = [str(w.message) for w in caught if "packed forward" in str(w.message)]
-    assert len(said) == 1 and "not a plain Linear (an adapter" in said[0]
-    assert torch.equal(first, second) and torch.equal(first, token_logprobs(model, batch, packed=False)[0])
+    assert len(said) == 1 and "LoRA dropout in training mode" in said[0]
+    assert not isinstance(make_stepper(model.eval(), 1, 8), HFStepper)
 
 
 @pytest.fixture(scope="module")

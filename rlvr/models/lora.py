@@ -59,8 +59,12 @@ class AdapterDisabled(nn.Module):
         self.__dict__["adapted"] = model  # not a submodule: the reference owns no parameters
         self.config = model.config
 
+    def adapters_off(self) -> Any:
+        """A context in which the adapted module computes the base policy."""
+        return peft_of(self.adapted).disable_adapter()
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        with peft_of(self.adapted).disable_adapter():
+        with self.adapters_off():
             return self.adapted(*args, **kwargs)
 
 

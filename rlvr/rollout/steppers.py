@@ -89,8 +89,61 @@ class _Layer:
     down: Projection
 
 
-def fused_bias(*linears: torch.nn.Linear) -> torch.Tensor | None:
+def base_linear(module: torch.nn.Module) -> torch.nn.Linear:
+    """The plain Linear of a projection: itself, or the one a peft LoRA layer wraps."""
+    return module.base_layer if hasattr(module, "lora_A") else module
+
+
+def lora_adapters(module: torch.nn.Module) -> list[tuple[torch.nn.Module, torch.nn.Module, float, torch.nn.Module]]:
+    """The adapters a peft LoRA layer adds to its Linear's output, as peft's forward applies
+    them (B(A(dropout(x))) * scaling per active adapter): none for a plain Linear, for
+    disabled adapters (the KL reference of a LoRA run) or for merged ones (already in the
+    Linear's weight)."""
+    if not hasattr(module, "lora_A") or module.disable_adapters or module.merged:
+        return []
+    return [(module.lora_A[name], module.lora_B[name], module.scaling[name], module.lora_dropout[name])
+            for name in module.active_adapters if name in module.lora_A]
+
+
+def projection_reason(module: torch.nn.Module) -> str | None:
+    """Why the fast paths cannot read ``module`` as a linear map (None when they can): a plain
+    Linear, or a plain LoRA adapter (peft's vanilla LoRA, no bias on B) over one."""
+    if type(module) is torch.nn.Linear:
+        return None
+    if hasattr(module, "lora_A") and type(getattr(module, "base_layer", None)) is torch.nn.Linear:
+        if any(name in getattr(module, "lora_variant", {}) for name in module.active_adapters):
+            return "a LoRA variant (DoRA and the like) adapts a projection"
+        if any(B.bias is not None for _, B, _, _ in lora_adapters(module)):
+            return "a LoRA adapter has a bias (lora_bias)"
+        return None
+    return "a projection is neither a plain Linear nor a LoRA adapter over one (a quantised layer?)"
+
+
+def effective_weight(module: torch.nn.Module) -> torch.Tensor:
+    """The weight a projection applies: its Linear's, plus each active LoRA adapter's
+    scaling * B A (what peft merges); no gradient (the decoder's snapshot)."""
+    weight = base_linear(module).weight
+    adapters = lora_adapters(module)
+    if not adapters:
+        return weight
+    with torch.no_grad():
+        delta = sum(module.get_delta_weight(name) for name in module.active_adapters if name in module.lora_A)
+        return weight + delta.to(weight.dtype)
+
+
+def lora_term(x: torch.Tensor, module: torch.nn.Module) -> torch.Tensor | None:
+    """What a projection's LoRA adapters add to its output for input ``x`` (peft's own
+    computation, gradients to A and B included), or None without adapters."""
+    out = None
+    for A, B, scaling, dropout in lora_adapters(module):
+        term = B(A(dropout(x.to(A.weight.dtype)))) * scaling
+        out = term if out is None else out + term
+    return out
+
+
+def fused_bias(*linears: torch.nn.Module) -> torch.Tensor | None:
     """The bias of the projections' fused matmul (zeros for those without one), or None."""
+    linears = tuple(base_linear(lin) for lin in linears)
     if all(lin.bias is None for lin in linears):
         return None
     if len(linears) == 1:
@@ -171,8 +224,12 @@ class LlamaStepper:
                        for name in names]
         except AttributeError:
             return "the layers are not named like Llama's"
-        if not all(type(lin) is torch.nn.Linear for lin in linears):
-            return "a projection is not a plain Linear (an adapter or a quantised layer)"
+        for lin in linears:
+            reason = projection_reason(lin)
+            if reason is not None:
+                return reason
+        if type(inner.embed_tokens) is not torch.nn.Embedding:
+            return "the token embedding is not a plain Embedding (an adapter on it?)"
         if not all(type(n).__name__.endswith("RMSNorm") and hasattr(n, "variance_epsilon") for n in norms):
             return "a norm is not an RMSNorm"
         return None
@@ -198,15 +255,16 @@ class LlamaStepper:
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
             qkv_b = fused_bias(attn.q_proj, attn.k_proj, attn.v_proj)
-            qkv_w = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
+            qkv_w = torch.cat([effective_weight(attn.q_proj), effective_weight(attn.k_proj),
+                               effective_weight(attn.v_proj)])
             self.layers.append(_Layer(
                 qkv=Projection((qkv_w[rows] * row_scale[:, None]) * layer.input_layernorm.weight,
                                None if qkv_b is None else qkv_b[rows] * row_scale, pack, batch),
-                o=Projection(attn.o_proj.weight, attn.o_proj.bias, pack, batch),
-                gate_up=Projection(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+                o=Projection(effective_weight(attn.o_proj), fused_bias(attn.o_proj), pack, batch),
+                gate_up=Projection(torch.cat([effective_weight(mlp.gate_proj), effective_weight(mlp.up_proj)])
                                    * layer.post_attention_layernorm.weight, fused_bias(mlp.gate_proj, mlp.up_proj),
                                    pack, batch),
-                down=Projection(mlp.down_proj.weight, mlp.down_proj.bias, pack, batch),
+                down=Projection(effective_weight(mlp.down_proj), fused_bias(mlp.down_proj), pack, batch),
             ))
         if pack and type(self.head) is torch.nn.Linear:  # the LM head: the largest matmul of a decode step
             self.head = Projection(self.head.weight, self.head.bias, pack, batch)

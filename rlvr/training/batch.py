@@ -126,7 +126,13 @@ def token_logprobs(
     Llama-layout models go through the packed forward (``rlvr.training.packed``: no padding,
     each prefix rows share computed once, the LM head on counted targets only) unless
     ``packed`` is False;
-    other models through their own forward over the padded batch."""
+    other models through their own forward over the padded batch. A LoRA run's reference
+    (``AdapterDisabled``) is its policy with the adapters switched off, through the same path."""
+    adapted = getattr(model, "adapted", None)
+    if adapted is not None and hasattr(model, "adapters_off"):
+        with model.adapters_off():
+            return token_logprobs(adapted, batch, temperature, with_entropy=with_entropy,
+                                  entropy_grad=entropy_grad, packed=packed)
     if packed:
         reason = packed_unsupported_reason(model)
         if reason is None:

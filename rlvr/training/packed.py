@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from rlvr.distributed.fsdp import is_sharded
-from rlvr.rollout.steppers import LlamaStepper, fused_bias, interleaved_rows, inverse_rms
+from rlvr.rollout.steppers import LlamaStepper, base_linear, fused_bias, interleaved_rows, inverse_rms, lora_term
 
 if TYPE_CHECKING:
     from rlvr.training.batch import TokenBatch
@@ -49,6 +49,9 @@ def packed_unsupported_reason(model: PreTrainedModel) -> str | None:
         return "attention dropout in training mode"
     if any(getattr(module, "gradient_checkpointing", False) for module in model.modules()):
         return "gradient checkpointing is on (model.gradient_checkpointing)"
+    if model.training and any(getattr(d, "p", 0.0) for m in model.modules() if hasattr(m, "lora_dropout")
+                              for d in m.lora_dropout.values()):
+        return "LoRA dropout in training mode (model.lora.dropout > 0)"
     if is_sharded(model):  # it reads the layers' weights, which FSDP gathers only inside their forward
         return "the model is sharded across trainer ranks (distributed.strategy=fsdp)"
     return LlamaStepper.unsupported_reason(model)
@@ -148,16 +151,25 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
     return _RMSNorm.apply(x, weight, eps)
 
 
-def _linear(x: torch.Tensor, *linears: torch.nn.Linear, rows: torch.Tensor | None = None) -> torch.Tensor:
+def _linear(x: torch.Tensor, *linears: torch.nn.Module, rows: torch.Tensor | None = None) -> torch.Tensor:
     """One matmul for projections that read the same input (q/k/v), with the output features
     reordered by ``rows`` if given. (Not gate/up: the backward of splitting their fused output
-    concatenates two [T, I] gradients, which costs what the fused matmul saves.)"""
-    weight = linears[0].weight if len(linears) == 1 else torch.cat([lin.weight for lin in linears])
-    bias = fused_bias(*linears)
+    concatenates two [T, I] gradients, which costs what the fused matmul saves.) LoRA
+    adapters (model.lora) add their low-rank term, computed as peft does, so their gradients
+    are peft's; the frozen weight is not merged into a second full-size copy."""
+    bases = [base_linear(lin) for lin in linears]
+    weight = bases[0].weight if len(bases) == 1 else torch.cat([lin.weight for lin in bases])
+    bias = fused_bias(*bases)
     if rows is not None:
         weight = weight.index_select(0, rows)
         bias = None if bias is None else bias.index_select(0, rows)
-    return F.linear(x, weight, bias)
+    out = F.linear(x, weight, bias)
+    terms = [lora_term(x, lin) for lin in linears]
+    if all(term is None for term in terms):
+        return out
+    delta = torch.cat([term if term is not None else out.new_zeros(*x.shape[:-1], lin.out_features)
+                       for term, lin in zip(terms, bases)], dim=-1)
+    return out + (delta if rows is None else delta.index_select(-1, rows))
 
 
 def packed_hidden(model: PreTrainedModel, input_ids: torch.Tensor, layout: PackedLayout) -> torch.Tensor:
@@ -192,10 +204,10 @@ def packed_hidden(model: PreTrainedModel, input_ids: torch.Tensor, layout: Packe
         v = v.index_select(0, source).view(batch, length, kv_heads, head_dim).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=kv_heads != heads)
         out = out.transpose(1, 2).reshape(batch * length, heads * head_dim).index_select(0, layout.slots)
-        h = h + F.linear(out, attn.o_proj.weight, attn.o_proj.bias)
+        h = h + _linear(out, attn.o_proj)
         x = _rms_norm(h, layer.post_attention_layernorm.weight, eps)
         activated = F.silu(_linear(x, mlp.gate_proj)) * _linear(x, mlp.up_proj)
-        h = h + F.linear(activated, mlp.down_proj.weight, mlp.down_proj.bias)
+        h = h + _linear(activated, mlp.down_proj)
     return _rms_norm(h, inner.norm.weight, eps)
 
 
