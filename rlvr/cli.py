@@ -88,6 +88,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threshold", type=float, default=0.6, help="minimum LIM score kept (LIMR: 0.6)")
     p.add_argument("--output", required=True, help="JSON file for the selected ids (use as data.include_ids)")
 
+    p = sub.add_parser("rm", allow_abbrev=False,
+                       help="train an outcome reward model (sequence classification) on a run's verified samples "
+                            "or on preference pairs; score with reward.components: {reward_model: 1.0}")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-run", metavar="RUN_DIR", help="a run's samples.jsonl: responses with the verifier's verdict")
+    source.add_argument("--data", metavar="FILE", help="JSONL: {prompt, chosen, rejected} pairs or {prompt, completion, label}")
+    p.add_argument("--output", required=True, help="directory for the reward model (a Hugging Face checkpoint)")
+    p.add_argument("--base", help="checkpoint to start from (default: the run's final checkpoint; required with --data)")
+    p.add_argument("--objective", choices=["classify", "bradley_terry"], default="classify",
+                   help="with --from-run: classify the verdicts, or rank the right over the wrong samples of a group")
+    p.add_argument("--steps", type=int, default=200, help="optimizer steps")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
+    p.add_argument("--batch-size", type=int, default=32, help="examples (or pairs) per step")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+
     # `rlvr eval A B --n 64 eval.problems=500`: positionals may follow options (targets and overrides)
     args, extra = parser.parse_known_args(argv)
     if extra and (args.command != "eval" or any(e.startswith("-") for e in extra)):
@@ -106,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _report(args)
             if args.command == "limr":
                 return _limr(args)
+            if args.command == "rm":
+                return _rm(args)
             if args.command == "describe":
                 return _describe(args)
             return _list(args)
@@ -463,6 +481,52 @@ def _report(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:  # not a run directory (missing, empty, something else)
         raise ConfigError(str(err)) from None
     print(f"report: {path} (open it in a browser)")
+    return 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from rlvr.training.reward_model import examples_from_file, examples_from_run, train_reward_model
+
+    hf_logging.disable_progress_bar()
+    from rlvr.training.run_dir import RunDir, RunDirError, model_source
+
+    for name, value, low in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1)):
+        if value < low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}")
+    if not (args.lr > 0 and args.lr < float("inf")):
+        raise ConfigError(f"--lr must be a positive number, got {args.lr}")
+    if Path(args.output).exists() and any(Path(args.output).iterdir()):
+        raise ConfigError(f"--output {args.output} exists and is not empty; choose another directory")
+    try:
+        if args.from_run:
+            run = RunDir(args.from_run)
+            try:
+                state = run.load_state()
+            except RunDirError as err:
+                raise ConfigError(f"--from-run: {err}") from None
+            base = args.base or (str(run.path / model_source(state)) if model_source(state) else None)
+            if base is None:
+                raise ConfigError(f"--from-run {args.from_run}: the run has no checkpoint yet; give --base")
+            examples, objective = examples_from_run(run.path, args.objective), args.objective
+        else:
+            if not args.base:
+                raise ConfigError("--data needs --base: the checkpoint the reward model starts from")
+            if not Path(args.data).is_file():
+                raise ConfigError(f"--data {args.data}: no such file")
+            base = args.base
+            examples, objective = examples_from_file(Path(args.data))
+        if not Path(base).is_dir() and "/" not in str(base):
+            raise ConfigError(f"--base {base}: not a checkpoint directory")
+        metrics = train_reward_model(examples, objective, base, Path(args.output), steps=args.steps, lr=args.lr,
+                                     batch_size=args.batch_size, seed=args.seed, device=args.device)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    after = metrics["heldout_after"]
+    held = (f"; held-out accuracy {100 * metrics['heldout_before']['accuracy']:.1f}% -> "
+            f"{100 * after['accuracy']:.1f}% on {after['examples']} examples" if after else "")
+    print(f"reward model ({objective}, {metrics['train_examples']} training examples) written to {args.output}{held}")
     return 0
 
 

@@ -137,12 +137,15 @@ def trl_columns(problems: list[Problem]) -> dict[str, list[Any]]:
 
 
 def call_trl_reward(name: str, fn: RewardFn, problems: list[Problem], completions: list[str],
-                    completion_ids: list[list[int]] | None, params: dict[str, Any]) -> list[float]:
+                    completion_ids: list[list[int]] | None, params: dict[str, Any],
+                    verified: list[bool] | None = None) -> list[float]:
     """A TRL-style reward function over a batch, called as TRL calls it: ``prompts`` (text or
     conversations, as the data has them), ``completions`` (text, or ``[{"role": "assistant",
     "content": text}]`` for a conversation prompt), ``completion_ids``, the data's columns and
     the component's ``reward.params``; a function without ``**kwargs`` gets only the keywords it
-    names. One finite number per sample, or a ``RewardError`` naming the component."""
+    names; ``verified`` (the task verifier's verdict on each completion) goes only to a
+    function that names it (a learned reward gated by the verifier). One finite number per
+    sample, or a ``RewardError`` naming the component."""
     if not is_trl_reward(fn):
         raise TypeError(f"reward {name!r} is not a batch reward function fn(prompts, completions, **columns)")
     kwargs: dict[str, Any] = {
@@ -153,6 +156,8 @@ def call_trl_reward(name: str, fn: RewardFn, problems: list[Problem], completion
         **trl_columns(problems), **params}
     if not _takes_any_keyword(fn):
         kwargs = {key: value for key, value in kwargs.items() if key in _signature(fn).parameters}
+    if "verified" in _signature(fn).parameters:
+        kwargs["verified"] = list(verified) if verified is not None else [False] * len(problems)
     try:
         values = fn(**kwargs)
     except Exception as err:
@@ -181,7 +186,8 @@ def call_trl_reward(name: str, fn: RewardFn, problems: list[Problem], completion
 def trl_reward_values(weights: dict[str, float], problems: list[Problem], completions: list[str],
                       completion_ids: list[list[int]], params: dict[str, dict[str, Any]],
                       on_error: Literal["raise", "zero"] = "raise",
-                      errors: list[list[str]] | None = None) -> list[dict[str, float]]:
+                      errors: list[list[str]] | None = None,
+                      verified: list[bool] | None = None) -> list[dict[str, float]]:
     """Per sample, ``{name: value}`` of every TRL-style component of ``weights``, each called
     once for the whole batch. With ``on_error="zero"`` a failing function scores the batch 0
     and its message goes to every sample's ``errors`` entry."""
@@ -191,7 +197,7 @@ def trl_reward_values(weights: dict[str, float], problems: list[Problem], comple
         if not is_trl_reward(fn):
             continue
         try:
-            batch = call_trl_reward(name, fn, problems, completions, completion_ids, params.get(name, {}))
+            batch = call_trl_reward(name, fn, problems, completions, completion_ids, params.get(name, {}), verified)
         except RewardError as err:
             if on_error != "zero":
                 raise RewardError(f"{err}; fix the function, or set reward.on_error: zero to score such samples 0 "
@@ -221,6 +227,12 @@ def check_reward_params(weights: dict[str, float], params: dict[str, dict[str, A
         for key, value in params.get(name, {}).items():
             if isinstance(value, float) and not math.isfinite(value):
                 raise TypeError(f"reward component {name!r}: {key} must be a finite number, got {value}")
+        check = getattr(fn, "check", None)  # a component's own start-up check (a reward model loads)
+        if check is not None:
+            try:
+                check(params.get(name, {}))
+            except ValueError as err:
+                raise TypeError(str(err)) from None
 
 
 def compose_reward(
@@ -288,3 +300,4 @@ def _what_went_wrong(err: Exception) -> str:
 
 
 from rlvr.rewards import otc as _otc  # noqa: E402,F401  (registers the "otc" shaper)
+from rlvr.rewards import learned as _learned  # noqa: E402,F401  (registers "reward_model")

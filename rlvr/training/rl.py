@@ -48,6 +48,7 @@ from rlvr.distributed.fsdp import (SHARDS, full_module_state, full_optimizer_sta
                                    shard, uses_fsdp)
 from rlvr.data.selection import group_pass_rates, groups_to_keep
 from rlvr.eval.evaluate import accuracy_by_task
+from rlvr.rewards.learned import learned_metrics, reset_learned_timing
 from rlvr.models.lora import AdapterDisabled, adapter_state, attach_lora, load_adapter_state, peft_of
 from rlvr.models.prompt_fit import check_fits_context, check_prompt_lengths
 from rlvr.rewards import describe_sample
@@ -660,6 +661,7 @@ def collect_rollouts(sampler: Sampler, judge: Judge, prompts: PromptSampler, ste
     all_groups: list[int] = []
     all_correct: list[bool] = []
     stale_dropped = 0
+    reset_learned_timing()  # this step's reward-model seconds only
     for round_ in range(rounds):
         if round_ == 0 and ahead is not None:
             problems, trajectories = ahead
@@ -1096,6 +1098,9 @@ def step_metrics(step: int, trajectories: list[Trajectory], config: RunConfig) -
     record["zero_variance_groups"] = sum(len(r) == 1 for r in groups.values()) / len(groups)
     if config.rollout.environment.name is not None:
         record.update(episode_metrics(trajectories))
+    if "reward_model" in config.reward.components:  # a learned reward beside the verifier: is it hacked?
+        record.update(learned_metrics([t.reward_components.get("reward_model", 0.0) for t in trajectories],
+                                      [t.correct for t in trajectories]))
     return record
 
 
