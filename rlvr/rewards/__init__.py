@@ -138,14 +138,17 @@ def trl_columns(problems: list[Problem]) -> dict[str, list[Any]]:
 
 def call_trl_reward(name: str, fn: RewardFn, problems: list[Problem], completions: list[str],
                     completion_ids: list[list[int]] | None, params: dict[str, Any],
-                    verified: list[bool] | None = None) -> list[float]:
+                    verified: list[bool] | None = None, extracted: list[str | None] | None = None,
+                    groups: list[int] | None = None) -> list[float]:
     """A TRL-style reward function over a batch, called as TRL calls it: ``prompts`` (text or
     conversations, as the data has them), ``completions`` (text, or ``[{"role": "assistant",
     "content": text}]`` for a conversation prompt), ``completion_ids``, the data's columns and
     the component's ``reward.params``; a function without ``**kwargs`` gets only the keywords it
-    names; ``verified`` (the task verifier's verdict on each completion) goes only to a
-    function that names it (a learned reward gated by the verifier). One finite number per
-    sample, or a ``RewardError`` naming the component."""
+    names. What rlvr knows beyond TRL goes only to a function that names it: ``verified`` (the
+    task verifier's verdict on each completion: a learned reward gated by the verifier),
+    ``extracted`` (the final answer the task found in it, None if none) and ``groups`` (the
+    GRPO group of each sample: a reward computed over a group, such as a majority vote). One
+    finite number per sample, or a ``RewardError`` naming the component."""
     if not is_trl_reward(fn):
         raise TypeError(f"reward {name!r} is not a batch reward function fn(prompts, completions, **columns)")
     kwargs: dict[str, Any] = {
@@ -156,8 +159,10 @@ def call_trl_reward(name: str, fn: RewardFn, problems: list[Problem], completion
         **trl_columns(problems), **params}
     if not _takes_any_keyword(fn):
         kwargs = {key: value for key, value in kwargs.items() if key in _signature(fn).parameters}
-    if "verified" in _signature(fn).parameters:
-        kwargs["verified"] = list(verified) if verified is not None else [False] * len(problems)
+    known = {"verified": list(verified) if verified is not None else [False] * len(problems),
+             "extracted": list(extracted) if extracted is not None else [None] * len(problems),
+             "groups": list(groups) if groups is not None else list(range(len(problems)))}
+    kwargs.update({key: value for key, value in known.items() if key in _signature(fn).parameters})
     try:
         values = fn(**kwargs)
     except Exception as err:
@@ -186,8 +191,9 @@ def call_trl_reward(name: str, fn: RewardFn, problems: list[Problem], completion
 def trl_reward_values(weights: dict[str, float], problems: list[Problem], completions: list[str],
                       completion_ids: list[list[int]], params: dict[str, dict[str, Any]],
                       on_error: Literal["raise", "zero"] = "raise",
-                      errors: list[list[str]] | None = None,
-                      verified: list[bool] | None = None) -> list[dict[str, float]]:
+                      errors: list[list[str]] | None = None, verified: list[bool] | None = None,
+                      extracted: list[str | None] | None = None,
+                      groups: list[int] | None = None) -> list[dict[str, float]]:
     """Per sample, ``{name: value}`` of every TRL-style component of ``weights``, each called
     once for the whole batch. With ``on_error="zero"`` a failing function scores the batch 0
     and its message goes to every sample's ``errors`` entry."""
@@ -197,7 +203,8 @@ def trl_reward_values(weights: dict[str, float], problems: list[Problem], comple
         if not is_trl_reward(fn):
             continue
         try:
-            batch = call_trl_reward(name, fn, problems, completions, completion_ids, params.get(name, {}), verified)
+            batch = call_trl_reward(name, fn, problems, completions, completion_ids, params.get(name, {}), verified,
+                                    extracted, groups)
         except RewardError as err:
             if on_error != "zero":
                 raise RewardError(f"{err}; fix the function, or set reward.on_error: zero to score such samples 0 "
@@ -301,3 +308,4 @@ def _what_went_wrong(err: Exception) -> str:
 
 from rlvr.rewards import otc as _otc  # noqa: E402,F401  (registers the "otc" shaper)
 from rlvr.rewards import learned as _learned  # noqa: E402,F401  (registers "reward_model")
+from rlvr.rewards import verifier_free as _verifier_free  # noqa: E402,F401  (registers "majority_vote")

@@ -39,7 +39,7 @@ import torch
 from rlvr.rewards import REWARDS
 
 SECONDS: dict[str, float] = {"reward_model": 0.0}  # scoring seconds since the last step's metrics
-LEARNED = ("reward_model",)  # the components proxy_gold_gap compares with the verifier
+LEARNED = ("reward_model", "majority_vote")  # rewards that stand in for the verifier: proxy_gold_gap compares them
 
 
 @dataclass
@@ -182,15 +182,15 @@ def reset_learned_timing() -> None:
     SECONDS["reward_model"] = 0.0
 
 
-def learned_metrics(values: list[float], correct: list[bool]) -> dict[str, float]:
-    """``reward_model_mean``, ``proxy_gold_gap`` (mean learned value - mean verifier
-    correctness) and ``proxy_gold_corr`` (their Pearson correlation; 0 when either is
-    constant) over a batch, and ``time_reward_model`` since the last call."""
+def learned_metrics(values: list[float], correct: list[bool], name: str = "reward_model") -> dict[str, float]:
+    """``<name>_mean``, ``proxy_gold_gap`` (mean learned value - mean verifier correctness)
+    and ``proxy_gold_corr`` (their Pearson correlation; 0 when either is constant) over a
+    batch, and ``time_reward_model`` since the last call."""
     proxy = torch.tensor(values, dtype=torch.float64)
     gold = torch.tensor([float(c) for c in correct], dtype=torch.float64)
     corr = 0.0
     if len(proxy) > 1 and float(proxy.std()) > 0 and float(gold.std()) > 0:
         corr = float(torch.corrcoef(torch.stack([proxy, gold]))[0, 1])
     seconds, SECONDS["reward_model"] = SECONDS["reward_model"], 0.0
-    return {"reward_model_mean": float(proxy.mean()), "proxy_gold_gap": float(proxy.mean() - gold.mean()),
+    return {f"{name}_mean": float(proxy.mean()), "proxy_gold_gap": float(proxy.mean() - gold.mean()),
             "proxy_gold_corr": corr, "time_reward_model": seconds}

@@ -67,7 +67,8 @@ def score_trajectories(trajectories: list[Trajectory], task: Task, verifier: Ver
     sample_errors: list[list[str]] = [[] for _ in trajectories]
     batch_values = trl_reward_values(config.reward.components, problems, answers,
                                      [t.response_ids for t in trajectories], config.reward.params,
-                                     config.reward.on_error, sample_errors, [s.correct for s in scores])
+                                     config.reward.on_error, sample_errors, [s.correct for s in scores],
+                                     [s.extracted for s in scores], [t.group for t in trajectories])
     for traj, answer, score, errors, values in zip(trajectories, answers, scores, sample_errors, batch_values):
         traj.correct, traj.extracted, traj.error = score.correct, score.extracted, score.error
         traj.reward, traj.reward_components = compose_reward(

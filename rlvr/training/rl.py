@@ -48,7 +48,8 @@ from rlvr.distributed.fsdp import (SHARDS, full_module_state, full_optimizer_sta
                                    shard, uses_fsdp)
 from rlvr.data.selection import group_pass_rates, groups_to_keep
 from rlvr.eval.evaluate import accuracy_by_task
-from rlvr.rewards.learned import learned_metrics, reset_learned_timing
+from rlvr.rewards.learned import LEARNED, learned_metrics, reset_learned_timing
+from rlvr.rewards.verifier_free import majority_answers
 from rlvr.models.lora import AdapterDisabled, adapter_state, attach_lora, load_adapter_state, peft_of
 from rlvr.models.prompt_fit import check_fits_context, check_prompt_lengths
 from rlvr.rewards import describe_sample
@@ -1098,9 +1099,14 @@ def step_metrics(step: int, trajectories: list[Trajectory], config: RunConfig) -
     record["zero_variance_groups"] = sum(len(r) == 1 for r in groups.values()) / len(groups)
     if config.rollout.environment.name is not None:
         record.update(episode_metrics(trajectories))
-    if "reward_model" in config.reward.components:  # a learned reward beside the verifier: is it hacked?
-        record.update(learned_metrics([t.reward_components.get("reward_model", 0.0) for t in trajectories],
-                                      [t.correct for t in trajectories]))
+    proxy = next((name for name in LEARNED if name in config.reward.components), None)
+    if proxy is not None:  # a reward standing in for the verifier, which still runs: is it hacked?
+        record.update(learned_metrics([t.reward_components.get(proxy, 0.0) for t in trajectories],
+                                      [t.correct for t in trajectories], proxy))
+    if "majority_vote" in config.reward.components:
+        labels = majority_answers([t.extracted for t in trajectories], [t.group for t in trajectories])
+        right = {t.group for t in trajectories if t.correct and t.extracted == labels[t.group]}
+        record["majority_label_accuracy"] = len(right) / len(labels)
     return record
 
 
