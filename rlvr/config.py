@@ -89,11 +89,18 @@ class ShapingStep:
 
 
 @dataclass
+class StepRewardSettings:
+    coef: float = _f(0.0, "token-level process rewards: coef x each step's score (the task's step checker, e.g. the addition scratchpad's column sums) on the step's last token, for returns-to-go estimators (reinforce_pp, gae); 0 = off", ge=-1e6, le=1e6)
+    delta: bool = _f(False, "reward each step by its score's change from the step before (sums to coef x the last step's score: no gain from writing more steps)")
+
+
+@dataclass
 class RewardConfig:
     components: dict[str, float] = _f({"correctness": 1.0}, "reward name (registered, or module:function) -> weight; the reward is the weighted sum")
     params: dict[str, dict[str, Any]] = _f({}, "reward name -> keyword arguments passed to that reward function")
     shaping: list[ShapingStep] = _f([], "batch-level shapers applied in order to the summed reward (overlong, laser, laser_d, cosine, kimi_length, label_noise, format_only, random_reward)")
     on_error: Literal["raise", "zero"] = _f("raise", "a component that raises or returns NaN, inf or a non-number: raise = stop the run naming the component and the sample; zero = score that component 0 for the sample and count it (metric reward/failed, samples per step)")
+    step_rewards: StepRewardSettings = _sub(StepRewardSettings, "process rewards per reasoning step, as token-level rewards (see also the process reward component)")
 
     def __post_init__(self) -> None:
         unused = sorted(set(self.params) - set(self.components))

@@ -309,3 +309,4 @@ def _what_went_wrong(err: Exception) -> str:
 from rlvr.rewards import otc as _otc  # noqa: E402,F401  (registers the "otc" shaper)
 from rlvr.rewards import learned as _learned  # noqa: E402,F401  (registers "reward_model")
 from rlvr.rewards import verifier_free as _verifier_free  # noqa: E402,F401  (registers "majority_vote")
+from rlvr.rewards import process as _process  # noqa: E402,F401  (registers "process")

@@ -51,6 +51,7 @@ class Trajectory:
     violation: str | None = None
     policy_version: int = 0
     advantage: float | None = None  # the learner's, mean over the response's loss tokens (for the logs)
+    step_rewards: list[float] = field(default_factory=list)  # process rewards per response token (reward.step_rewards)
     prompt_tokens_cut: int = 0  # tokens cut off the prompt's start (data.overlong_prompts: truncate_left)
 
     def judged_text(self, tokenizer: PreTrainedTokenizerBase) -> str:

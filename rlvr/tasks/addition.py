@@ -15,6 +15,7 @@ leaves RL with a verifier real headroom: the reward says which habit is right.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 
 from rlvr.tasks._integer import IntegerAnswerTask, random_operands
@@ -55,6 +56,27 @@ class AdditionTask(IntegerAnswerTask):
     def demonstration(self, problem: Problem, rng: random.Random) -> str:
         a, b = problem.metadata["a"], problem.metadata["b"]
         return scratchpad(a, b, rng, self.params.teacher_carry_error)
+
+    def step_checks(self, problem: Problem, completion: str) -> list[tuple[int, float]]:
+        return scratchpad_step_checks(problem.metadata["a"], problem.metadata["b"], completion)
+
+
+def scratchpad_step_checks(a: int, b: int, completion: str) -> list[tuple[int, float]]:
+    """Each column step of a scratchpad (``x+y=s`` or ``x+y+1=s``, space-separated) scored 1.0
+    when it is the right column's right sum with the right carry (the correct scratchpad's
+    step at that place), else 0.0; then the final answer (``=> N``) scored 1.0 when N = a + b.
+    Offsets are where each step's text ends in ``completion``."""
+    expected = scratchpad(a, b, random.Random(0)).split(" => ")[0].split(" ")
+    checks: list[tuple[int, float]] = []
+    words = list(re.finditer(r"\S+", completion))
+    for index, word in enumerate(words):
+        if word.group() == "=>":
+            answer = words[index + 1] if index + 1 < len(words) else word
+            checks.append((answer.end(), float(answer.group() == str(a + b))))
+            break
+        step = len(checks)
+        checks.append((word.end(), float(step < len(expected) and word.group() == expected[step])))
+    return checks
 
 
 def count_carries(a: int, b: int) -> int:

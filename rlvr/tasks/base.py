@@ -81,6 +81,12 @@ class Task(ABC):
         """A worked solution for supervised warm start; tasks without one cannot be SFT'd."""
         raise NotImplementedError(f"task {self.name!r} has no demonstrations for SFT")
 
+    def step_checks(self, problem: Problem, completion: str) -> list[tuple[int, float]]:
+        """Process supervision: the completion's reasoning steps, each as (the character
+        offset where it ends, its score in [0, 1]), in order; the last step is the final answer.
+        Tasks whose worked solutions have checkable steps implement it (process rewards)."""
+        raise NotImplementedError(f"task {self.name!r} has no step checker for process rewards")
+
     # --- the answer layout (``task.answer_layout``): the task's own, or DeepSeek-R1's ---
 
     answer_layout: str = "plain"  # set per instance from the config; travels with the task to verifier workers

@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rlvr.config import RunConfig
 from rlvr.rewards import RewardError, compose_reward, describe_sample, trl_reward_values
+from rlvr.rewards.process import decoded_ends, step_token_rewards
 from rlvr.rewards.shaping import ShapingInputs, apply_shapers, build_shaper
 from rlvr.rollout.trajectory import Trajectory
 from rlvr.seeding import derive_seed
@@ -80,6 +81,13 @@ def score_trajectories(trajectories: list[Trajectory], task: Task, verifier: Ver
             traj.error = "; ".join([traj.error, *errors] if traj.error else errors)
         if traj.violation is not None:
             traj.reward = 0.0
+    steps = config.reward.step_rewards
+    if steps.coef:
+        for traj, answer in zip(trajectories, answers):
+            checks = task.step_checks(traj.problem, answer)
+            traj.step_rewards = step_token_rewards(checks, decoded_ends(tokenizer, traj.response_ids), steps.coef,
+                                                   steps.delta)
+            traj.reward_components["steps"] = sum(traj.step_rewards)
 
 
 def shape_rewards(trajectories: list[Trajectory], shapers: list[tuple[Any, dict[str, Any]]], config: RunConfig,

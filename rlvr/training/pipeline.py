@@ -263,6 +263,7 @@ def check_names(config: RunConfig, source: str = "config", task: Task | None = N
     if "rl" in config.stages:
         check_teacher(config, tokenizer, source)
         check_relift(config, task, source)
+        check_process_rewards(config, task, source)
     check_lora(config, source)
     data = config.data
     if data.max_prompt_length is not None and positions is not None \
@@ -327,6 +328,29 @@ def check_lora(config: RunConfig, source: str = "config") -> None:
                       "the reference, which with LoRA is the base itself (adapters off)")):
         if bad:
             raise ConfigError(f"{where}: {why}")
+
+
+def check_process_rewards(config: RunConfig, task: Task, source: str = "config") -> None:
+    """The ``process`` component and ``reward.step_rewards`` read the task's step checker, on
+    single-turn text in the task's own answer layout."""
+    uses = [name for name, on in (("reward.components.process", "process" in config.reward.components),
+                                  ("reward.step_rewards.coef", bool(config.reward.step_rewards.coef))) if on]
+    if not uses:
+        return
+    where = f"{source_of(source, 'reward')}: {uses[0]}"
+    if config.rollout.environment.name:
+        raise ConfigError(f"{where}: process rewards score single-turn responses; not with "
+                          f"rollout.environment ({config.rollout.environment.name}) yet")
+    if config.task.answer_layout != "plain":
+        raise ConfigError(f"{where}: process rewards read the task's own worked solution; not with "
+                          f"task.answer_layout={config.task.answer_layout} yet")
+    try:
+        problem = task.sample_problems(1, config.seed, split="train")[0]
+        task.step_checks(problem, "")
+    except NotImplementedError as err:
+        raise ConfigError(f"{where}: {err} (the addition task has one)") from None
+    except Exception:  # noqa: BLE001 (too little data and the like: the data checks say it)
+        return
 
 
 def check_relift(config: RunConfig, task: Task, source: str = "config") -> None:

@@ -211,7 +211,9 @@ class Learner:
         batch = make_token_batch(
             [t.prompt_ids for t in trajectories], [t.response_ids for t in trajectories], self.pad_token_id,
             response_masks=[t.loss_mask for t in trajectories], response_logprobs=[t.logprobs for t in trajectories],
-            response_values={"entropy": [t.entropies for t in trajectories]} if sampler_entropies else None,
+            response_values={**({"entropy": [t.entropies for t in trajectories]} if sampler_entropies else {}),
+                             **({"step_reward": [t.step_rewards for t in trajectories]}
+                                if config.reward.step_rewards.coef else {})} or None,
         )
         if config.rl.mask_truncated:
             keep = overlong_filter_mask(torch.tensor([t.finish_reason == "length" for t in trajectories]))
@@ -248,6 +250,9 @@ class Learner:
                 stats["kl_rollout"] = float(kl.sum() / mask.sum())
                 if alg.kl.placement == "reward":
                     token_rewards = -self.kl_coef * kl
+            if "step_reward" in batch.extras:  # process rewards at the steps' last tokens (reward.step_rewards)
+                steps = batch.extras["step_reward"] * mask
+                token_rewards = steps if token_rewards is None else token_rewards + steps
             if self.teacher is not None:
                 token_rewards = self._teacher_term(batch, trajectories, step, stats, token_rewards)
             if not config.teacher.outcome:  # pure on-policy distillation: the teacher term is the signal
@@ -1084,7 +1089,8 @@ def step_metrics(step: int, trajectories: list[Trajectory], config: RunConfig) -
                               "accuracy": sum(t.correct for t in trajectories) / n,
                               "response_length": sum(len(t.response_ids) for t in trajectories) / n,
                               "truncated_frac": sum(t.finish_reason == "length" for t in trajectories) / n}
-    for name in [*config.reward.components, *(["shaping"] if config.reward.shaping else [])]:
+    for name in [*config.reward.components, *(["shaping"] if config.reward.shaping else []),
+                 *(["steps"] if config.reward.step_rewards.coef else [])]:
         record[f"reward/{name}"] = sum(t.reward_components.get(name, 0.0) for t in trajectories) / n
     if config.reward.on_error == "zero":  # samples with a component that failed and was scored 0
         record["reward/failed"] = float(sum("failed" in t.reward_components for t in trajectories))
