@@ -2,6 +2,7 @@
 
     python benchmarks/compare_pipelines.py                       # 2 seeds x 8 arms, 2 runs at a time
     python benchmarks/compare_pipelines.py --seeds 0 --arms rl_alone relift --rl-steps 20
+    python benchmarks/compare_pipelines.py --digits 3 4 --out runs/pipelines-3-4   # another band
 
 The band: the default task family (addition with a scratchpad) at 4-5 digit operands, with
 correct demonstrations (``teacher_carry_error: 0``), and a short warm start (400 SFT steps):
@@ -40,14 +41,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-BAND = "task.params={min_digits: 4, max_digits: 5, teacher_carry_error: 0.0}"
-WARM_START_STEPS = 400
-TEACHER_STEPS = 2000
 TEACHER_SEED = 1000
 
 
-def base_overrides(rl_steps: int) -> list[str]:
-    return [BAND, f"sft.steps={WARM_START_STEPS}", f"rl.steps={rl_steps}", "rollout.max_new_tokens=64",
+def band(digits: tuple[int, int]) -> str:
+    return f"task.params={{min_digits: {digits[0]}, max_digits: {digits[1]}, teacher_carry_error: 0.0}}"
+
+
+def base_overrides(rl_steps: int, digits: tuple[int, int], warm_start_steps: int) -> list[str]:
+    return [band(digits), f"sft.steps={warm_start_steps}", f"rl.steps={rl_steps}", "rollout.max_new_tokens=64",
             "eval.problems=200", "eval.samples=8", "eval.every=0", "threads=1", "logging.progress=false"]
 
 
@@ -122,11 +124,16 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", help="a subset of the arms (default: all)")
     parser.add_argument("--teacher", help="a trained teacher (run dir or checkpoint) instead of training one")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--digits", type=int, nargs=2, default=[4, 5], metavar=("MIN", "MAX"),
+                        help="the band: operand digits (default 4 5)")
+    parser.add_argument("--warm-start-steps", type=int, default=400, help="SFT steps of the shared warm start")
+    parser.add_argument("--teacher-steps", type=int, default=2000, help="SFT steps of the teacher")
     args = parser.parse_args()
     out = Path(args.out)
+    digits = tuple(args.digits)
     start = time.perf_counter()
     teacher = Path(args.teacher) if args.teacher else train(
-        out / "teacher", [BAND, "stages=[sft]", f"sft.steps={TEACHER_STEPS}", f"seed={TEACHER_SEED}",
+        out / "teacher", [band(digits), "stages=[sft]", f"sft.steps={args.teacher_steps}", f"seed={TEACHER_SEED}",
                           "rollout.max_new_tokens=64", "eval.samples=8", "threads=1", "logging.progress=false"])
     table = arms(args.rl_steps, str(teacher.resolve()))
     names = args.arms or list(table)
@@ -136,15 +143,15 @@ def main() -> None:
     runs = {(name, seed): out / f"{name}-seed{seed}" for name in names for seed in args.seeds}
     with ThreadPoolExecutor(args.jobs) as pool:
         # the first arm of each seed trains that seed's warm start (cached for the others)
-        list(pool.map(lambda seed: train(runs[(names[0], seed)], [*base_overrides(args.rl_steps), f"seed={seed}",
-                                                                  *table[names[0]]]), args.seeds))
-        list(pool.map(lambda key: train(runs[key], [*base_overrides(args.rl_steps), f"seed={key[1]}",
-                                                    *table[key[0]]]), list(runs)))
+        base = base_overrides(args.rl_steps, digits, args.warm_start_steps)
+        list(pool.map(lambda seed: train(runs[(names[0], seed)], [*base, f"seed={seed}", *table[names[0]]]),
+                      args.seeds))
+        list(pool.map(lambda key: train(runs[key], [*base, f"seed={key[1]}", *table[key[0]]]), list(runs)))
     teacher_summary = teacher / "summary.json"
     if teacher_summary.is_file():
         print(f"teacher ({teacher}): held-out greedy accuracy "
               f"{100 * json.loads(teacher_summary.read_text())['final_accuracy']:.1f}%")
-    print(f"band: {BAND}; warm start {WARM_START_STEPS} SFT steps; {args.rl_steps} RL steps of 32 prompts x 8 "
+    print(f"band: {band(digits)}; warm start {args.warm_start_steps} SFT steps; {args.rl_steps} RL steps of 32 prompts x 8 "
           f"samples; seeds {args.seeds}; held-out greedy accuracy on 200 problems (+-7 points at 95% near 50%)")
     header = ("arm", "before RL %", "after RL %", "per seed", "pass@8 %", "samples", "tokens", "demos", "train s")
     print("| " + " | ".join(header) + " |")

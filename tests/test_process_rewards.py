@@ -5,7 +5,6 @@ carried into the learner's token rewards."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from rlvr.cli import main
 from rlvr.config import load_config

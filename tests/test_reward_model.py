@@ -136,6 +136,7 @@ def test_rl_with_a_reward_model_logs_the_proxy_gold_gap(tmp_path, random_rm):
 def test_reward_model_mistakes_are_one_line_before_any_work(tmp_path, capsys, random_rm, params, said):
     causal = _fake_run(tmp_path / "causal") / "checkpoints" / "final"
     params = params.replace("CAUSAL", str(causal)).replace("RM", str(random_rm))
+    capsys.readouterr()  # what writing the fixtures printed
     assert main(["train", "--output-dir", str(tmp_path / "run"), *TINY,
                  "reward.components={reward_model: 1.0}", f"reward.params={{reward_model: {params}}}"]) == 2
     err = capsys.readouterr().err
@@ -147,7 +148,8 @@ def test_rlvr_rm_mistakes_are_one_line(tmp_path, capsys):
     bad = tmp_path / "pairs.jsonl"
     bad.write_text('{"prompt": "1+1", "chosen": "2", "rejected": "3"}\n{"prompt": "2+2"}\n')
     base = _fake_run(tmp_path / "run") / "checkpoints" / "final"
-    for args, said in ((["--data", str(bad), "--base", str(base)], "pairs.jsonl:2"),
+    capsys.readouterr()
+    for args, said in ((["--data", str(bad), "--base", str(base)], "pairs.jsonl line 2"),
                        (["--data", str(bad)], "--data needs --base"),
                        (["--from-run", str(tmp_path / "nothing")], "--from-run"),
                        (["--from-run", str(tmp_path / "run"), "--steps", "0"], "--steps must be >= 1")):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rlvr.config import RunConfig
-from rlvr.distributed import SINGLE, World
+from rlvr.distributed import World
 from rlvr.training.run_dir import FollowerRunDir, RunDir, atomic_write, model_source
 
 STAGES_DIR = "stages"

@@ -72,17 +72,12 @@ def examples_from_run(run_dir: Path, objective: Literal["classify", "bradley_ter
 def examples_from_file(path: Path) -> tuple[list[Example], Literal["classify", "bradley_terry"]]:
     """A JSONL file of preference pairs or of labelled responses (TRL's column names); the
     objective follows the columns. A malformed line is a ValueError naming it."""
+    from rlvr.tasks._records import _jsonl  # the task files' reader: UTF-8, JSON objects, lines named
+
     examples, kinds = [], set()
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not JSON ({err.msg})") from None
-        if not isinstance(record, dict) or "prompt" not in record:
-            raise ValueError(f"{path}:{number}: a record needs a prompt and either chosen + rejected or "
-                             "completion + label")
+    for where, record in _jsonl(path):
+        if "prompt" not in record:
+            raise ValueError(f"{where}: a record needs a prompt and either chosen + rejected or completion + label")
         if "chosen" in record and "rejected" in record:
             kinds.add("bradley_terry")
             examples.append(Example(record["prompt"], json.dumps(record["prompt"]), chosen=str(record["chosen"]),
@@ -90,12 +85,12 @@ def examples_from_file(path: Path) -> tuple[list[Example], Literal["classify", "
         elif "completion" in record and "label" in record:
             label = record["label"]
             if label not in (0, 1, True, False):
-                raise ValueError(f"{path}:{number}: label must be 0 or 1, got {label!r}")
+                raise ValueError(f"{where}: label must be 0 or 1, got {label!r}")
             kinds.add("classify")
             examples.append(Example(record["prompt"], json.dumps(record["prompt"]),
                                     completion=str(record["completion"]), label=float(label)))
         else:
-            raise ValueError(f"{path}:{number}: a record needs chosen + rejected (pairs) or completion + label")
+            raise ValueError(f"{where}: a record needs chosen + rejected (pairs) or completion + label")
     if len(kinds) != 1:
         raise ValueError(f"{path}: " + ("no records" if not kinds else "mixes pairs and labelled responses"))
     return examples, kinds.pop()
