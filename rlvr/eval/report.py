@@ -74,6 +74,8 @@ PANEL_GROUPS = [
                     "logprob_gap_mean", "logprob_gap_max"]),
     ("Asynchronous rollouts (rl.max_staleness)", ["staleness_mean", "staleness_max", "staleness/", "stale_dropped",
                                                   "overlap_frac"]),
+    ("Learned and verifier-free rewards: proxy against the verifier (hacking shows as a rising gap)",
+     ["proxy_gold_gap", "proxy_gold_corr", "reward_model_mean", "majority_vote_mean", "majority_label_accuracy"]),
     ("Step time by stage", ["time_"]),
 ]
 # groups drawn inside a closed <details> (open it to see them)
@@ -96,12 +98,15 @@ TITLES = {
     "logprob_gap_max": "engine vs trainer log-prob gap, max", "gpu_memory_peak_gib": "peak GPU memory (GiB)",
     "staleness_mean": "sample staleness, mean (weight versions)", "staleness_max": "sample staleness, max",
     "stale_dropped": "samples dropped as too stale", "overlap_frac": "background generation overlapped with training",
+    "proxy_gold_gap": "learned reward - verifier correctness (mean)", "proxy_gold_corr":
+    "correlation of learned reward and verifier", "reward_model_mean": "reward model score, mean",
+    "majority_vote_mean": "majority-vote reward, mean", "majority_label_accuracy": "pseudo-labels that are right",
 }
 SFT_TITLES = {"loss": "SFT loss (nats/token)", "grad_norm": "gradient norm (before clipping)",
               "lr": "learning rate", "tokens_per_s": "tokens / s", "step_time": "seconds per step"}
 
 # bookkeeping, not curves (the wall-clock axis itself, running totals)
-NOT_CURVES = {"step", "rl_seconds_total", "samples_generated_total", "policy_version"}
+NOT_CURVES = {"step", "rl_seconds_total", "samples_generated_total", "policy_version", "stage_index", "stage_step"}
 
 # one colour per run in an overlay (matplotlib's tab10)
 RUN_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
