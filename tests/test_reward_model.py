@@ -156,3 +156,21 @@ def test_rlvr_rm_mistakes_are_one_line(tmp_path, capsys):
         assert main(["rm", *args, "--output", str(tmp_path / "out")]) == 2, args
         err = capsys.readouterr().err
         assert said in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_run_with_learned_and_process_rewards_resumes_exactly(tmp_path, monkeypatch, random_rm):
+    from rlvr.config import load_config
+    from rlvr.training.pipeline import new_run_dir, run_pipeline
+
+    from crash_resume import crash_in_rl_step_then_resume, rl_records
+
+    config = load_config(None, [*TINY, "rl.steps=4", "checkpoint.every=2", "reward.step_rewards.coef=0.2",
+                                "reward.step_rewards.delta=true", "algorithm.advantage=reinforce_pp",
+                                "reward.components={correctness: 1.0, reward_model: 0.5, process: 0.5}",
+                                f"reward.params={{reward_model: {{path: {random_rm}, gate: true}}}}"])
+    straight = new_run_dir(config, str(tmp_path / "straight"), "t")
+    run_pipeline(config, straight)
+    crashed = crash_in_rl_step_then_resume(config, tmp_path / "crashed", monkeypatch)
+    strip = lambda records: [{k: v for k, v in r.items() if k != "time_reward_model"} for r in records]
+    assert strip(rl_records(straight.path)) == strip(rl_records(crashed))
+    assert all("proxy_gold_gap" in r and "reward/steps" in r for r in rl_records(crashed))
