@@ -202,6 +202,7 @@ def train(
     if task is not None:
         task.name = task.name or type(task).__name__
         task.answer_layout = resolved.task.answer_layout
+        task.stated_confidence = resolved.task.stated_confidence
 
     from rlvr.training.pipeline import check_names, new_run_dir, run_pipeline
 
@@ -231,6 +232,7 @@ def train(
         print(f"rlvr: warning: {warning}")  # stdout, with the run's other notes; stderr is for errors
     sys.stdout.flush()
     summary = run_pipeline(_rank_config(resolved, world), run, task=task, callbacks=callbacks, world=world)
+    world.close()
     return TrainResult(run_dir=run.path, config=resolved, summary=summary)
 
 
@@ -278,4 +280,5 @@ def _follow(world, config: RunConfig, task: Any) -> TrainResult:
     _, path, config = message
     run = FollowerRunDir(path)
     summary = run_pipeline(_rank_config(config, world), run, task=task, world=world)
+    world.close()
     return TrainResult(run_dir=run.path, config=config, summary=summary)

@@ -58,7 +58,8 @@ CATEGORIES = (
     Category("tasks", "tasks", "task.name (knobs in task.params)", _tasks),
     Category("rewards", "reward components", "reward.components (keywords in reward.params.NAME)", _rewards,
              ("task", "problem", "completion", "score", "episode",  # given by rlvr, not set in a config:
-              "prompts", "completions", "completion_ids", "verified", "extracted", "groups")),
+              "prompts", "completions", "completion_ids", "verified", "extracted", "groups",
+              "answer", "problem_id", "policy")),  # columns every problem has; the sampling policy
     Category("shapers", "reward shapers", "reward.shaping (a list of {name, params})", _shapers, ("inputs",)),
     Category("advantages", "advantage estimators", "algorithm.advantage", _algorithms("ADVANTAGES"),
              ("rewards", "group_ids", "mask", "token_rewards", "values", "baseline", "kwargs")),

@@ -89,15 +89,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, help="JSON file for the selected ids (use as data.include_ids)")
 
     p = sub.add_parser("rm", allow_abbrev=False,
-                       help="train an outcome reward model (sequence classification) on a run's verified samples "
-                            "or on preference pairs; score with reward.components: {reward_model: 1.0}")
+                       help="train an outcome reward model (sequence classification) or a generative judge (causal "
+                            "LM) on a run's verified samples or on preference pairs; score with "
+                            "reward.components: {reward_model: 1.0} or {judge: 1.0}")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--from-run", metavar="RUN_DIR", help="a run's samples.jsonl: responses with the verifier's verdict")
     source.add_argument("--data", metavar="FILE", help="JSONL: {prompt, chosen, rejected} pairs or {prompt, completion, label}")
     p.add_argument("--output", required=True, help="directory for the reward model (a Hugging Face checkpoint)")
     p.add_argument("--base", help="checkpoint to start from (default: the run's final checkpoint; required with --data)")
-    p.add_argument("--objective", choices=["classify", "bradley_terry"], default="classify",
-                   help="with --from-run: classify the verdicts, or rank the right over the wrong samples of a group")
+    p.add_argument("--objective", choices=["classify", "bradley_terry", "judge"], default="classify",
+                   help="with --from-run: classify the verdicts, or rank the right over the wrong samples of a group; "
+                        "judge: fine-tune the causal LM itself to write the verdict (correct / incorrect)")
+    p.add_argument("--rubric", help="judge: the template the judge reads, with {response} and optionally {prompt} "
+                                    "(default: rlvr.rewards.judge.DEFAULT_RUBRIC); saved in the checkpoint's judge.json")
     p.add_argument("--steps", type=int, default=200, help="optimizer steps")
     p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate")
     p.add_argument("--batch-size", type=int, default=32, help="examples (or pairs) per step")
@@ -487,7 +491,7 @@ def _report(args: argparse.Namespace) -> int:
 def _rm(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
-    from rlvr.training.reward_model import examples_from_file, examples_from_run, train_reward_model
+    from rlvr.training.reward_model import examples_from_file, examples_from_run, train_judge, train_reward_model
 
     hf_logging.disable_progress_bar()
     from rlvr.training.run_dir import RunDir, RunDirError, model_source
@@ -509,7 +513,8 @@ def _rm(args: argparse.Namespace) -> int:
             base = args.base or (str(run.path / model_source(state)) if model_source(state) else None)
             if base is None:
                 raise ConfigError(f"--from-run {args.from_run}: the run has no checkpoint yet; give --base")
-            examples, objective = examples_from_run(run.path, args.objective), args.objective
+            examples = examples_from_run(run.path, "classify" if args.objective == "judge" else args.objective)
+            objective = args.objective
         else:
             if not args.base:
                 raise ConfigError("--data needs --base: the checkpoint the reward model starts from")
@@ -517,16 +522,26 @@ def _rm(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--data {args.data}: no such file")
             base = args.base
             examples, objective = examples_from_file(Path(args.data))
+            objective = "judge" if args.objective == "judge" else objective
         if not Path(base).is_dir() and "/" not in str(base):
             raise ConfigError(f"--base {base}: not a checkpoint directory")
-        metrics = train_reward_model(examples, objective, base, Path(args.output), steps=args.steps, lr=args.lr,
-                                     batch_size=args.batch_size, seed=args.seed, device=args.device)
+        if args.rubric is not None and objective != "judge":
+            raise ConfigError("--rubric is for --objective judge")
+        if objective == "judge":
+            from rlvr.rewards.judge import DEFAULT_RUBRIC
+
+            metrics = train_judge(examples, base, Path(args.output), args.rubric or DEFAULT_RUBRIC, steps=args.steps,
+                                  lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=args.device)
+        else:
+            metrics = train_reward_model(examples, objective, base, Path(args.output), steps=args.steps, lr=args.lr,
+                                         batch_size=args.batch_size, seed=args.seed, device=args.device)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     after = metrics["heldout_after"]
     held = (f"; held-out accuracy {100 * metrics['heldout_before']['accuracy']:.1f}% -> "
             f"{100 * after['accuracy']:.1f}% on {after['examples']} examples" if after else "")
-    print(f"reward model ({objective}, {metrics['train_examples']} training examples) written to {args.output}{held}")
+    what = "generative judge" if objective == "judge" else "reward model"
+    print(f"{what} ({objective}, {metrics['train_examples']} training examples) written to {args.output}{held}")
     return 0
 
 

@@ -80,6 +80,7 @@ class TaskConfig:
     system_prompt: str | None = _f(None, "system message put before every chat prompt that has none (it lives in the "
                                          "chat template, so the run's checkpoints carry it); null: none")
     answer_layout: Literal["plain", "think_answer"] = _f("plain", "plain: the task's own answer format; think_answer: DeepSeek-R1's <think>...</think><answer>...</answer> (demonstrations are laid out so, only the last <answer> block is scored)")
+    stated_confidence: bool = _f(False, "RLCR: responses end with <confidence>q</confidence>, q in [0, 1] (demonstrations carry one drawn from 0.1..0.9, scoring ignores it, evaluation reports brier and ece); reward it with the rlcr component; a Hugging Face model needs a task.system_prompt asking for it")
 
 
 @dataclass

@@ -74,6 +74,15 @@ class World:
                 f"{self.timeout_s:g} s: another rank stalled, crashed or was killed ({' '.join(str(err).split())[:300]})"
             ) from None
 
+    def close(self) -> None:
+        """Leave the process group once every rank has finished: a barrier, then
+        ``destroy_process_group``. A gloo group left for the interpreter's exit to tear down
+        can abort the process (``terminate called without an active exception``) after a run
+        that succeeded."""
+        if self.distributed and torch.distributed.is_initialized():
+            self._run("the closing barrier", torch.distributed.barrier)
+            torch.distributed.destroy_process_group()
+
     def all_gather_objects(self, obj: Any, what: str) -> list[Any]:
         """Every rank's ``obj`` (picklable), in rank order."""
         if not self.distributed:

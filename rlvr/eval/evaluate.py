@@ -16,6 +16,7 @@ import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from rlvr.eval.bootstrap import bootstrap_mean_ci, bootstrap_ratio_ci
+from rlvr.eval.calibration import brier_score, expected_calibration_error
 from rlvr.eval.majority import maj_at_k
 from rlvr.eval.passk import pass_at_k_array
 from rlvr.eval.sample_cache import (ProblemSamples, SampleCache, SamplingSettings, collect_samples,
@@ -23,6 +24,7 @@ from rlvr.eval.sample_cache import (ProblemSamples, SampleCache, SamplingSetting
 from rlvr.eval.selectors import SELECTORS, best_of_k
 from rlvr.rollout.engine import RolloutEngine
 from rlvr.tasks.base import Problem, Task
+from rlvr.tasks.formats import stated_confidence
 from rlvr.verify.pool import InlineVerifier, VerifierPool
 
 
@@ -120,7 +122,9 @@ def summarize(per_problem: list[ProblemSamples], *, ks: Sequence[int] | None = N
       ``rlvr.eval.majority``) for each k, ``mean@n`` (mean accuracy of the n samples, equal to
       pass@1), ``mean_reward``, ``sampled_length`` (tokens), ``tokens_per_correct`` (sampled
       policy tokens per correct sample, a ratio of sums), ``truncated_frac`` and ``tool_calls``
-      (per sample) when any sample called a tool.
+      (per sample) when any sample called a tool. When answers state a confidence (RLCR):
+      ``confidence_stated``, ``confidence``, ``brier``, ``ece`` over the greedy answers and the
+      same with ``sampled_`` over the sampled ones (``calibration``).
       With ``strategy`` (test-time scaling): ``scaling`` = {"strategy", "selector", "k",
       "accuracy", "ci95"}, the accuracy of picking one of k samples for each k.
     """
@@ -137,6 +141,7 @@ def summarize(per_problem: list[ProblemSamples], *, ks: Sequence[int] | None = N
         for name, accuracy in accuracy_by_task([p.problem for p in per_problem],
                                                [bool(g["correct"]) for g in greedy]).items():
             result[f"greedy_accuracy/{name}"] = accuracy
+        calibration(result, "", greedy)
     n = min(len(p.sampled) for p in per_problem)
     if n == 0:
         return result
@@ -163,9 +168,25 @@ def summarize(per_problem: list[ProblemSamples], *, ks: Sequence[int] | None = N
     tool_calls = np.array([[s.get("tool_calls", 0) for s in p.sampled[:n]] for p in per_problem], dtype=np.float64)
     if tool_calls.any():
         _with_ci(result, "tool_calls", tool_calls.mean(axis=1), seed)
+    calibration(result, "sampled_", [s for p in per_problem for s in p.sampled[:n]])
     if strategy is not None:
         result["scaling"] = scaling_curve(per_problem, n, ks, strategy, selector, result, seed)
     return result
+
+
+def calibration(result: dict[str, Any], prefix: str, samples: Sequence[dict[str, Any]]) -> None:
+    """RLCR's numbers when any answer states a confidence (``<confidence>q</confidence>``):
+    ``<prefix>confidence_stated`` (the share that state a readable one), and over those,
+    ``<prefix>confidence`` (mean q), ``<prefix>brier`` and ``<prefix>ece`` (``rlvr.eval.calibration``)."""
+    stated = [(q, bool(s["correct"])) for s in samples if (q := stated_confidence(s["text"])) is not None]
+    if not any("<confidence>" in s["text"] for s in samples):
+        return
+    result[f"{prefix}confidence_stated"] = len(stated) / len(samples)
+    if stated:
+        confidences, correct = zip(*stated)
+        result[f"{prefix}confidence"] = float(np.mean(confidences))
+        result[f"{prefix}brier"] = brier_score(confidences, correct)
+        result[f"{prefix}ece"] = expected_calibration_error(confidences, correct)
 
 
 def scaling_curve(per_problem: list[ProblemSamples], n: int, ks: Sequence[int], strategy: str,

@@ -71,7 +71,13 @@ def task_description(task: Task) -> dict[str, Any]:
     params = task.params
     if dataclasses.is_dataclass(params):
         params = dataclasses.asdict(params)
-    return {"name": type(task).__module__ + "." + type(task).__qualname__, "params": params}
+    out = {"name": type(task).__module__ + "." + type(task).__qualname__, "params": params}
+    # The layout decides what is scored; named only when not the default, so older caches still match.
+    if task.answer_layout != "plain":
+        out["answer_layout"] = task.answer_layout
+    if task.stated_confidence:
+        out["stated_confidence"] = True
+    return out
 
 
 def environment_description(environment: Any) -> dict[str, Any] | None:

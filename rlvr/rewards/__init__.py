@@ -21,7 +21,7 @@ from typing import Any, Callable, Literal
 
 from rlvr.registry import Registry
 from rlvr.tasks.base import Problem, Score, Task
-from rlvr.tasks.formats import matches_format, think_answer_format
+from rlvr.tasks.formats import matches_format, think_answer_format, without_confidence
 
 RewardFn = Callable[..., float]  # (task, problem, completion, score, **params) -> float
 REWARDS: Registry[RewardFn] = Registry("reward")
@@ -59,8 +59,8 @@ def format_reward(task: Task, problem: Problem, completion: str, score: Score) -
 @REWARDS.register("think_answer_format")
 def think_answer_format_reward(task: Task, problem: Problem, completion: str, score: Score) -> float:
     """1.0 for exactly one ``<think>...</think>`` followed by one ``<answer>...</answer>`` (the
-    DeepSeek-R1 format reward), else 0.0."""
-    return float(think_answer_format(completion))
+    DeepSeek-R1 format reward), else 0.0. A stated confidence (RLCR) after the blocks is allowed."""
+    return float(think_answer_format(without_confidence(completion) if task.stated_confidence else completion))
 
 
 @REWARDS.register("regex_format")
@@ -139,7 +139,7 @@ def trl_columns(problems: list[Problem]) -> dict[str, list[Any]]:
 def call_trl_reward(name: str, fn: RewardFn, problems: list[Problem], completions: list[str],
                     completion_ids: list[list[int]] | None, params: dict[str, Any],
                     verified: list[bool] | None = None, extracted: list[str | None] | None = None,
-                    groups: list[int] | None = None) -> list[float]:
+                    groups: list[int] | None = None, task: Task | None = None, policy: Any = None) -> list[float]:
     """A TRL-style reward function over a batch, called as TRL calls it: ``prompts`` (text or
     conversations, as the data has them), ``completions`` (text, or ``[{"role": "assistant",
     "content": text}]`` for a conversation prompt), ``completion_ids``, the data's columns and
@@ -147,8 +147,10 @@ def call_trl_reward(name: str, fn: RewardFn, problems: list[Problem], completion
     names. What rlvr knows beyond TRL goes only to a function that names it: ``verified`` (the
     task verifier's verdict on each completion: a learned reward gated by the verifier),
     ``extracted`` (the final answer the task found in it, None if none) and ``groups`` (the
-    GRPO group of each sample: a reward computed over a group, such as a majority vote). One
-    finite number per sample, or a ``RewardError`` naming the component."""
+    GRPO group of each sample: a reward computed over a group, such as a majority vote),
+    ``task`` (the run's task: how it writes an answer) and ``policy`` (a ``PolicyView`` of the
+    policy that sampled the batch: rewards from its own probabilities, ``rlvr.rewards.
+    policy_probability``). One finite number per sample, or a ``RewardError`` naming the component."""
     if not is_trl_reward(fn):
         raise TypeError(f"reward {name!r} is not a batch reward function fn(prompts, completions, **columns)")
     kwargs: dict[str, Any] = {
@@ -161,7 +163,11 @@ def call_trl_reward(name: str, fn: RewardFn, problems: list[Problem], completion
         kwargs = {key: value for key, value in kwargs.items() if key in _signature(fn).parameters}
     known = {"verified": list(verified) if verified is not None else [False] * len(problems),
              "extracted": list(extracted) if extracted is not None else [None] * len(problems),
-             "groups": list(groups) if groups is not None else list(range(len(problems)))}
+             "groups": list(groups) if groups is not None else list(range(len(problems))),
+             "task": task, "policy": policy}
+    if "policy" in _signature(fn).parameters and policy is None:
+        raise RewardError(f"reward component {name!r} reads the policy's probabilities, which only an RL step's "
+                          "scoring gives")
     kwargs.update({key: value for key, value in known.items() if key in _signature(fn).parameters})
     try:
         values = fn(**kwargs)
@@ -193,7 +199,8 @@ def trl_reward_values(weights: dict[str, float], problems: list[Problem], comple
                       on_error: Literal["raise", "zero"] = "raise",
                       errors: list[list[str]] | None = None, verified: list[bool] | None = None,
                       extracted: list[str | None] | None = None,
-                      groups: list[int] | None = None) -> list[dict[str, float]]:
+                      groups: list[int] | None = None, task: Task | None = None,
+                      policy: Any = None) -> list[dict[str, float]]:
     """Per sample, ``{name: value}`` of every TRL-style component of ``weights``, each called
     once for the whole batch. With ``on_error="zero"`` a failing function scores the batch 0
     and its message goes to every sample's ``errors`` entry."""
@@ -204,7 +211,7 @@ def trl_reward_values(weights: dict[str, float], problems: list[Problem], comple
             continue
         try:
             batch = call_trl_reward(name, fn, problems, completions, completion_ids, params.get(name, {}), verified,
-                                    extracted, groups)
+                                    extracted, groups, task, policy)
         except RewardError as err:
             if on_error != "zero":
                 raise RewardError(f"{err}; fix the function, or set reward.on_error: zero to score such samples 0 "
@@ -310,3 +317,6 @@ from rlvr.rewards import otc as _otc  # noqa: E402,F401  (registers the "otc" sh
 from rlvr.rewards import learned as _learned  # noqa: E402,F401  (registers "reward_model")
 from rlvr.rewards import verifier_free as _verifier_free  # noqa: E402,F401  (registers "majority_vote")
 from rlvr.rewards import process as _process  # noqa: E402,F401  (registers "process")
+from rlvr.rewards import calibration as _calibration  # noqa: E402,F401  (registers "rlcr")
+from rlvr.rewards import judge as _judge  # noqa: E402,F401  (registers "judge")
+from rlvr.rewards import policy_probability as _policy_probability  # noqa: E402,F401  ("rlpr", "self_certainty")

@@ -38,8 +38,8 @@ import torch
 
 from rlvr.rewards import REWARDS
 
-SECONDS: dict[str, float] = {"reward_model": 0.0}  # scoring seconds since the last step's metrics
-LEARNED = ("reward_model", "majority_vote")  # rewards that stand in for the verifier: proxy_gold_gap compares them
+SECONDS: dict[str, float] = {"reward_model": 0.0, "judge": 0.0}  # scoring seconds since the last step's metrics
+LEARNED = ("reward_model", "judge", "majority_vote", "rlpr", "self_certainty")  # rewards that stand in for the verifier: proxy_gold_gap compares them
 
 
 @dataclass
@@ -148,12 +148,18 @@ def reward_model_reward(prompts: list[Any], completions: list[Any], *, path: str
     loaded = load_reward_model(path, device)
     texts = [render(loaded.tokenizer, prompt, c if isinstance(c, str) else c[-1]["content"])
              for prompt, c in zip(prompts, completions)]
-    values = score_texts(loaded, texts, batch_size, output)
+    values = guarded(score_texts(loaded, texts, batch_size, output), clip, gate, verified)
+    SECONDS["reward_model"] += time.perf_counter() - started
+    return values
+
+
+def guarded(values: list[float], clip: list[float] | None, gate: bool, verified: list[bool]) -> list[float]:
+    """The hacking guards of a learned reward: ``clip`` to [low, high], then ``gate`` (0 for
+    every response the verifier rejects)."""
     if clip is not None:
         values = [min(max(v, clip[0]), clip[1]) for v in values]
     if gate:
         values = [v if ok else 0.0 for v, ok in zip(values, verified)]
-    SECONDS["reward_model"] += time.perf_counter() - started
     return values
 
 
@@ -165,10 +171,7 @@ def check_reward_model(params: dict[str, Any]) -> None:
                          "(a directory, e.g. from `rlvr rm`, or a hub id)")
     if params.get("output", "prob") not in ("prob", "logit"):
         raise ValueError(f"reward_model.output must be prob or logit, got {params['output']!r}")
-    clip = params.get("clip")
-    if clip is not None and not (isinstance(clip, (list, tuple)) and len(clip) == 2
-                                 and all(isinstance(v, (int, float)) for v in clip) and clip[0] < clip[1]):
-        raise ValueError(f"reward_model.clip must be [low, high] with low < high, got {clip!r}")
+    check_clip("reward_model", params.get("clip"))
     try:
         load_reward_model(str(params["path"]), str(params.get("device", "auto")))
     except ValueError as err:
@@ -178,19 +181,29 @@ def check_reward_model(params: dict[str, Any]) -> None:
 reward_model_reward.check = check_reward_model  # type: ignore[attr-defined]
 
 
+def check_clip(component: str, clip: Any) -> None:
+    """``clip`` is None or [low, high] with low < high; ``ValueError`` naming the component otherwise."""
+    if clip is not None and not (isinstance(clip, (list, tuple)) and len(clip) == 2
+                                 and all(isinstance(v, (int, float)) for v in clip) and clip[0] < clip[1]):
+        raise ValueError(f"{component}.clip must be [low, high] with low < high, got {clip!r}")
+
+
 def reset_learned_timing() -> None:
-    SECONDS["reward_model"] = 0.0
+    for key in SECONDS:
+        SECONDS[key] = 0.0
 
 
 def learned_metrics(values: list[float], correct: list[bool], name: str = "reward_model") -> dict[str, float]:
     """``<name>_mean``, ``proxy_gold_gap`` (mean learned value - mean verifier correctness)
     and ``proxy_gold_corr`` (their Pearson correlation; 0 when either is constant) over a
-    batch, and ``time_reward_model`` since the last call."""
+    batch, and for the reward model ``time_reward_model`` since the last call."""
     proxy = torch.tensor(values, dtype=torch.float64)
     gold = torch.tensor([float(c) for c in correct], dtype=torch.float64)
     corr = 0.0
     if len(proxy) > 1 and float(proxy.std()) > 0 and float(gold.std()) > 0:
         corr = float(torch.corrcoef(torch.stack([proxy, gold]))[0, 1])
-    seconds, SECONDS["reward_model"] = SECONDS["reward_model"], 0.0
-    return {f"{name}_mean": float(proxy.mean()), "proxy_gold_gap": float(proxy.mean() - gold.mean()),
-            "proxy_gold_corr": corr, "time_reward_model": seconds}
+    out = {f"{name}_mean": float(proxy.mean()), "proxy_gold_gap": float(proxy.mean() - gold.mean()),
+           "proxy_gold_corr": corr}
+    if name == "reward_model":
+        out["time_reward_model"], SECONDS["reward_model"] = SECONDS["reward_model"], 0.0
+    return out

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import random
 import re
+import zlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from rlvr.registry import Registry
+from rlvr.tasks.formats import without_confidence
 
 
 @dataclass
@@ -90,6 +92,9 @@ class Task(ABC):
     # --- the answer layout (``task.answer_layout``): the task's own, or DeepSeek-R1's ---
 
     answer_layout: str = "plain"  # set per instance from the config; travels with the task to verifier workers
+    # RLCR (``task.stated_confidence``): responses end with <confidence>q</confidence>, which
+    # demonstrations carry and scoring never reads; set per instance like answer_layout.
+    stated_confidence: bool = False
 
     def answer_text(self, answer: str) -> str:
         """How this task writes a bare final answer in its own format (what ``extract_answer``
@@ -99,7 +104,10 @@ class Task(ABC):
     def scored_text(self, completion: str) -> str:
         """What ``score`` is given for ``completion``: the completion itself, or under the
         ``think_answer`` layout (``<think>...</think><answer>...</answer>``) the text of its last
-        ``<answer>`` block written the task's way, '' without one: the thinking never counts."""
+        ``<answer>`` block written the task's way, '' without one: the thinking never counts.
+        A stated confidence (``<confidence>q</confidence>``) is removed first."""
+        if self.stated_confidence:
+            completion = without_confidence(completion)
         if self.answer_layout != "think_answer":
             return completion
         blocks = ANSWER_BLOCK.findall(completion)
@@ -112,7 +120,16 @@ class Task(ABC):
 
     def laid_out(self, demonstration: str) -> str:
         """A demonstration in the answer layout: under ``think_answer`` the worked solution is
-        the thinking and the answer it ends with is the answer block."""
+        the thinking and the answer it ends with is the answer block. With ``stated_confidence``
+        it ends with ``<confidence>q</confidence>``, q one of 0.1 ... 0.9 chosen by a hash of the
+        text: supervised fine-tuning teaches the form and a spread of values, not which value is
+        right (a calibration reward teaches that)."""
+        if self.stated_confidence:
+            tenths = zlib.crc32(demonstration.encode()) % 9 + 1
+            return f"{self._laid_out(demonstration)} <confidence>0.{tenths}</confidence>"
+        return self._laid_out(demonstration)
+
+    def _laid_out(self, demonstration: str) -> str:
         if self.answer_layout != "think_answer":
             return demonstration
         answer = self.extract_answer(demonstration)

@@ -38,3 +38,28 @@ def matches_format(completion: str, regex: str | re.Pattern[str]) -> bool:
         except re.error as exc:
             raise ValueError(f"invalid format regex {regex!r}: {exc}") from None
     return regex.fullmatch(completion) is not None
+
+
+# RLCR's verbalized confidence (Damani et al. 2025, "Beyond Binary Rewards: Training LMs to
+# Reason about Their Uncertainty"): after its answer the model writes <confidence>q</confidence>.
+_CONFIDENCE = re.compile(r"<confidence>\s*([^<]*?)\s*</confidence>", re.DOTALL)
+_CONFIDENCE_BLOCK = re.compile(r"\s*<confidence>.*?</confidence>\s*", re.DOTALL)
+_NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)%?")
+
+
+def stated_confidence(completion: str) -> float | None:
+    """The confidence ``q`` in [0, 1] of the completion's last ``<confidence>q</confidence>``
+    block (``0.7``, ``.7``, ``70%``); None when there is no block or its content is not a
+    number in [0, 1] (a percentage in [0, 100])."""
+    blocks = _CONFIDENCE.findall(completion)
+    if not blocks or _NUMBER.fullmatch(blocks[-1]) is None:
+        return None
+    text = blocks[-1]
+    value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    return value if 0.0 <= value <= 1.0 else None
+
+
+def without_confidence(completion: str) -> str:
+    """The completion with its ``<confidence>...</confidence>`` blocks removed (the answer a
+    verifier reads: the stated confidence is never part of it)."""
+    return _CONFIDENCE_BLOCK.sub(" ", completion).strip() if "<confidence>" in completion else completion

@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rlvr.config import RunConfig
 from rlvr.rewards import RewardError, compose_reward, describe_sample, trl_reward_values
+from rlvr.rewards.policy_probability import PolicyView
 from rlvr.rewards.process import decoded_ends, step_token_rewards
 from rlvr.rewards.shaping import ShapingInputs, apply_shapers, build_shaper
 from rlvr.rollout.trajectory import Trajectory
@@ -27,14 +28,16 @@ Verifier = VerifierPool | InlineVerifier
 class Judge:
     """Verifier + rewards + shapers of one run (``config.reward``)."""
 
-    def __init__(self, task: Task, verifier: Verifier, tokenizer: PreTrainedTokenizerBase, config: RunConfig) -> None:
+    def __init__(self, task: Task, verifier: Verifier, tokenizer: PreTrainedTokenizerBase, config: RunConfig,
+                 policy: Any = None) -> None:
         self.task, self.verifier, self.tokenizer, self.config = task, verifier, tokenizer, config
+        self.policy = policy  # the sampling policy's module: rewards from its own probabilities (RLPR, self-certainty)
         self.shapers: list[tuple[Any, dict[str, Any]]] = [(build_shaper(step.name), dict(step.params))
                                                           for step in config.reward.shaping]
 
     def score(self, trajectories: list[Trajectory]) -> None:
         """Decode, verify and reward every trajectory in place (``score_trajectories``)."""
-        score_trajectories(trajectories, self.task, self.verifier, self.tokenizer, self.config)
+        score_trajectories(trajectories, self.task, self.verifier, self.tokenizer, self.config, self.policy)
 
     def shape(self, trajectories: list[Trajectory], step: int) -> None:
         """Apply the batch-level reward shapers of RL step ``step`` (0-based) in place."""
@@ -50,7 +53,7 @@ class Judge:
 
 
 def score_trajectories(trajectories: list[Trajectory], task: Task, verifier: Verifier,
-                       tokenizer: PreTrainedTokenizerBase, config: RunConfig) -> None:
+                       tokenizer: PreTrainedTokenizerBase, config: RunConfig, policy: Any = None) -> None:
     """Decode, verify (in the verifier pool when the task needs isolation) and reward every
     trajectory in place; a verifier failure is a zero score with its error recorded.
 
@@ -58,7 +61,8 @@ def score_trajectories(trajectories: list[Trajectory], task: Task, verifier: Ver
     tool output); one that broke its environment's rules (``violation``) gets reward 0.
     A reward component that fails (raises, NaN, inf) is a ``RewardError``; with
     ``reward.on_error: zero`` it scores 0, and the sample's ``reward_components["failed"]``
-    counts its failed components and ``error`` says why."""
+    counts its failed components and ``error`` says why. ``policy`` (the sampling policy's
+    module) is what a reward that names ``policy`` reads, as a ``PolicyView`` of the batch."""
     texts = tokenizer.batch_decode([t.response_ids for t in trajectories], skip_special_tokens=True)
     for traj, text in zip(trajectories, texts):
         traj.text = text
@@ -69,7 +73,12 @@ def score_trajectories(trajectories: list[Trajectory], task: Task, verifier: Ver
     batch_values = trl_reward_values(config.reward.components, problems, answers,
                                      [t.response_ids for t in trajectories], config.reward.params,
                                      config.reward.on_error, sample_errors, [s.correct for s in scores],
-                                     [s.extracted for s in scores], [t.group for t in trajectories])
+                                     [s.extracted for s in scores], [t.group for t in trajectories], task,
+                                     None if policy is None else PolicyView(
+                                         policy, tokenizer, [t.prompt_ids for t in trajectories],
+                                         [t.response_ids for t in trajectories],
+                                         [t.loss_mask or [1] * len(t.response_ids) for t in trajectories],
+                                         config.rl.micro_batch_size))
     for traj, answer, score, errors, values in zip(trajectories, answers, scores, sample_errors, batch_values):
         traj.correct, traj.extracted, traj.error = score.correct, score.extracted, score.error
         traj.reward, traj.reward_components = compose_reward(

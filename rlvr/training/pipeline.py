@@ -58,6 +58,7 @@ def _make_task(name: str, params: dict[str, Any], config: RunConfig, params_sour
     task = task_cls(from_dict(task_cls.Params, params, source=params_source))
     task.name = task.name or name
     task.answer_layout = config.task.answer_layout
+    task.stated_confidence = config.task.stated_confidence
     return task
 
 
@@ -238,6 +239,9 @@ def check_names(config: RunConfig, source: str = "config", task: Task | None = N
         check_reward_params(config.reward.components, config.reward.params)
     except TypeError as err:
         raise ConfigError(f"{source_of(source, 'reward.params', 'reward.components')}: reward.params: {err}") from None
+    if config.reward.components.get("rlcr") and not config.task.stated_confidence:
+        raise ConfigError(f"{source_of(source, 'reward.components', 'task.stated_confidence')}: reward.components.rlcr "
+                          "rewards a stated confidence: set task.stated_confidence: true (the rlcr recipe does)")
     try:
         check_shaper_params([(step.name, step.params) for step in config.reward.shaping],
                             config.rollout.max_new_tokens)
@@ -572,7 +576,7 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
             run_eval("warmstart")
             run.save_state(state)
         if "rl" in config.stages and "rl" not in state["completed_stages"]:
-            train_rl(model, tokenizer, Judge(task, verifier, tokenizer, config), sampler, config, run, state,
+            train_rl(model, tokenizer, Judge(task, verifier, tokenizer, config, model), sampler, config, run, state,
                      exclude, evaluate_fn=run_eval, world=world)
         if "rl" in config.stages:
             run.prune("rl-step", config.checkpoint.keep_last)

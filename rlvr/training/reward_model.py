@@ -168,26 +168,155 @@ def train_reward_model(examples: list[Example], objective: Literal["classify", "
     model.config.pad_token_id = tokenizer.pad_token_id
     target = torch.device(device)
     model.to(target)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    rng = random.Random(derive_seed(seed, "rm-batches"))
     before = evaluate_rm(model, tokenizer, heldout, objective, target) if heldout else None
     started = time.perf_counter()
+    _optimise(model, lambda rng: _loss(model, tokenizer, [train[rng.randrange(len(train))] for _ in range(batch_size)],
+                                       objective, target)[0],
+              steps, lr, random.Random(derive_seed(seed, "rm-batches")), "rm", log)
+    after = evaluate_rm(model, tokenizer, heldout, objective, target) if heldout else None
+    metrics = {"objective": objective, "base": str(base), "train_examples": len(train),
+               "heldout_examples": len(heldout), "steps": steps, "lr": lr, "seconds": time.perf_counter() - started,
+               "heldout_before": before, "heldout_after": after}
+    _save(model, tokenizer, output, metrics)
+    return metrics
+
+
+def _optimise(model: Any, batch_loss: Any, steps: int, lr: float, rng: random.Random, label: str, log: Any) -> None:
+    """``steps`` AdamW steps on ``batch_loss(rng)`` (a freshly drawn batch's loss), gradients
+    clipped to norm 1, the loss logged ten times."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     for step in range(steps):
         model.train()
-        batch = [train[rng.randrange(len(train))] for _ in range(batch_size)]
-        loss, _ = _loss(model, tokenizer, batch, objective, target)
+        loss = batch_loss(rng)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if (step + 1) % max(1, steps // 10) == 0 or step + 1 == steps:
-            log(f"rm {step + 1}/{steps}  loss {float(loss):.4f}")
-    after = evaluate_rm(model, tokenizer, heldout, objective, target) if heldout else None
-    metrics = {"objective": objective, "base": str(base), "train_examples": len(train),
-               "heldout_examples": len(heldout), "steps": steps, "lr": lr, "seconds": time.perf_counter() - started,
-               "heldout_before": before, "heldout_after": after}
+            log(f"{label} {step + 1}/{steps}  loss {float(loss):.4f}")
+
+
+def _save(model: Any, tokenizer: Any, output: Path, metrics: dict[str, Any], extra: dict[str, Any] | None = None
+          ) -> None:
+    """The trained model as a Hugging Face checkpoint, with ``rm_metrics.json`` and any
+    ``extra`` JSON files beside it."""
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)
     tokenizer.save_pretrained(output)
-    (output / "rm_metrics.json").write_text(json.dumps(metrics, indent=2))
+    for name, content in {"rm_metrics.json": metrics, **(extra or {})}.items():
+        (output / name).write_text(json.dumps(content, indent=2))
+
+
+# --------------------------------------------------------------------------- generative judges
+def as_labelled(examples: list[Example]) -> list[Example]:
+    """Labelled responses for a generative judge: pairs become their right (1) and wrong (0)
+    responses."""
+    out = []
+    for e in examples:
+        if e.completion is not None:
+            out.append(e)
+        else:
+            out += [Example(e.prompt, e.group, completion=e.chosen, label=1.0),
+                    Example(e.prompt, e.group, completion=e.rejected, label=0.0)]
+    return out
+
+
+def _judge_rows(tokenizer: Any, examples: list[Example], rubric: str, limit: int | None
+                ) -> list[tuple[list[int], list[int]]]:
+    """(judge input ids, verdict ids + EOS) per example; ``ValueError`` when one does not fit
+    the model's context."""
+    from rlvr.rewards.judge import judge_input, render_judge_input
+
+    rows = []
+    for e in examples:
+        prompt = render_judge_input(tokenizer, judge_input(rubric, e.prompt, e.completion))
+        verdict = tokenizer(" " + VERDICTS[bool(e.label)], add_special_tokens=False)["input_ids"]
+        verdict = verdict + [tokenizer.eos_token_id]
+        if limit is not None and len(prompt) + len(verdict) > limit:
+            raise ValueError(f"a judge input is {len(prompt)} tokens with its {len(verdict)}-token verdict, more than "
+                             f"the model's context of {limit}: give a shorter --rubric")
+        rows.append((prompt, verdict))
+    return rows
+
+
+VERDICTS = {True: "correct", False: "incorrect"}
+
+
+def evaluate_judge(model: Any, tokenizer: Any, rows: list[tuple[list[int], list[int]]], labels: list[float],
+                   device: torch.device, batch_size: int = 32) -> dict[str, float]:
+    """The judge's held-out accuracy, decoding greedily as the ``judge`` reward does: a text
+    with no verdict counts as wrong (and in ``parse_failures``)."""
+    from rlvr.models.loading import eos_token_ids
+    from rlvr.rewards.judge import parse_verdict
+    from rlvr.rollout.kv_cache import KVCacheEngine
+
+    model.eval()
+    engine, right, failures = KVCacheEngine(), 0, 0
+    with torch.no_grad():
+        for start in range(0, len(rows), batch_size):
+            chunk = [prompt for prompt, _ in rows[start:start + batch_size]]
+            generations = engine.generate(model, chunk, max_new_tokens=max(len(v) for _, v in rows), temperature=0.0,
+                                          top_p=1.0, eos_token_id=eos_token_ids(model, tokenizer),
+                                          pad_token_id=tokenizer.pad_token_id)
+            texts = tokenizer.batch_decode([g.response_ids for g in generations], skip_special_tokens=True)
+            for text, label in zip(texts, labels[start:start + batch_size]):
+                verdict = parse_verdict(text)
+                failures += verdict is None
+                right += verdict is not None and verdict == label
+    n = max(1, len(rows))
+    return {"accuracy": right / n, "parse_failures": failures / n, "examples": len(rows)}
+
+
+def train_judge(examples: list[Example], base: str | Path, output: Path, rubric: str, steps: int = 200,
+                lr: float = 1e-4, batch_size: int = 32, seed: int = 0, device: str = "cpu", log: Any = print
+                ) -> dict[str, Any]:
+    """Fine-tune a causal LM into a generative judge: the rubric filled in with each labelled
+    response, then the verdict word (``correct`` / ``incorrect``) and EOS, the loss on the
+    verdict only. Saved with ``judge.json`` (rubric, verdict form), which the ``judge`` reward
+    reads; returns the metrics (held-out accuracy by greedy decoding, before and after)."""
+    from rlvr.models.loading import load_model_and_tokenizer
+    from rlvr.rewards.judge import VERDICT_FILE, rubric_fields
+
+    names = rubric_fields(rubric)
+    if "response" not in names or names - {"prompt", "response"}:
+        raise ValueError("--rubric must contain {response}, and may contain {prompt} (the reference answer is not "
+                         "shown to a judge trained here)")
+    train, heldout = split(as_labelled(examples), seed)
+    if not train:
+        raise ValueError("no training examples")
+    model, tokenizer = load_model_and_tokenizer(base)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    limit = getattr(model.config, "max_position_embeddings", None)
+    train_rows = _judge_rows(tokenizer, train, rubric, limit)
+    held_rows = _judge_rows(tokenizer, heldout, rubric, limit)
+    held_labels = [e.label for e in heldout]
+    target = torch.device(device)
+    model.to(target)
+    torch.manual_seed(seed)
+    before = evaluate_judge(model, tokenizer, held_rows, held_labels, target) if held_rows else None
+    started = time.perf_counter()
+    _optimise(model, lambda rng: _verdict_loss(model, tokenizer, [train_rows[rng.randrange(len(train_rows))]
+                                                                  for _ in range(batch_size)], target),
+              steps, lr, random.Random(derive_seed(seed, "judge-batches")), "judge", log)
+    after = evaluate_judge(model, tokenizer, held_rows, held_labels, target) if held_rows else None
+    metrics = {"objective": "judge", "base": str(base), "rubric": rubric, "train_examples": len(train),
+               "heldout_examples": len(heldout), "steps": steps, "lr": lr, "seconds": time.perf_counter() - started,
+               "heldout_before": before, "heldout_after": after}
+    _save(model, tokenizer, output, metrics, {VERDICT_FILE: {"rubric": rubric, "verdict": "binary"}})
     return metrics
+
+
+def _verdict_loss(model: Any, tokenizer: Any, batch: list[tuple[list[int], list[int]]], device: torch.device
+                  ) -> torch.Tensor:
+    """Cross-entropy of the verdict tokens (and EOS) after each judge input; the input is context only."""
+    width = max(len(p) + len(v) for p, v in batch)
+    ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, (prompt, verdict) in enumerate(batch):
+        row = prompt + verdict
+        ids[i, :len(row)] = torch.tensor(row)
+        labels[i, len(prompt):len(row)] = torch.tensor(verdict)
+        mask[i, :len(row)] = 1
+    return model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss

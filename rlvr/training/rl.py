@@ -48,6 +48,7 @@ from rlvr.distributed.fsdp import (SHARDS, full_module_state, full_optimizer_sta
                                    shard, uses_fsdp)
 from rlvr.data.selection import group_pass_rates, groups_to_keep
 from rlvr.eval.evaluate import accuracy_by_task
+from rlvr.rewards.judge import cache_state, judge_metrics, load_cache_state, reset_judge_stats
 from rlvr.rewards.learned import LEARNED, learned_metrics, reset_learned_timing
 from rlvr.rewards.verifier_free import majority_answers
 from rlvr.models.lora import AdapterDisabled, adapter_state, attach_lora, load_adapter_state, peft_of
@@ -667,7 +668,8 @@ def collect_rollouts(sampler: Sampler, judge: Judge, prompts: PromptSampler, ste
     all_groups: list[int] = []
     all_correct: list[bool] = []
     stale_dropped = 0
-    reset_learned_timing()  # this step's reward-model seconds only
+    reset_learned_timing()  # this step's reward-model and judge seconds only
+    reset_judge_stats()
     for round_ in range(rounds):
         if round_ == 0 and ahead is not None:
             problems, trajectories = ahead
@@ -863,6 +865,9 @@ class RLRoles:
                  "seconds": self.seconds}
         if self.relift is not None:
             state["relift"] = self.relift.state_dict()
+        components = self.judge.config.reward.components
+        if "judge" in components:  # a resumed run then judges exactly what the uninterrupted one did
+            state["judge_cache"] = cache_state(self.judge.config.reward.params.get("judge", {}))
         return state
 
     def load_state_dict(self, state: dict[str, Any], checkpoint: Path | None = None) -> None:
@@ -870,6 +875,8 @@ class RLRoles:
             self.relift.load_state_dict(state["relift"])
         self.learner.load_state_dict(state, checkpoint)
         self.judge.load_state_dict(state["shapers"])
+        if "judge_cache" in state:
+            load_cache_state(self.judge.config.reward.params.get("judge", {}), state["judge_cache"])
         self.prompts.load_state_dict(state["sampler"])
         self.samples_generated = state["samples_generated"]
         self.seconds = state.get("seconds", 0.0)
@@ -1012,6 +1019,8 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, judge: 
                     PromptSampler(judge.task, config, exclude),
                     relift=ReliftBuffer(rl.relift.buffer, judge.task, config) if rl.relift.buffer else None)
     start = 0
+    if "judge" in config.reward.components:  # this run's verdicts only (a resume restores its own)
+        load_cache_state(config.reward.params.get("judge", {}), {})
     if state.get("checkpoint") and state.get("stage") == "rl":
         trainer_state = load_trainer_state(run.path / state["checkpoint"])
         roles.load_state_dict(trainer_state["learners"], run.path / state["checkpoint"])
@@ -1109,6 +1118,8 @@ def step_metrics(step: int, trajectories: list[Trajectory], config: RunConfig) -
     if proxy is not None:  # a reward standing in for the verifier, which still runs: is it hacked?
         record.update(learned_metrics([t.reward_components.get(proxy, 0.0) for t in trajectories],
                                       [t.correct for t in trajectories], proxy))
+    if "judge" in config.reward.components:
+        record.update(judge_metrics())
     if "majority_vote" in config.reward.components:
         labels = majority_answers([t.extracted for t in trajectories], [t.group for t in trajectories])
         right = {t.group for t in trajectories if t.correct and t.extracted == labels[t.group]}
