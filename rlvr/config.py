@@ -93,6 +93,9 @@ class ShapingStep:
 class StepRewardSettings:
     coef: float = _f(0.0, "token-level process rewards: coef x each step's score (the task's step checker, e.g. the addition scratchpad's column sums) on the step's last token, for returns-to-go estimators (reinforce_pp, gae); 0 = off", ge=-1e6, le=1e6)
     delta: bool = _f(False, "reward each step by its score's change from the step before (sums to coef x the last step's score: no gain from writing more steps)")
+    scorer: Literal["task", "reward_model", "judge"] = _f("task", "who scores each step, for the process component and the token-level rewards: task = the task's own step checker (it knows its steps); reward_model = a sequence-classification checkpoint (path; e.g. from `rlvr rm`) scoring each prefix of the response that ends at a step, P(right so far); judge = a generative judge (path; reward.params.judge's rubric and options) reading each such prefix as the response")
+    path: str | None = _f(None, "the step scorer's checkpoint (a directory or a hub id in the local cache) for scorer reward_model or judge")
+    delimiter: str = _f("\n\n", "with a learned scorer: the text between steps (the response is split at it; a step's prefix ends before it); the addition scratchpad's is ' '")
 
 
 @dataclass

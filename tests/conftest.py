@@ -22,3 +22,22 @@ def tiny_overrides() -> list[str]:
 # Every test trains its own warm start unless it turns the cache on for itself
 # (tests/test_warmstart_cache.py): a reused one would change what a test measures.
 os.environ["RLVR_NO_WARMSTART_CACHE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def random_rm(tmp_path_factory):
+    """A sequence-classification checkpoint with a random (but saved) one-logit head: a reward
+    model whose values are arbitrary but fixed, to check the plumbing against by hand."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from rlvr.models import build_char_tokenizer
+
+    path = tmp_path_factory.mktemp("rm") / "rm"
+    tokenizer = build_char_tokenizer()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64, num_labels=1,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

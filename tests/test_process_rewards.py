@@ -4,6 +4,8 @@ carried into the learner's token rewards."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from rlvr.cli import main
@@ -101,3 +103,80 @@ def test_a_run_with_step_rewards_logs_them_and_a_task_without_a_checker_is_refus
     err = capsys.readouterr().err
     assert "no step checker" in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "bad").exists()
+
+
+def test_responses_split_into_steps_at_the_delimiter():
+    from rlvr.rewards.process import split_steps
+
+    assert split_steps("6+1=7 7+4=11 => 117", " ") == [5, 12, 15, 19]
+    assert split_steps("a\n\nb\n\n\n\nc ", "\n\n") == [1, 4, 9]  # empty pieces are no step; trailing space is not
+    assert split_steps("", "\n\n") == [] and split_steps("one step", "\n\n") == [8]
+
+
+def _settings(**kw):
+    from rlvr.config import StepRewardSettings
+
+    return StepRewardSettings(**kw)
+
+
+def test_a_process_reward_model_scores_each_prefix_that_ends_at_a_step(random_rm):
+    import torch
+
+    from rlvr.rewards.learned import load_reward_model, render
+    from rlvr.rewards.process import aggregate_steps, step_scores
+
+    task = AdditionTask(AdditionTask.Params(min_digits=2, max_digits=2))
+    problems = [Problem("a", [{"role": "user", "content": "12+30"}], "42"), Problem("b", "7+8", "15")]
+    completions = ["2+0=2 1+3=4 => 42", "7+8=15 => 15"]
+    checks = step_scores(_settings(scorer="reward_model", path=str(random_rm), delimiter=" "), task, problems,
+                         completions)
+    assert [[end for end, _ in row] for row in checks] == [[5, 11, 14, 17], [6, 9, 12]]
+    loaded = load_reward_model(str(random_rm))
+    for problem, completion, row in zip(problems, completions, checks):
+        for end, value in row:  # one prefix at a time, no padding: the head reads its last token
+            ids = loaded.tokenizer(render(loaded.tokenizer, problem.prompt, completion[:end]),
+                                   add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logit = float(loaded.model(input_ids=torch.tensor([ids])).logits[0, 0])
+            assert value == pytest.approx(1 / (1 + math.exp(-logit)), abs=1e-5)
+    values = [v for _, v in checks[0]]
+    assert aggregate_steps(checks[0], "min") == pytest.approx(min(values))
+    assert aggregate_steps(checks[0], "product") == pytest.approx(math.prod(values))
+
+
+def test_a_judge_as_step_scorer_counts_steps_without_a_verdict(tmp_path):
+    from rlvr.rewards.judge import judge_metrics, reset_judge_stats
+    from rlvr.rewards.process import step_scores
+
+    tokenizer = build_char_tokenizer()
+    judge = tmp_path / "untrained"
+    build_tiny_model(tokenizer, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64).save_pretrained(judge)
+    tokenizer.save_pretrained(judge)
+    task = AdditionTask(AdditionTask.Params(min_digits=2, max_digits=2))
+    reset_judge_stats()
+    checks = step_scores(_settings(scorer="judge", path=str(judge), delimiter=" "), task,
+                         [Problem("a", "12+30", "42")], ["2+0=2 1+3=4 => 42"], {"rubric": "{prompt} {response} ?"})
+    # a random model writes no verdict word: every step scores 0, and each one is counted
+    assert checks == [[(5, 0.0), (11, 0.0), (14, 0.0), (17, 0.0)]]
+    assert judge_metrics()["judge_parse_failures"] == pytest.approx(1.0)
+
+
+def test_a_run_with_a_process_reward_model_logs_step_rewards_and_bad_scorers_are_one_line(tmp_path, capsys,
+                                                                                         random_rm):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--output-dir", str(run_dir), *TINY, "rl.steps=2", "reward.step_rewards.coef=0.5",
+                 "reward.step_rewards.scorer=reward_model", f"reward.step_rewards.path={random_rm}",
+                 "reward.step_rewards.delimiter=' '", "algorithm.advantage=reinforce_pp",
+                 "reward.components={correctness: 1.0, process: 0.5}", "reward.params={process: {aggregate: min}}"]) == 0
+    records = [r for r in RunDir(run_dir).read("metrics.jsonl") if r["stage"] == "rl"]
+    assert len(records) == 2 and all(0 < r["reward/process"] < 1 and r["reward/steps"] != 0 for r in records)
+    for args, said in ((["reward.step_rewards.scorer=reward_model"], "reward.step_rewards.path is required"),
+                       (["reward.step_rewards.scorer=judge", f"reward.step_rewards.path={tmp_path / 'none'}"],
+                        "reward.step_rewards.path: judge.path"),
+                       (["reward.step_rewards.scorer=reward_model", f"reward.step_rewards.path={random_rm}",
+                         "reward.step_rewards.delimiter=''"], "delimiter must not be empty")):
+        assert main(["train", "--output-dir", str(tmp_path / "bad"), *TINY, "reward.step_rewards.coef=0.5",
+                     *args]) == 2, args
+        err = capsys.readouterr().err
+        assert said in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "bad").exists()

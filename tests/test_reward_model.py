@@ -9,7 +9,7 @@ import random
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+from transformers import AutoModelForSequenceClassification
 
 from rlvr.cli import main
 from rlvr.models import build_char_tokenizer, build_tiny_model
@@ -22,20 +22,6 @@ TINY = ["model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "mode
         "logging.progress=false", "threads=1"]
 PROMPTS = [[{"role": "user", "content": "12+30"}], [{"role": "user", "content": "7+8"}], "plain prompt "]
 COMPLETIONS = ["42", "1+2=3 => 15", "x"]
-
-
-@pytest.fixture(scope="module")
-def random_rm(tmp_path_factory):
-    """A sequence-classification checkpoint with a random (but saved) one-logit head."""
-    path = tmp_path_factory.mktemp("rm") / "rm"
-    tokenizer = build_char_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    LlamaForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def test_the_component_is_the_heads_probability_clipped_and_gated(random_rm):

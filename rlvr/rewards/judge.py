@@ -162,21 +162,17 @@ def generate_verdict_texts(loaded: LoadedJudge, texts: Sequence[str], max_new_to
     return out
 
 
-@REWARDS.register("judge")
-def judge_reward(prompts: list[Any], completions: list[Any], *, path: str, verified: list[bool],
-                 answer: list[Any] | None = None, rubric: str | None = None,
-                 verdict: Literal["binary", "score"] | None = None, max_score: float = 10.0,
-                 max_new_tokens: int = 16, batch_size: int = 32, clip: list[float] | None = None,
-                 gate: bool = False, device: str = "auto") -> list[float]:
-    """A generative judge's verdict on each response (module docstring): 1/0 (``binary``) or
-    score / ``max_score`` (``score``); no readable verdict scores 0 and is counted; ``clip``
-    bounds it, ``gate`` multiplies it by the verifier's verdict."""
+def judge_values(path: str, prompts: list[Any], responses: list[str], answers: list[Any] | None = None,
+                 rubric: str | None = None, verdict: Literal["binary", "score"] | None = None,
+                 max_score: float = 10.0, max_new_tokens: int = 16, batch_size: int = 32,
+                 device: str = "auto") -> list[float]:
+    """The judge's verdict on each (prompt, response), in [0, 1]; no readable verdict is 0 and
+    counted; each distinct judge input is decoded once (the cache). Seconds go to ``time_judge``."""
     started = time.perf_counter()
     loaded = load_judge(path, device)
     rubric = rubric if rubric is not None else loaded.saved.get("rubric", DEFAULT_RUBRIC)
     verdict = verdict if verdict is not None else loaded.saved.get("verdict", "binary")
-    responses = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-    answers = answer if answer is not None else [None] * len(prompts)
+    answers = answers if answers is not None else [None] * len(prompts)
     texts = [judge_input(rubric, p, r, a) for p, r, a in zip(prompts, responses, answers)]
     keys = [hashlib.sha256(json.dumps([t, max_new_tokens, verdict, max_score]).encode()).hexdigest() for t in texts]
     todo = list(dict.fromkeys(k for k in keys if k not in loaded.cache))
@@ -189,9 +185,23 @@ def judge_reward(prompts: list[Any], completions: list[Any], *, path: str, verif
     parsed = [loaded.cache[k] for k in keys]
     STATS["judged"] += len(parsed)
     STATS["parse_failures"] += sum(v is None for v in parsed)
-    values = guarded([0.0 if v is None else v for v in parsed], clip, gate, verified)
     SECONDS["judge"] += time.perf_counter() - started
-    return values
+    return [0.0 if v is None else v for v in parsed]
+
+
+@REWARDS.register("judge")
+def judge_reward(prompts: list[Any], completions: list[Any], *, path: str, verified: list[bool],
+                 answer: list[Any] | None = None, rubric: str | None = None,
+                 verdict: Literal["binary", "score"] | None = None, max_score: float = 10.0,
+                 max_new_tokens: int = 16, batch_size: int = 32, clip: list[float] | None = None,
+                 gate: bool = False, device: str = "auto") -> list[float]:
+    """A generative judge's verdict on each response (module docstring): 1/0 (``binary``) or
+    score / ``max_score`` (``score``); no readable verdict scores 0 and is counted; ``clip``
+    bounds it, ``gate`` multiplies it by the verifier's verdict."""
+    responses = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    values = judge_values(path, prompts, responses, answer, rubric, verdict, max_score, max_new_tokens, batch_size,
+                          device)
+    return guarded(values, clip, gate, verified)
 
 
 def check_judge(params: dict[str, Any]) -> None:

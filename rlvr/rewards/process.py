@@ -1,5 +1,18 @@
-"""Process rewards: credit per reasoning step, from a step checker (the task's own: the
-addition scratchpad's column sums are checkable; ``Task.step_checks``).
+"""Process rewards: credit per reasoning step, from a step scorer (``reward.step_rewards.
+scorer``):
+
+- ``task``: the task's own step checker (``Task.step_checks``: the addition scratchpad's
+  column sums are checkable), which knows where its steps end;
+- ``reward_model``: a process reward model, any sequence-classification checkpoint (``path``),
+  scoring each prefix of the response that ends at a step, its value P(right so far) (a PRM
+  read as an outcome model of prefixes, as Math-Shepherd's labels define step correctness);
+- ``judge``: a generative judge (``path``; ``reward.params.judge``'s rubric and options)
+  reading each such prefix as the response, its verdict the step's score (no verdict: 0,
+  counted in ``judge_parse_failures``).
+
+A learned scorer splits the response at ``delimiter`` (``\n\n`` by default, the usual step
+break of chat models; the scratchpad's is a space): step k ends where the k-th non-empty piece
+ends, and the last piece is the final answer.
 
 Two ways in, usable together:
 
@@ -29,11 +42,55 @@ AGGREGATES = {"min": min, "last": lambda v: v[-1], "mean": lambda v: sum(v) / le
 @REWARDS.register("process")
 def process_reward(task: Task, problem: Problem, completion: str, score: Score, *,
                    aggregate: Literal["min", "last", "mean", "product"] = "mean") -> float:
-    """The task's step scores of the completion aggregated (``min``, ``last``, ``mean``,
-    ``product``); 0.0 for a completion with no step."""
+    """The step scores of the completion aggregated (``min``, ``last``, ``mean``, ``product``);
+    0.0 for a completion with no step. Called alone it reads the task's step checker; in a run
+    the judge role scores every response's steps once, with ``reward.step_rewards.scorer``."""
+    return aggregate_steps(task.step_checks(problem, completion), aggregate)
+
+
+def split_steps(completion: str, delimiter: str) -> list[int]:
+    """The character offsets where the completion's steps end: the ends of its non-empty
+    pieces between ``delimiter``s (the delimiter itself belongs to no step)."""
+    ends, start = [], 0
+    for piece in completion.split(delimiter):
+        if piece.strip():
+            ends.append(start + len(piece.rstrip()))
+        start += len(piece) + len(delimiter)
+    return ends
+
+
+def step_scores(settings: Any, task: Task, problems: list[Problem], completions: list[str],
+                judge_params: dict[str, Any] | None = None) -> list[list[tuple[int, float]]]:
+    """Each completion's steps as (end offset, score in [0, 1]) from ``settings.scorer`` (the
+    module docstring): the task's checker, or a learned scorer over the prefixes that end at the
+    steps, every prefix of the batch scored in one batched call."""
+    if settings.scorer == "task":
+        return [task.step_checks(problem, text) for problem, text in zip(problems, completions)]
+    ends = [split_steps(text, settings.delimiter) for text in completions]
+    owners = [(i, end) for i, row in enumerate(ends) for end in row]
+    prompts = [problems[i].prompt for i, _ in owners]
+    prefixes = [completions[i][:end] for i, end in owners]
+    if settings.scorer == "reward_model":
+        from rlvr.rewards.learned import load_reward_model, render, score_texts
+
+        loaded = load_reward_model(str(settings.path))
+        values = score_texts(loaded, [render(loaded.tokenizer, p, x) for p, x in zip(prompts, prefixes)])
+    else:
+        from rlvr.rewards.judge import judge_values
+
+        values = judge_values(str(settings.path), prompts, prefixes, **{k: v for k, v in (judge_params or {}).items()
+                                                                        if k not in ("path", "gate", "clip")})
+    out: list[list[tuple[int, float]]] = [[] for _ in completions]
+    for (i, end), value in zip(owners, values):
+        out[i].append((end, float(value)))
+    return out
+
+
+def aggregate_steps(checks: list[tuple[int, float]], aggregate: str = "mean") -> float:
+    """The ``process`` component's value: the step scores aggregated, 0.0 with no step."""
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate must be one of {', '.join(AGGREGATES)}, got {aggregate!r}")
-    values = [value for _, value in task.step_checks(problem, completion)]
+    values = [value for _, value in checks]
     return float(AGGREGATES[aggregate](values)) if values else 0.0
 
 

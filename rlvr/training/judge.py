@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from rlvr.config import RunConfig
 from rlvr.rewards import RewardError, compose_reward, describe_sample, trl_reward_values
 from rlvr.rewards.policy_probability import PolicyView
-from rlvr.rewards.process import decoded_ends, step_token_rewards
+from rlvr.rewards.process import aggregate_steps, decoded_ends, step_scores, step_token_rewards
 from rlvr.rewards.shaping import ShapingInputs, apply_shapers, build_shaper
 from rlvr.rollout.trajectory import Trajectory
 from rlvr.seeding import derive_seed
@@ -70,6 +70,10 @@ def score_trajectories(trajectories: list[Trajectory], task: Task, verifier: Ver
     problems = [t.problem for t in trajectories]
     scores = verifier.score_many(problems, answers)
     sample_errors: list[list[str]] = [[] for _ in trajectories]
+    steps = config.reward.step_rewards
+    checks = None  # each response's steps, scored once for the process component and the token rewards
+    if "process" in config.reward.components or steps.coef:
+        checks = step_scores(steps, task, problems, answers, config.reward.params.get("judge"))
     batch_values = trl_reward_values(config.reward.components, problems, answers,
                                      [t.response_ids for t in trajectories], config.reward.params,
                                      config.reward.on_error, sample_errors, [s.correct for s in scores],
@@ -79,6 +83,10 @@ def score_trajectories(trajectories: list[Trajectory], task: Task, verifier: Ver
                                          [t.response_ids for t in trajectories],
                                          [t.loss_mask or [1] * len(t.response_ids) for t in trajectories],
                                          config.rl.micro_batch_size))
+    if checks is not None and "process" in config.reward.components:
+        aggregate = config.reward.params.get("process", {}).get("aggregate", "mean")
+        for values, steps_of in zip(batch_values, checks):
+            values["process"] = aggregate_steps(steps_of, aggregate)
     for traj, answer, score, errors, values in zip(trajectories, answers, scores, sample_errors, batch_values):
         traj.correct, traj.extracted, traj.error = score.correct, score.extracted, score.error
         traj.reward, traj.reward_components = compose_reward(
@@ -90,11 +98,9 @@ def score_trajectories(trajectories: list[Trajectory], task: Task, verifier: Ver
             traj.error = "; ".join([traj.error, *errors] if traj.error else errors)
         if traj.violation is not None:
             traj.reward = 0.0
-    steps = config.reward.step_rewards
     if steps.coef:
-        for traj, answer in zip(trajectories, answers):
-            checks = task.step_checks(traj.problem, answer)
-            traj.step_rewards = step_token_rewards(checks, decoded_ends(tokenizer, traj.response_ids), steps.coef,
+        for traj, steps_of in zip(trajectories, checks):
+            traj.step_rewards = step_token_rewards(steps_of, decoded_ends(tokenizer, traj.response_ids), steps.coef,
                                                    steps.delta)
             traj.reward_components["steps"] = sum(traj.step_rewards)
 

@@ -345,6 +345,10 @@ def check_process_rewards(config: RunConfig, task: Task, source: str = "config")
     if config.rollout.environment.name:
         raise ConfigError(f"{where}: process rewards score single-turn responses; not with "
                           f"rollout.environment ({config.rollout.environment.name}) yet")
+    settings = config.reward.step_rewards
+    if settings.scorer != "task":
+        check_step_scorer(settings, config.reward.params.get("judge", {}), source)
+        return
     if config.task.answer_layout != "plain":
         raise ConfigError(f"{where}: process rewards read the task's own worked solution; not with "
                           f"task.answer_layout={config.task.answer_layout} yet")
@@ -355,6 +359,28 @@ def check_process_rewards(config: RunConfig, task: Task, source: str = "config")
         raise ConfigError(f"{where}: {err} (the addition task has one)") from None
     except Exception:  # noqa: BLE001 (too little data and the like: the data checks say it)
         return
+
+
+def check_step_scorer(settings: Any, judge_params: dict[str, Any], source: str = "config") -> None:
+    """A learned step scorer (``reward.step_rewards.scorer``) has a checkpoint that loads and
+    a delimiter to split the response at."""
+    where = f"{source_of(source, 'reward.step_rewards')}: reward.step_rewards"
+    if not settings.delimiter:
+        raise ConfigError(f"{where}.delimiter must not be empty: the response is split into steps at it")
+    if settings.path is None:
+        raise ConfigError(f"{where}.path is required with scorer {settings.scorer}: the "
+                          f"{'process reward model' if settings.scorer == 'reward_model' else 'judge'}'s checkpoint")
+    try:
+        if settings.scorer == "reward_model":
+            from rlvr.rewards.learned import load_reward_model
+
+            load_reward_model(settings.path)
+        else:
+            from rlvr.rewards.judge import check_judge
+
+            check_judge({**judge_params, "path": settings.path})
+    except ValueError as err:
+        raise ConfigError(f"{where}.path: {err}") from None
 
 
 def check_relift(config: RunConfig, task: Task, source: str = "config") -> None:

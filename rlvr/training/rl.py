@@ -865,9 +865,9 @@ class RLRoles:
                  "seconds": self.seconds}
         if self.relift is not None:
             state["relift"] = self.relift.state_dict()
-        components = self.judge.config.reward.components
-        if "judge" in components:  # a resumed run then judges exactly what the uninterrupted one did
-            state["judge_cache"] = cache_state(self.judge.config.reward.params.get("judge", {}))
+        judges = judges_in_use(self.judge.config)
+        if judges:  # a resumed run then judges exactly what the uninterrupted one did
+            state["judge_cache"] = [cache_state(params) for params in judges]
         return state
 
     def load_state_dict(self, state: dict[str, Any], checkpoint: Path | None = None) -> None:
@@ -875,8 +875,8 @@ class RLRoles:
             self.relift.load_state_dict(state["relift"])
         self.learner.load_state_dict(state, checkpoint)
         self.judge.load_state_dict(state["shapers"])
-        if "judge_cache" in state:
-            load_cache_state(self.judge.config.reward.params.get("judge", {}), state["judge_cache"])
+        for params, cache in zip(judges_in_use(self.judge.config), state.get("judge_cache", [])):
+            load_cache_state(params, cache)
         self.prompts.load_state_dict(state["sampler"])
         self.samples_generated = state["samples_generated"]
         self.seconds = state.get("seconds", 0.0)
@@ -1019,8 +1019,8 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, judge: 
                     PromptSampler(judge.task, config, exclude),
                     relift=ReliftBuffer(rl.relift.buffer, judge.task, config) if rl.relift.buffer else None)
     start = 0
-    if "judge" in config.reward.components:  # this run's verdicts only (a resume restores its own)
-        load_cache_state(config.reward.params.get("judge", {}), {})
+    for params in judges_in_use(config):  # this run's verdicts only (a resume restores its own)
+        load_cache_state(params, {})
     if state.get("checkpoint") and state.get("stage") == "rl":
         trainer_state = load_trainer_state(run.path / state["checkpoint"])
         roles.load_state_dict(trainer_state["learners"], run.path / state["checkpoint"])
@@ -1118,13 +1118,24 @@ def step_metrics(step: int, trajectories: list[Trajectory], config: RunConfig) -
     if proxy is not None:  # a reward standing in for the verifier, which still runs: is it hacked?
         record.update(learned_metrics([t.reward_components.get(proxy, 0.0) for t in trajectories],
                                       [t.correct for t in trajectories], proxy))
-    if "judge" in config.reward.components:
+    if judges_in_use(config):
         record.update(judge_metrics())
     if "majority_vote" in config.reward.components:
         labels = majority_answers([t.extracted for t in trajectories], [t.group for t in trajectories])
         right = {t.group for t in trajectories if t.correct and t.extracted == labels[t.group]}
         record["majority_label_accuracy"] = len(right) / len(labels)
     return record
+
+
+def judges_in_use(config: RunConfig) -> list[dict[str, Any]]:
+    """The params of each generative judge the run calls: the ``judge`` component's, and the
+    step scorer's (``reward.step_rewards.scorer: judge``, with the component's options)."""
+    params = config.reward.params.get("judge", {})
+    out = [params] if "judge" in config.reward.components else []
+    steps = config.reward.step_rewards
+    if steps.scorer == "judge" and (steps.coef or "process" in config.reward.components):
+        out.append({**params, "path": steps.path})
+    return out
 
 
 def episode_metrics(trajectories: list[Trajectory]) -> dict[str, float]:
