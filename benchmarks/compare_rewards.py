@@ -18,7 +18,8 @@ one per seed) and takes the same RL steps, prompts and samples:
   by the verifier (0 for answers it rejects);
 - ``judge`` and ``judge_gated``: a generative judge (the source run's policy fine-tuned by
   ``rlvr rm --objective judge`` to write correct / incorrect), alone and gated by the verifier;
-- ``majority_vote``: TTRL's pseudo-labels, no reference answer read;
+- ``majority_vote``: TTRL's pseudo-labels, no reference answer read; ``semantic_entropy``: EMPO's
+  soft version, each answer rewarded by its share of the group;
 - ``rlpr``: RLPR's reward, the policy's probability of the reference answer after its
   reasoning (debiased, with dynamic sampling, as the ``rlpr`` recipe), no verifier;
 - ``self_certainty``: INTUITOR's self-certainty, neither verifier nor reference;
@@ -60,6 +61,7 @@ def arms(reward_model: str, judge: str = "") -> dict[str, list[str]]:
         "judge": ["reward.components={judge: 1.0}", f"reward.params={{judge: {{path: {judge}}}}}"],
         "judge_gated": ["reward.components={judge: 1.0}", f"reward.params={{judge: {{path: {judge}, gate: true}}}}"],
         "majority_vote": ["reward.components={majority_vote: 1.0}"],
+        "semantic_entropy": ["reward.components={semantic_entropy: 1.0}"],
         "rlpr": ["reward.components={rlpr: 1.0}", "reward.params={rlpr: {debias: true}}", "data.filter=dynamic"],
         "self_certainty": ["reward.components={self_certainty: 1.0}"],
         "outcome_rpp": ["algorithm.advantage=reinforce_pp"],

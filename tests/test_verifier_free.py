@@ -3,6 +3,8 @@ reward path that gives it the extracted answers and the groups, and its step met
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from rlvr.config import load_config
@@ -47,3 +49,26 @@ def test_step_metrics_compare_the_pseudo_labels_with_the_verifier():
     assert record["majority_label_accuracy"] == 0.5
     assert record["majority_vote_mean"] == pytest.approx(4 / 8)
     assert record["proxy_gold_gap"] == pytest.approx(4 / 8 - 2 / 8)  # pseudo reward 4 of 8, truly right 2 of 8
+
+
+def test_empo_rewards_each_answer_by_its_share_of_the_group_and_logs_the_semantic_entropy():
+    from rlvr.rewards.verifier_free import semantic_entropy_reward
+
+    # group 0: 12 12 13 -, group 1: 7 8 8 7, group 2: - -
+    assert semantic_entropy_reward([""] * 10, [""] * 10, extracted=EXTRACTED, groups=GROUPS) == pytest.approx(
+        [0.5, 0.5, 0.25, 0.0, 0.5, 0.5, 0.5, 0.5, 0.0, 0.0])
+    trajectories = []
+    for extracted, group in zip(EXTRACTED, GROUPS):
+        t = Trajectory(problem=Problem(id=f"p{group}", prompt="q", answer="12"), group=group, prompt_ids=[1],
+                       response_ids=[2], logprobs=[-1.0], loss_mask=[1], finish_reason="stop")
+        t.extracted, t.correct = extracted, extracted == "12"
+        t.reward = t.reward_components = None
+        trajectories.append(t)
+    values = semantic_entropy_reward([""] * 10, [""] * 10, extracted=EXTRACTED, groups=GROUPS)
+    for t, r in zip(trajectories, values):
+        t.reward, t.reward_components = r, {"semantic_entropy": r}
+    record = step_metrics(1, trajectories, load_config(None, ["reward.components={semantic_entropy: 1.0}"]))
+    # H0 = -(0.5 ln 0.5 + 0.25 ln 0.25), H1 = ln 2, H2 = 0 (no answer: no cluster)
+    h0 = -(0.5 * math.log(0.5) + 0.25 * math.log(0.25))
+    assert record["semantic_entropy"] == pytest.approx((h0 + math.log(2) + 0.0) / 3)
+    assert record["proxy_gold_gap"] == pytest.approx(sum(values) / 10 - 2 / 10)

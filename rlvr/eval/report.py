@@ -75,7 +75,9 @@ PANEL_GROUPS = [
     ("Asynchronous rollouts (rl.max_staleness)", ["staleness_mean", "staleness_max", "staleness/", "stale_dropped",
                                                   "overlap_frac"]),
     ("Learned and verifier-free rewards: proxy against the verifier (hacking shows as a rising gap)",
-     ["proxy_gold_gap", "proxy_gold_corr", "reward_model_mean", "majority_vote_mean", "majority_label_accuracy"]),
+     ["proxy_gold_gap", "proxy_gold_corr", "reward_model_mean", "judge_mean", "judge_parse_failures",
+      "judge_cache_hits", "majority_vote_mean", "majority_label_accuracy", "semantic_entropy_mean", "semantic_entropy",
+      "rlpr_mean", "self_certainty_mean"]),
     ("Step time by stage", ["time_"]),
 ]
 # groups drawn inside a closed <details> (open it to see them)
@@ -101,6 +103,10 @@ TITLES = {
     "proxy_gold_gap": "learned reward - verifier correctness (mean)", "proxy_gold_corr":
     "correlation of learned reward and verifier", "reward_model_mean": "reward model score, mean",
     "majority_vote_mean": "majority-vote reward, mean", "majority_label_accuracy": "pseudo-labels that are right",
+    "judge_mean": "judge verdict, mean", "judge_parse_failures": "judge texts with no verdict",
+    "judge_cache_hits": "judge verdicts answered without decoding", "semantic_entropy_mean": "EMPO reward, mean",
+    "semantic_entropy": "semantic entropy of a group's answers (nats)", "rlpr_mean": "RLPR reward, mean",
+    "self_certainty_mean": "self-certainty, mean (nats)",
 }
 SFT_TITLES = {"loss": "SFT loss (nats/token)", "grad_norm": "gradient norm (before clipping)",
               "lr": "learning rate", "tokens_per_s": "tokens / s", "step_time": "seconds per step"}

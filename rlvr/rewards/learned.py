@@ -39,7 +39,7 @@ import torch
 from rlvr.rewards import REWARDS
 
 SECONDS: dict[str, float] = {"reward_model": 0.0, "judge": 0.0}  # scoring seconds since the last step's metrics
-LEARNED = ("reward_model", "judge", "majority_vote", "rlpr", "self_certainty")  # rewards that stand in for the verifier: proxy_gold_gap compares them
+LEARNED = ("reward_model", "judge", "majority_vote", "semantic_entropy", "rlpr", "self_certainty")  # rewards that stand in for the verifier: proxy_gold_gap compares them
 
 
 @dataclass

@@ -50,7 +50,7 @@ from rlvr.data.selection import group_pass_rates, groups_to_keep
 from rlvr.eval.evaluate import accuracy_by_task
 from rlvr.rewards.judge import cache_state, judge_metrics, load_cache_state, reset_judge_stats
 from rlvr.rewards.learned import LEARNED, learned_metrics, reset_learned_timing
-from rlvr.rewards.verifier_free import majority_answers
+from rlvr.rewards.verifier_free import answer_clusters, majority_answers, semantic_entropy
 from rlvr.models.lora import AdapterDisabled, adapter_state, attach_lora, load_adapter_state, peft_of
 from rlvr.models.prompt_fit import check_fits_context, check_prompt_lengths
 from rlvr.rewards import describe_sample
@@ -1120,6 +1120,9 @@ def step_metrics(step: int, trajectories: list[Trajectory], config: RunConfig) -
                                       [t.correct for t in trajectories], proxy))
     if judges_in_use(config):
         record.update(judge_metrics())
+    if "semantic_entropy" in config.reward.components:
+        clusters = answer_clusters([t.extracted for t in trajectories], [t.group for t in trajectories]).values()
+        record["semantic_entropy"] = sum(semantic_entropy(c, n) for c, n in clusters) / len(clusters)
     if "majority_vote" in config.reward.components:
         labels = majority_answers([t.extracted for t in trajectories], [t.group for t in trajectories])
         right = {t.group for t in trajectories if t.correct and t.extracted == labels[t.group]}
