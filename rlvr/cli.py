@@ -83,6 +83,23 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("describe", allow_abbrev=False,
                        help="print a task's, reward's, shaper's, estimator's or recipe's parameters and description")
     p.add_argument("name", help="a name that `rlvr list` prints")
+    p = sub.add_parser("compare", allow_abbrev=False,
+                       help="several arms x several seeds at an equal budget: tables with intervals, paired "
+                            "differences, curves, an HTML page; resumable")
+    p.add_argument("files", nargs="+", help="one comparison file (YAML with arms:), or two or more recipe files "
+                                            "(one arm each)")
+    p.add_argument("--seeds", help="how many seeds (0..N-1) or a comma list (default: the file's, else 3)")
+    p.add_argument("--budget", help="steps|samples|tokens|seconds=N, the same for every run (default: the "
+                                    "file's, else steps=60)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a dotted override for every arm (repeatable)")
+    p.add_argument("--ks", help="comma list of k for the pass@k and maj@k tables (eval.samples must reach them)")
+    p.add_argument("--output-dir", help="where the runs go (default: runs/compare-<file stem>); rerun the same "
+                                        "command to resume an interrupted comparison")
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time (each with threads=1)")
+    p.add_argument("--timeout-s", type=float, default=24 * 3600.0, help="stop a run that takes longer, and the "
+                                                                        "comparison with it")
+
     p = sub.add_parser("limr", allow_abbrev=False, help="LIMR: select the problems whose learning curves align with the run's average")
     p.add_argument("run_dir", help="a run over a fixed problem set for several epochs")
     p.add_argument("--threshold", type=float, default=0.6, help="minimum LIM score kept (LIMR: 0.6)")
@@ -126,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _report(args)
             if args.command == "limr":
                 return _limr(args)
+            if args.command == "compare":
+                return _compare(args)
             if args.command == "rm":
                 return _rm(args)
             if args.command == "describe":
@@ -485,6 +504,50 @@ def _report(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:  # not a run directory (missing, empty, something else)
         raise ConfigError(str(err)) from None
     print(f"report: {path} (open it in a browser)")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from rlvr.compare.page import build_page
+    from rlvr.compare.results import gather, tables
+    from rlvr.compare.runner import CompareError, run_all
+    from rlvr.compare.spec import load_comparison
+
+    seeds = None
+    if args.seeds is not None:
+        try:
+            parts = [int(p) for p in args.seeds.split(",")]
+        except ValueError:
+            raise ConfigError(f"--seeds: {args.seeds!r} is neither a count nor a comma list of integers") from None
+        seeds = parts[0] if len(parts) == 1 else parts
+    ks = None
+    if args.ks is not None:
+        try:
+            ks = [int(k) for k in args.ks.split(",")]
+        except ValueError:
+            raise ConfigError(f"--ks: {args.ks!r} is not a comma list of integers") from None
+    if args.parallel < 1:
+        raise ConfigError(f"--parallel must be >= 1, got {args.parallel}")
+    if not args.timeout_s > 0:
+        raise ConfigError(f"--timeout-s must be positive, got {args.timeout_s}")
+    comparison = load_comparison(args.files, seeds=seeds, budget=args.budget, sets=args.set, ks=ks)
+    output_dir = Path(args.output_dir or f"runs/compare-{Path(args.files[0]).stem}")
+    try:
+        run_all(comparison, output_dir, args.parallel, args.timeout_s)
+    except CompareError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; run the same command again to continue (finished runs are kept, interrupted ones "
+              f"resume from their checkpoints): {output_dir}", file=sys.stderr)
+        return 130
+    results = gather(comparison, output_dir)
+    text = tables(results)
+    (output_dir / "results.json").write_text(json.dumps(results, indent=1))
+    title = f"rlvr compare: {Path(comparison.source).stem if comparison.source != 'command line' else ' vs '.join(a.name for a in comparison.arms)}"
+    (output_dir / "compare.html").write_text(build_page(results, text, title))
+    print(text)
+    print(f"\nresults: {output_dir / 'results.json'}; page: {output_dir / 'compare.html'}")
     return 0
 
 

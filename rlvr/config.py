@@ -272,6 +272,8 @@ class ReliftConfig:
 class RLConfig:
     steps: int = _f(60, "RL steps; each samples a fresh batch of prompts", ge=0)
     max_seconds: float = _f(0.0, "also stop RL once its steps have taken this many wall-clock seconds in all (evaluations excluded); 0 = no limit", ge=0)
+    max_samples: int = _f(0, "also stop RL once this many responses have been generated in all (data-filter rounds included: what a step costs, not what it keeps); 0 = no limit. With rl.steps high, an equal-samples budget (rlvr compare --budget samples=N)", ge=0)
+    max_tokens: int = _f(0, "also stop RL once this many response tokens have been generated in all (the policy's own tokens: tool output excluded; filter rounds included); 0 = no limit", ge=0)
     prompts_per_step: int = _f(32, "distinct prompts per RL step", ge=1)
     samples_per_prompt: int = _f(8, "responses sampled per prompt (the group size G; a group baseline needs two)", ge=2)
     epochs: int = _f(1, "passes over each rollout batch", ge=1)

@@ -88,8 +88,10 @@ def evaluate(
     cache_dir: str | Path | None = None,
     environment: Any = None,
     max_prompt_tokens: int | None = None,
+    per_problem_out: list[ProblemSamples] | None = None,
 ) -> dict[str, Any]:
     """Evaluate on ``problems``; returns flat metrics (fractions in [0, 1]), see ``summarize``.
+    ``per_problem_out``, when given, receives each problem's scored samples.
 
     ``samples`` = n answers are sampled per problem at ``temperature`` (0 evaluates greedy
     only); ``ks`` defaults to 1, 2, 4, ... <= n. With ``cache_dir`` the scored samples are
@@ -101,7 +103,20 @@ def evaluate(
     cache = open_cache(cache_dir, model, tokenizer, task, settings, environment)
     per_problem, _ = collect_samples(model, tokenizer, problems, engine, verifier, settings, samples=samples,
                                      cache=cache, environment=environment)
+    if per_problem_out is not None:
+        per_problem_out.extend(per_problem)
     return summarize(per_problem, ks=ks, seed=seed)
+
+
+def problem_outcomes(per_problem: Sequence[ProblemSamples]) -> dict[str, Any]:
+    """The per-problem record of an evaluation (``eval_problems.jsonl``): problem ids, greedy
+    correctness, how many of the n sampled answers are right, and the sampled tokens, so that
+    paired comparisons over problems (``rlvr compare``) need no new generation."""
+    n = min((len(p.sampled) for p in per_problem), default=0)
+    return {"ids": [p.problem.id for p in per_problem],
+            "greedy": [None if p.greedy is None else bool(p.greedy["correct"]) for p in per_problem],
+            "n": n, "correct": [sum(bool(s["correct"]) for s in p.sampled[:n]) for p in per_problem],
+            "tokens": [sum(s["tokens"] for s in p.sampled[:n]) for p in per_problem]}
 
 
 def _with_ci(result: dict[str, Any], key: str, values: Sequence[float] | np.ndarray, seed: int) -> None:

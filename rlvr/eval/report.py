@@ -112,7 +112,7 @@ SFT_TITLES = {"loss": "SFT loss (nats/token)", "grad_norm": "gradient norm (befo
               "lr": "learning rate", "tokens_per_s": "tokens / s", "step_time": "seconds per step"}
 
 # bookkeeping, not curves (the wall-clock axis itself, running totals)
-NOT_CURVES = {"step", "rl_seconds_total", "samples_generated_total", "policy_version", "stage_index", "stage_step"}
+NOT_CURVES = {"step", "rl_seconds_total", "samples_generated_total", "tokens_generated_total", "policy_version", "stage_index", "stage_step"}
 
 # one colour per run in an overlay (matplotlib's tab10)
 RUN_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",

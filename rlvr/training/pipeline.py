@@ -19,7 +19,7 @@ from rlvr.algorithms import ADVANTAGES, KL_ESTIMATORS, LOSS_AGGREGATIONS, POLICY
 from rlvr.config import RunConfig
 from rlvr.data.sampler import PromptSampler
 from rlvr.distributed import SINGLE, World
-from rlvr.eval.evaluate import evaluate
+from rlvr.eval.evaluate import evaluate, problem_outcomes
 from rlvr.eval.plots import PASS_AT_K, plot_run
 from rlvr.models import build_tiny_model, load_model_and_tokenizer
 from rlvr.models.prompting import apply_prompt_settings
@@ -578,18 +578,23 @@ def _run_stages_with(config: RunConfig, run: RunDir, task: Task, verifier: Verif
                       verify_every=config.rollout.vllm.verify_every, max_prompt_tokens=config.data.prompt_keep_last)
     try:
         def evaluate_on(target_task: Task, problems: list[Problem], target_verifier: Verifier,
-                        target_environment: Any) -> dict[str, Any]:
+                        target_environment: Any, per_problem: list | None = None) -> dict[str, Any]:
             with forward_autocast(config):
                 return evaluate(model, tokenizer, target_task, problems, engine, verifier=target_verifier,
                                 samples=config.eval.samples, environment=target_environment,
                                 ks=config.eval.ks or None, temperature=config.eval.temperature,
                                 max_new_tokens=config.rollout.max_new_tokens, batch_size=config.eval.batch_size,
-                                seed=config.eval.seed, max_prompt_tokens=config.data.prompt_keep_last)
+                                seed=config.eval.seed, max_prompt_tokens=config.data.prompt_keep_last,
+                                per_problem_out=per_problem)
 
         def run_eval(phase: str, step: int = 0) -> dict[str, Any]:
             if not world.is_main:  # rank 0 evaluates; the others go on to the next collective
                 return {}
-            result = evaluate_on(task, heldout, verifier, environment)
+            per_problem: list = []
+            result = evaluate_on(task, heldout, verifier, environment, per_problem)
+            # each problem's outcome, for paired comparisons (rlvr compare); before the record,
+            # whose presence marks the evaluation done
+            run.append("eval_problems.jsonl", {"phase": phase, "step": step, **problem_outcomes(per_problem)})
             record = {"stage": "eval", "phase": phase, "step": step, **result}
             if eval_sets:  # the other tasks, in the same record: one resume point per evaluation
                 record["sets"] = {target.name: evaluate_on(target.task, target.problems, target.verifier,

@@ -668,6 +668,7 @@ def collect_rollouts(sampler: Sampler, judge: Judge, prompts: PromptSampler, ste
     all_groups: list[int] = []
     all_correct: list[bool] = []
     stale_dropped = 0
+    tokens_generated = 0
     reset_learned_timing()  # this step's reward-model and judge seconds only
     reset_judge_stats()
     for round_ in range(rounds):
@@ -699,6 +700,7 @@ def collect_rollouts(sampler: Sampler, judge: Judge, prompts: PromptSampler, ste
                     traj.problem = problems_by_group[traj.group]
         with timer("scoring"):
             judge.shape(trajectories, step)
+        tokens_generated += sum(sum(t.loss_mask) if t.loss_mask else len(t.response_ids) for t in trajectories)
         groups = [t.group for t in trajectories]
         correct = [t.correct for t in trajectories]
         all_groups += groups
@@ -711,7 +713,8 @@ def collect_rollouts(sampler: Sampler, judge: Judge, prompts: PromptSampler, ste
             break
     rates = {problems_by_group[g].id: r for g, r in group_pass_rates(all_groups, all_correct).items()}
     stats = {"filter_kept_frac": kept_groups / generated_groups, "rollout_rounds": float(round_ + 1),
-             "samples_generated": float(generated_groups * rl.samples_per_prompt)}
+             "samples_generated": float(generated_groups * rl.samples_per_prompt),
+             "tokens_generated": float(tokens_generated)}
     if ahead is not None:
         if world.distributed:
             stale_dropped = world.sum_floats([float(stale_dropped)], f"RL step {step + 1}: stale samples")[0]
@@ -856,12 +859,14 @@ class RLRoles:
     learner: Learner
     prompts: PromptSampler
     samples_generated: int = 0
+    tokens_generated: int = 0  # response tokens the policy generated (rl.max_tokens)
     seconds: float = 0.0  # wall-clock time of the RL steps so far (rl.max_seconds)
     relift: ReliftBuffer | None = None  # rl.relift.buffer > 0
 
     def state_dict(self) -> dict[str, Any]:
         state = {**self.learner.state_dict(), "shapers": self.judge.state_dict(),
                  "sampler": self.prompts.state_dict(), "samples_generated": self.samples_generated,
+                 "tokens_generated": self.tokens_generated,
                  "seconds": self.seconds}
         if self.relift is not None:
             state["relift"] = self.relift.state_dict()
@@ -879,6 +884,7 @@ class RLRoles:
             load_cache_state(params, cache)
         self.prompts.load_state_dict(state["sampler"])
         self.samples_generated = state["samples_generated"]
+        self.tokens_generated = state.get("tokens_generated", 0)  # checkpoints from before the token budget
         self.seconds = state.get("seconds", 0.0)
 
 
@@ -924,6 +930,7 @@ def rl_step(roles: RLRoles, step: int, ahead: AheadGenerator | None = None,
     trajectories, rollout_stats, rates = collect_rollouts(sampler, judge, roles.prompts, step, timer, learner.world,
                                                           ahead=first)
     roles.samples_generated += int(rollout_stats["samples_generated"])
+    roles.tokens_generated += int(rollout_stats["tokens_generated"])
     record: dict[str, Any] = {"stage": "rl", "step": step + 1}
     if trajectories:
         # 2. ReMax's greedy baseline, when the estimator asks for one (rollout side too)
@@ -1051,8 +1058,10 @@ def train_rl(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, judge: 
             if logged:
                 run.append("samples.jsonl", [{"stage": "rl", "step": step + 1, **t.record()} for t in logged])
             roles.seconds += record["step_time"]
-            out_of_time = 0 < rl.max_seconds <= roles.seconds
-            record.update(samples_generated_total=roles.samples_generated, rl_seconds_total=roles.seconds)
+            out_of_time = (0 < rl.max_seconds <= roles.seconds or 0 < rl.max_samples <= roles.samples_generated
+                           or 0 < rl.max_tokens <= roles.tokens_generated)  # the budgets besides rl.steps
+            record.update(samples_generated_total=roles.samples_generated, tokens_generated_total=roles.tokens_generated,
+                          rl_seconds_total=roles.seconds)
             if roles.learner.precision.device.type == "cuda":
                 record["gpu_memory_peak_gib"] = torch.cuda.max_memory_allocated(roles.learner.precision.device) / 2**30
             run.append("metrics.jsonl", record)

@@ -9,6 +9,7 @@ Layout::
     samples.jsonl      some completions with rewards per RL step
     pass_rates.jsonl   every RL step's per-prompt pass rates (LIMR selection reads them)
     eval.jsonl         held-out evaluations (warm start, periodic, final)
+    eval_problems.jsonl  each evaluation's per-problem outcomes (paired comparisons)
     checkpoints/       HF-format model + tokenizer dirs; resumable ones add trainer_state.pt;
                        each adds run_state.json (the state as of that checkpoint) and
                        manifest.json (size and sha256 of every file, written last)
@@ -56,7 +57,7 @@ TRAINER_STATE = "trainer_state.pt"
 MANIFEST = "manifest.json"
 CHECKPOINT_STATE = "run_state.json"
 LOCK_FILE = "lock"
-LOGS = ("metrics.jsonl", "samples.jsonl", "pass_rates.jsonl", "eval.jsonl")
+LOGS = ("metrics.jsonl", "samples.jsonl", "pass_rates.jsonl", "eval.jsonl", "eval_problems.jsonl")
 
 
 class RunDirError(RuntimeError):
@@ -285,7 +286,9 @@ class RunDir:
 
     def _cut_logs(self, marks: dict[str, int]) -> None:
         for name in LOGS:
-            path, mark = self.path / name, marks.get(name, 0)
+            if name not in marks:  # a log this state predates: nothing known to cut
+                continue
+            path, mark = self.path / name, marks[name]
             size = path.stat().st_size if path.exists() else 0
             if size > mark:
                 os.truncate(path, mark)
