@@ -130,6 +130,7 @@ class SFTConfig:
     weight_decay: float = _f(0.0, "AdamW decoupled weight decay", ge=0)
     grad_clip: float = _f(1.0, "max global gradient norm; 0 disables clipping", ge=0)
     max_nonfinite_updates: int = _f(3, "an update whose loss or gradient is NaN/inf is skipped; stop the run after this many skipped in a row (optimizer updates)", ge=1)
+    corrupt_content: float = _f(0.0, "'structure, not content' (Li et al. 2025): each digit of a demonstration's reasoning (everything before its final answer, which is kept) is replaced by another digit with this probability, so the steps keep their form and lose their truth; 0 = the demonstrations as the task writes them", ge=0, le=1)
     cache: bool = _f(True, "reuse a cached warm start whose config, data, seed and code equal this run's, and cache this one (RLVR_CACHE_DIR, default ~/.cache/rlvr)")
 
 
@@ -250,6 +251,7 @@ class AlgorithmConfig:
     pass_k: int = _f(1, "pass_at_k estimator: the k whose pass@k is optimised (<= samples_per_prompt)", ge=1)
     accept_reward: float = _f(1.0, "rft estimator (expert iteration): a sample whose reward is >= this is accepted (advantage 1), the rest get 0; 1.0 = the correctness reward's value", ge=-1e6, le=1e6)
     top_entropy_fraction: float = _f(1.0, "train only on this fraction of response tokens with the highest entropy (0.2 in 'Beyond the 80/20 rule'); 1 trains on all", gt=0, le=1)
+    token_selection: Literal["top_entropy", "bottom_entropy", "random"] = _f("top_entropy", "which top_entropy_fraction of the tokens: top_entropy (the paper's forking tokens), bottom_entropy (its bottom-80% control: top_entropy_fraction 0.8) or random (the same count drawn at random each step: the control for 'fewer tokens')")
     positive_weight: float = _f(1.0, "multiplies advantages > 0 (W-REINFORCE uses 0.1: negative-sample reinforcement)", ge=0)
     negative_weight: float = _f(1.0, "multiplies advantages < 0", ge=0)
     tis_cap: float | None = _f(None, "truncated importance sampling: recompute old log-probs in the trainer and weight tokens by min(pi_old/pi_behaviour, cap); null = 2.0 with an engine that holds its own weights (vllm) or with rl.max_staleness > 0 (samples from older weights), else off (the own engine samples from the trainer's weights)", ge=1, le=1e6)
@@ -272,6 +274,7 @@ class ReliftConfig:
 class RLConfig:
     steps: int = _f(60, "RL steps; each samples a fresh batch of prompts", ge=0)
     max_seconds: float = _f(0.0, "also stop RL once its steps have taken this many wall-clock seconds in all (evaluations excluded); 0 = no limit", ge=0)
+    skip_zero_gradient: bool = _f(True, "skip the optimizer step of a mini-batch whose gradient is exactly zero (every advantage zero, as when all of its groups' rewards are equal, and no KL, entropy or teacher term): Adam's momentum and weight decay would otherwise keep moving the weights with no signal, so a run whose reward never varies still drifts. Counted in zero_gradient_updates; false = step anyway, as most frameworks do")
     max_samples: int = _f(0, "also stop RL once this many responses have been generated in all (data-filter rounds included: what a step costs, not what it keeps); 0 = no limit. With rl.steps high, an equal-samples budget (rlvr compare --budget samples=N)", ge=0)
     max_tokens: int = _f(0, "also stop RL once this many response tokens have been generated in all (the policy's own tokens: tool output excluded; filter rounds included); 0 = no limit", ge=0)
     prompts_per_step: int = _f(32, "distinct prompts per RL step", ge=1)

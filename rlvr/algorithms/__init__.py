@@ -40,7 +40,7 @@ from rlvr.algorithms.losses import (
     seq_mean_token_sum_norm,
     token_mean,
 )
-from rlvr.algorithms.token_selection import high_entropy_mask, sample_weights
+from rlvr.algorithms.token_selection import high_entropy_mask, sample_weights, select_tokens
 from rlvr.algorithms.value import clipped_value_loss
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "grpo_advantages",
     "gspo_loss",
     "high_entropy_mask",
+    "select_tokens",
     "kl_k1",
     "kl_k1_st",
     "kl_k2",

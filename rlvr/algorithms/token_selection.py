@@ -2,6 +2,8 @@
 
 - ``high_entropy_mask`` restricts the loss mask to the highest-entropy ("forking")
   tokens of a batch (Wang et al. 2025).
+- ``select_tokens`` adds the controls a study of that claim needs: the same fraction chosen
+  at random, or the lowest-entropy tokens instead.
 - ``sample_weights`` reweights positive vs negative samples by the sign of their
   advantage (Zhu et al. 2025, W-REINFORCE).
 """
@@ -13,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["high_entropy_mask", "sample_weights"]
+__all__ = ["high_entropy_mask", "sample_weights", "select_tokens"]
 
 
 def high_entropy_mask(entropy: Tensor, mask: Tensor, top_fraction: float) -> Tensor:
@@ -71,6 +73,28 @@ def high_entropy_mask(entropy: Tensor, mask: Tensor, top_fraction: float) -> Ten
         keep = torch.zeros(flat_mask.numel(), dtype=torch.bool, device=mask.device)
         keep[valid_idx[order[:k]]] = True
         return torch.where(keep.view_as(mask), mask, torch.zeros_like(mask))
+
+
+def select_tokens(entropy: Tensor, mask: Tensor, fraction: float, how: str = "top_entropy",
+                  generator: torch.Generator | None = None) -> Tensor:
+    """The ``fraction`` of the batch's valid tokens an update learns from, chosen ``how``:
+
+    - ``top_entropy``: the highest-entropy ones (``high_entropy_mask``; Wang et al. 2025);
+    - ``bottom_entropy``: the lowest-entropy ones (the paper's "bottom 80%" control), ties
+      broken as in ``high_entropy_mask``;
+    - ``random``: ceil(fraction x N_valid) valid tokens drawn uniformly without replacement
+      with ``generator`` (the control that tells "forking tokens" from "fewer tokens").
+
+    Exactly ceil(fraction x N_valid) tokens are kept in every case; mask's dtype and values
+    survive on them."""
+    if how == "top_entropy":
+        return high_entropy_mask(entropy, mask, fraction)
+    if how == "bottom_entropy":
+        return high_entropy_mask(-entropy, mask, fraction)
+    if how == "random":
+        scores = torch.rand(entropy.shape, generator=generator, device="cpu").to(entropy.device)
+        return high_entropy_mask(scores, mask, fraction)
+    raise ValueError(f"token selection must be top_entropy, bottom_entropy or random, got {how!r}")
 
 
 def sample_weights(adv: Tensor, positive_weight: float, negative_weight: float) -> Tensor:

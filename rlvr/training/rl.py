@@ -36,8 +36,8 @@ from rlvr.algorithms import (
     aggregate_loss,
     annealed_coef,
     clipped_value_loss,
-    high_entropy_mask,
     sample_weights,
+    select_tokens,
     teacher_response_mask,
 )
 from rlvr.config import RunConfig
@@ -274,7 +274,9 @@ class Learner:
             if alg.top_entropy_fraction < 1.0:
                 # Only the policy-gradient term is restricted; the normaliser stays all response
                 # tokens, as in the paper's objective (1/sum|o_i|) * sum I[H_t >= tau] * ...
-                selected = high_entropy_mask(batch.extras["entropy"], mask, alg.top_entropy_fraction)
+                selected = select_tokens(batch.extras["entropy"], mask, alg.top_entropy_fraction, alg.token_selection,
+                                         torch.Generator().manual_seed(derive_seed(config.seed, "token-selection",
+                                                                                   step)))
                 batch.extras["token_weight"] = batch.extras.get("token_weight", mask) * selected
                 stats["selected_token_frac"] = float(selected.sum() / mask.sum())
         return batch, stats
@@ -447,7 +449,7 @@ def policy_update(learner: Learner, batch: TokenBatch, generator: torch.Generato
     token_weighted: dict[str, float] = defaultdict(float)  # per-token statistics, weighted by token count
     stat_weights: dict[str, float] = defaultdict(float)
     loss_sum = grad_norm_sum = time_logprob = time_backward = 0.0
-    updates = skipped = 0
+    updates = skipped = zero_gradient = 0
     step = opt_step // (rl.epochs * rl.mini_batches) + 1  # the RL step, for messages
     lengths = batch.attention_mask.sum(-1).cpu()  # indexes the CPU permutation below
     # the sampler's log-probs against the trainer's before any step (TIS measured it already)
@@ -545,7 +547,11 @@ def policy_update(learner: Learner, batch: TokenBatch, generator: torch.Generato
                 grad_norm_sum += grads[-1][2]
             if learner.critic is not None:
                 grads.append(("critic", learner.critic, clip_grad_norm(learner.critic, rl.grad_clip)))
-            if precision.overflowed(update_loss, [norm for _, _, norm in grads]):
+            if rl.skip_zero_gradient and grads and all(norm == 0.0 for _, _, norm in grads):
+                for optimizer in optimizers:  # no signal: a step would move the weights by momentum and decay alone
+                    optimizer.zero_grad(set_to_none=True)
+                zero_gradient += 1
+            elif precision.overflowed(update_loss, [norm for _, _, norm in grads]):
                 precision.update()  # float16: the scale was too high; back off and skip, not a divergence
                 for optimizer in optimizers:
                     optimizer.zero_grad(set_to_none=True)
@@ -571,7 +577,8 @@ def policy_update(learner: Learner, batch: TokenBatch, generator: torch.Generato
         gaps = [g for _, _, rank_gaps in sums for g in rank_gaps or []] if gaps is not None else None
     metrics = {key: value / max(stat_weights[key], 1.0) for key, value in token_weighted.items()}
     metrics.update(loss=loss_sum / updates, grad_norm=grad_norm_sum / updates, lr=lr, time_logprob=time_logprob,
-                   time_backward=time_backward, skipped_updates=float(skipped))
+                   time_backward=time_backward, skipped_updates=float(skipped),
+                   zero_gradient_updates=float(zero_gradient))
     if gaps:
         gap = torch.cat(gaps)
         if len(gap):

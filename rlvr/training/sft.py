@@ -40,7 +40,25 @@ def sft_demonstrations(task: Task, config: RunConfig, step: int,
     problems = sample_training_problems(task, config.sft.batch_size, derive_seed(config.seed, "sft-problems", step),
                                         exclude, config.data.reuse_problems)
     demo_rng = random.Random(derive_seed(config.seed, "sft-demos", step))
-    return problems, [task.laid_out(task.demonstration(problem, demo_rng)) for problem in problems]
+    texts = [task.laid_out(task.demonstration(problem, demo_rng)) for problem in problems]
+    if config.sft.corrupt_content > 0:
+        corrupt_rng = random.Random(derive_seed(config.seed, "sft-corrupt", step))
+        texts = [corrupt_content(task, text, config.sft.corrupt_content, corrupt_rng) for text in texts]
+    return problems, texts
+
+
+def corrupt_content(task: Task, text: str, rate: float, rng: random.Random) -> str:
+    """The demonstration with each digit of its reasoning replaced, with probability ``rate``,
+    by another digit drawn uniformly; the final answer (from where the task writes it, or the
+    last ``<answer>`` block) and every other character are kept: the structure survives, the
+    content does not ("LLMs Can Easily Learn to Reason from Demonstrations: Structure, not
+    content, is what matters", Li et al. 2025)."""
+    answer = task.extract_answer(task.scored_text(text))
+    ends = [text.rfind(task.answer_text(answer)) if answer is not None else -1, text.rfind("<answer>")]
+    keep_from = max(ends) if max(ends) >= 0 else len(text)
+    head = [c if not c.isdigit() or rng.random() >= rate else rng.choice([d for d in "0123456789" if d != c])
+            for c in text[:keep_from]]
+    return "".join(head) + text[keep_from:]
 
 
 def sft_batch(task: Task, tokenizer: PreTrainedTokenizerBase, config: RunConfig, step: int,
