@@ -221,3 +221,14 @@ def test_an_interrupted_comparison_resumes_to_the_same_numbers(tmp_path, cache_e
     # another comparison in the same directory is refused
     other = _study(tmp_path / "other.yaml", "steps=5", "  plain: {}\n  clipped: {algorithm.clip_high: 0.28}\n")
     assert main(["compare", str(other), "--output-dir", str(cut), "--seeds", "1"]) == 2
+
+
+@pytest.mark.parametrize("study", sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.yaml")),
+                         ids=lambda p: p.stem)
+def test_every_study_file_plans_and_validates(study, tmp_path):
+    from rlvr.compare.runner import plan
+
+    comparison = load_comparison([str(study)])
+    assert len(comparison.seeds) >= 3 and study.read_text().startswith("#")
+    runs = plan(comparison, tmp_path / "out")
+    assert len(runs) == len(comparison.arms) * len(comparison.seeds)

@@ -40,10 +40,12 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
 def run_numbers(run_dir: Path, ks: list[int]) -> dict[str, Any]:
     """One finished run's metrics, per-problem outcomes of its final evaluation and its curve."""
     evals = _jsonl(run_dir / "eval.jsonl")
-    final = next((e for e in reversed(evals) if e.get("phase") == "final"), None)
+    # an arm without RL (stages: [sft]) is judged by its warm start's evaluation
+    phase = "final" if any(e.get("phase") == "final" for e in evals) else "warmstart"
+    final = next((e for e in reversed(evals) if e.get("phase") == phase), None)
     if final is None:
         raise ValueError(f"{run_dir}: no final evaluation (did the run finish?)")
-    problems = next((p for p in reversed(_jsonl(run_dir / "eval_problems.jsonl")) if p.get("phase") == "final"), None)
+    problems = next((p for p in reversed(_jsonl(run_dir / "eval_problems.jsonl")) if p.get("phase") == phase), None)
     rl = [m for m in _jsonl(run_dir / "metrics.jsonl") if m.get("stage") == "rl"]
     last = rl[-1] if rl else {}
     metrics: dict[str, float | None] = {"accuracy": final.get("greedy_accuracy"), "pass@1": final.get("pass@1")}
@@ -51,6 +53,10 @@ def run_numbers(run_dir: Path, ks: list[int]) -> dict[str, Any]:
         metrics[f"pass@{k}"] = final.get(f"pass@{k}")
         metrics[f"maj@{k}"] = final.get(f"maj@{k}")
     metrics["tokens_per_correct"] = final.get("tokens_per_correct")
+    for name, other in (final.get("sets") or {}).items():  # eval.sets: other tasks or difficulties
+        metrics[f"{name}:accuracy"] = other.get("greedy_accuracy")
+        for k in ks:
+            metrics[f"{name}:pass@{k}"] = other.get(f"pass@{k}")
     for cost, key in COST_KEYS.items():
         metrics[cost] = float(last.get(key, 0.0))
     metrics["steps"] = float(last.get("step", 0))
@@ -130,10 +136,14 @@ def difference(runs: dict[str, Any], arm: str, first: str, metric: str, seeds: l
 PERCENT = ("accuracy", "pass@", "maj@")
 
 
+def _is_percent(metric: str) -> bool:
+    return metric.split(":")[-1].startswith(PERCENT)
+
+
 def _fmt(metric: str, value: float | None) -> str:
     if value is None:
         return "-"
-    if metric.startswith(PERCENT):
+    if _is_percent(metric):
         return f"{100 * value:.1f}"
     if metric in ("samples", "tokens", "steps"):
         return f"{value:,.0f}"
@@ -154,7 +164,7 @@ def tables(results: dict[str, Any]) -> str:
     metrics = [m for m in arms[names[0]]["metrics"]]
     blocks = []
     for metric in metrics:
-        unit = " (%)" if metric.startswith(PERCENT) else ""
+        unit = " (%)" if _is_percent(metric) else ""
         lines = [f"{metric}{unit}", f"| arm | mean [95% CI] | per seed | vs {names[0]} [95% CI] |",
                  "| --- | --- | --- | --- |"]
         for name in names:
