@@ -232,3 +232,12 @@ def test_every_study_file_plans_and_validates(study, tmp_path):
     assert len(comparison.seeds) >= 3 and study.read_text().startswith("#")
     runs = plan(comparison, tmp_path / "out")
     assert len(runs) == len(comparison.arms) * len(comparison.seeds)
+
+
+def test_a_rates_interval_stays_within_zero_and_one():
+    from rlvr.compare.results import _interval
+
+    wide = _interval([0.85, 0.94, 0.93])
+    assert wide["high"] > 1.0  # the t-interval itself does not know the mean is a rate
+    cut = _interval([0.85, 0.94, 0.93], (0.0, 1.0))
+    assert cut["high"] == 1.0 and cut["low"] == pytest.approx(wide["low"]) and cut["mean"] == pytest.approx(0.9066667)

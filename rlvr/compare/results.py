@@ -87,9 +87,15 @@ def per_problem(problems: dict[str, Any] | None, metric: str) -> dict[str, float
     return None
 
 
-def _interval(values: list[float]) -> dict[str, Any]:
+def _interval(values: list[float], bounds: tuple[float, float] | None = None) -> dict[str, Any]:
+    """Mean and t-interval over seeds; a rate's interval is cut to ``bounds`` ([0, 1]: the
+    t-interval of a mean near 1 over three seeds can pass 1, which no mean can)."""
     mean, low, high = seed_interval(values)
-    return {"mean": mean, "low": None if math.isnan(low) else low, "high": None if math.isnan(high) else high}
+    if math.isnan(low):
+        return {"mean": mean, "low": None, "high": None}
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return {"mean": mean, "low": low, "high": high}
 
 
 def gather(comparison: Any, output_dir: Path) -> dict[str, Any]:
@@ -108,7 +114,7 @@ def gather(comparison: Any, output_dir: Path) -> dict[str, Any]:
             values = [runs[name][s]["metrics"].get(metric) for s in comparison.seeds]
             if any(v is None for v in values):
                 continue
-            entry = {"per_seed": values, **_interval(values)}
+            entry = {"per_seed": values, **_interval(values, (0.0, 1.0) if _is_percent(metric) else None)}
             if name != first:
                 entry["diff"] = difference(runs, name, first, metric, comparison.seeds)
             arm["metrics"][metric] = entry
