@@ -172,7 +172,7 @@ def tables(results: dict[str, Any]) -> str:
     for metric in metrics:
         unit = " (%)" if _is_percent(metric) else ""
         lines = [f"{metric}{unit}", f"| arm | mean [95% CI] | per seed | vs {names[0]} [95% CI] |",
-                 "| --- | --- | --- | --- |"]
+                 "|---|---|---|---|"]
         for name in names:
             entry = arms[name]["metrics"].get(metric)
             if entry is None:
