@@ -507,25 +507,25 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(flag: str, text: str | None) -> list[int] | None:
+    """A comma list of integers from the command line (None when the flag is absent)."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag}: {text!r} is not an integer or a comma list of integers") from None
+
+
 def _compare(args: argparse.Namespace) -> int:
     from rlvr.compare.page import build_page
     from rlvr.compare.results import gather, tables
     from rlvr.compare.runner import CompareError, run_all
     from rlvr.compare.spec import load_comparison
 
-    seeds = None
-    if args.seeds is not None:
-        try:
-            parts = [int(p) for p in args.seeds.split(",")]
-        except ValueError:
-            raise ConfigError(f"--seeds: {args.seeds!r} is neither a count nor a comma list of integers") from None
-        seeds = parts[0] if len(parts) == 1 else parts
-    ks = None
-    if args.ks is not None:
-        try:
-            ks = [int(k) for k in args.ks.split(",")]
-        except ValueError:
-            raise ConfigError(f"--ks: {args.ks!r} is not a comma list of integers") from None
+    seeds = _int_list("--seeds", args.seeds)
+    seeds = seeds[0] if seeds is not None and len(seeds) == 1 else seeds  # one number is a count
+    ks = _int_list("--ks", args.ks)
     if args.parallel < 1:
         raise ConfigError(f"--parallel must be >= 1, got {args.parallel}")
     if not args.timeout_s > 0:
