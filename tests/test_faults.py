@@ -55,15 +55,15 @@ WRITES = [
     "save_model sft-step-000004", "prune sft-step", "save_state",
     "append metrics.jsonl", "append metrics.jsonl",
     "save_model sft-final", "save_state", "prune sft-step",  # SFT done
-    "append eval.jsonl", "save_state",  # warm-start evaluation
+    "append eval_problems.jsonl", "append eval.jsonl", "save_state",  # warm-start evaluation
     "append pass_rates.jsonl", "append samples.jsonl", "append metrics.jsonl",  # RL step 1
     "append pass_rates.jsonl", "append samples.jsonl", "append metrics.jsonl",
-    "append eval.jsonl",  # periodic evaluation, saved with the next checkpoint
+    "append eval_problems.jsonl", "append eval.jsonl",  # periodic evaluation, saved with the next checkpoint
     "save_model rl-step-000002", "prune rl-step", "save_state",
     "append pass_rates.jsonl", "append samples.jsonl", "append metrics.jsonl",
     "append pass_rates.jsonl", "append samples.jsonl", "append metrics.jsonl",
     "save_model final", "save_state", "prune rl-step",  # RL done (the bug: a kill from here on)
-    "append eval.jsonl", "save_state",  # final evaluation
+    "append eval_problems.jsonl", "append eval.jsonl", "save_state",  # final evaluation
     "write_summary",
 ]
 

@@ -262,7 +262,7 @@ class RunDir:
                 chosen = state
                 break
         if chosen is None:
-            chosen = {**fresh_state(), "logs": {}}
+            chosen = {**fresh_state(), "logs": dict.fromkeys(LOGS, 0)}  # nothing kept: every log starts over
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         self.plots.mkdir(parents=True, exist_ok=True)
         # A damaged checkpoint is deleted: left in place, a later (named) step's wreck would
