@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from rlvr.compare.spec import Arm, Comparison
 from rlvr.typed_yaml import ConfigError
@@ -108,11 +108,9 @@ def build_order(runs: list[PlannedRun]) -> tuple[list[PlannedRun], list[PlannedR
             continue
         seen.add(run.warmstart)
         group = [r for r in runs if r.warmstart == run.warmstart]
-        cached = (warmstart_cache.cache_root() / run.warmstart).is_dir() and all(
-            (warmstart_cache.cache_root() / run.warmstart / f).exists() for f in warmstart_cache.CACHE_FILES)
-        pending = [r for r in group if r.status() != "done"]
-        if len(group) > 1 and not cached and pending and all(r.status() != "done" for r in group):
-            first.append(pending[0])
+        unbuilt = warmstart_cache.cached_entry(run.warmstart) is None
+        if len(group) > 1 and unbuilt and all(r.status() != "done" for r in group):
+            first.append(group[0])
     rest = [r for r in runs if r not in first]
     return first, rest
 
@@ -216,6 +214,3 @@ def run_all(comparison: Comparison, output_dir: Path, parallel: int = 1, timeout
         raise CompareError(launcher.failed)
     return runs
 
-
-def describe_runs(runs: list[PlannedRun]) -> dict[str, Any]:
-    return {r.name: {"arm": r.arm.name, "seed": r.seed, "path": str(r.path), "args": r.args} for r in runs}

@@ -108,7 +108,12 @@ def warmstart_key(config: Any) -> str:
 
 def lookup(config: Any) -> Path | None:
     """The cached warm start of ``config``'s SFT stage, or None."""
-    entry = cache_root() / warmstart_key(config)
+    return cached_entry(warmstart_key(config))
+
+
+def cached_entry(key: str) -> Path | None:
+    """The complete cache entry stored under ``key``, or None."""
+    entry = cache_root() / key
     if all((entry / name).exists() for name in CACHE_FILES):
         return entry
     return None
